@@ -1,0 +1,31 @@
+# Two commands do everything: `make demo` and `make test`. Both create .venv when missing
+# and reinstall only when pyproject.toml changed (the stamp file), so repeats are fast.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The real data sets; override with `make demo CNNLAB_DATA=/path`.
+CNNLAB_DATA ?= $(abspath ../shared/data)
+export CNNLAB_DATA
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	$(BIN)/python -m cnnlab.demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from cnnlab.registry import Registry
+
+BLOCKS = Registry("block")

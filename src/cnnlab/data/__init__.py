@@ -1,0 +1,1 @@
+"""Data sources -> decoded uint8 cache -> device-resident tensors."""

@@ -1,0 +1,61 @@
+"""Decode once, cache as uint8 arrays: the one image cache that CIFAR and faces both use.
+
+A cache entry is keyed by what produced it (the source files' paths, sizes and mtimes, plus
+the preprocessing spec), so editing or replacing a source file invalidates it, and it lives
+outside the (read-only) data folder: `$CNNLAB_CACHE`, else `~/.cache/cnnlab`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CNNLAB_CACHE") or Path.home() / ".cache" / "cnnlab")
+
+
+def fingerprint(paths: Iterable[str | Path], spec: dict | None = None) -> str:
+    """A hash of every source file's path, size and mtime, and of the preprocessing spec."""
+    h = hashlib.sha256()
+    h.update(json.dumps(spec or {}, sort_keys=True, default=str).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+class ArrayCache:
+    """`ArrayCache().load_or_build(name, key, build)`: npz of named arrays, written atomically."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else cache_root()
+        self.last_hit: bool | None = None
+
+    def path(self, name: str, key: str) -> Path:
+        return self.root / f"{name}-{key}.npz"
+
+    def load_or_build(self, name: str, key: str,
+                      build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        path = self.path(name, key)
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files}
+                self.last_hit = True
+                return arrays
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)  # a damaged entry is rebuilt, not trusted
+        arrays = build()
+        self.last_hit = False
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        return arrays

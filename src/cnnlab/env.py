@@ -1,0 +1,54 @@
+"""What a run needs to record about where it ran, and the device choice shared by every command."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import torch
+
+from cnnlab.errors import CnnlabError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CnnlabError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise CnnlabError(f"unknown device {name!r}: {exc}") from None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device | None = None) -> dict:
+    import numpy
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }
+    for mod in ("torchvision", "timm", "sklearn", "optuna"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # an optional package missing is information, not an error
+            info[mod] = None
+    from cnnlab import __version__
+    info["cnnlab"] = __version__
+    if device is not None:
+        info["device"] = str(device)
+        info["device_name"] = device_name(device)
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+    return info

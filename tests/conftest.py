@@ -1,0 +1,22 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA_ROOT = Path(os.environ.get("CNNLAB_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_isolated_cache(tmp_path_factory, monkeypatch):
+    torch.manual_seed(0)
+    # Tests never touch the user's cache; each session gets its own.
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def data_dir(name: str) -> Path:
+    """A real data set under CNNLAB_DATA, or skip the test with the reason."""
+    path = DATA_ROOT / name
+    if not path.exists():
+        pytest.skip(f"real data {path} not present (set CNNLAB_DATA)")
+    return path
