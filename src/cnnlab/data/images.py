@@ -63,4 +63,5 @@ def decode_images(paths: Sequence[str | Path], transform: Callable[[Image.Image]
                 raise CnnlabError(f"unreadable image {p}: {reason}") from None
             report.bad.append((str(p), reason))
     idx = np.flatnonzero(ok)
-    return out[idx], idx, report
+    # No bad files (the usual case): hand back the buffer itself rather than a full copy.
+    return (out if idx.size == len(paths) else out[idx]), idx, report

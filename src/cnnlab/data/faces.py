@@ -1,0 +1,237 @@
+"""Identity-folder face data: one folder per person, decoded once into a uint8 cache.
+
+Layouts: LFW's `<Name>/<Name>_0001.jpg` (Huang et al. 2007, "Labeled Faces in the Wild") and
+any `person/*.ext` tree such as AT&T/ORL's `sN/M.pgm` (Samaria and Harter 1994). Files are
+decoded by the shared `decode_images` (EXIF orientation, greyscale/RGBA/CMYK -> RGB, bad files
+reported by path) and cached by the shared `ArrayCache`, keyed by the files and the crop/size
+spec. Normalisation is not cached: it runs on the device, so changing backbone statistics
+never re-decodes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnlab.data.cache import ArrayCache, fingerprint
+from cnnlab.data.images import IMAGE_EXTENSIONS, DecodeReport, decode_images
+from cnnlab.errors import CnnlabError
+
+# Bump when the decode/crop code changes in a way that changes pixels: old cache entries die.
+_CACHE_VERSION = 1
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+@dataclass(frozen=True)
+class FacePreprocess:
+    """Centre crop (source pixels), square resize, and the backbone's normalisation.
+
+    LFW deep-funneled faces are ~110 px wide in 250x250 images (detector box enlarged 2.2x);
+    a 150 px centre crop keeps the face plus a little context. The crop is clamped to the
+    image's shorter side (AT&T's 92x112 images give a 92 px square). `crop=None` takes the
+    largest centred square.
+    """
+    crop: int | None = 150
+    size: int = 112
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # tf_efficientnet_lite0's statistics
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        if self.crop is not None and int(self.crop) < 1:
+            raise ValueError(f"crop must be a positive number of pixels or None, got {self.crop}")
+        if int(self.size) < 1:
+            raise ValueError(f"size must be positive, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need three values (R, G, B)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @classmethod
+    def for_backbone(cls, model_name: str, *, crop: int | None = 150, size: int = 112) -> "FacePreprocess":
+        """Mean/std from timm's pretrained config for `model_name` (no weights are loaded)."""
+        import timm
+        try:
+            cfg = timm.models.get_pretrained_cfg(model_name)
+        except Exception:  # timm raises different types across versions for an unknown name
+            cfg = None
+        if cfg is None:
+            raise CnnlabError(f"timm has no pretrained config for backbone {model_name!r}")
+        return cls(crop=crop, size=size, mean=tuple(cfg.mean), std=tuple(cfg.std))
+
+    def cache_spec(self) -> dict:
+        """What changes the cached uint8 pixels (normalisation does not)."""
+        return {"crop": self.crop, "size": self.size, "version": _CACHE_VERSION}
+
+    def transform(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        side = min(w, h) if self.crop is None else min(int(self.crop), w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        if side != self.size:
+            img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return img
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N x H x W x 3 (any device) -> float32 N x 3 x H x W, backbone-normalised."""
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 N x H x W x 3 images, got {images.dtype} {tuple(images.shape)}")
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+@dataclass
+class FaceDataset:
+    """Decoded faces: `images[i]` is person `people[labels[i]]`, read from `root / paths[i]`."""
+    images: np.ndarray          # N x S x S x 3 uint8
+    labels: np.ndarray          # N int64, index into `people`
+    people: list[str]
+    paths: list[str]            # relative to `root`, POSIX separators
+    root: Path
+    spec: FacePreprocess = field(default_factory=FacePreprocess)
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if not (len(self.images) == len(self.labels) == len(self.paths)):
+            raise ValueError("images, labels and paths must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_people(self) -> int:
+        return len(self.people)
+
+    def images_per_person(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.people))
+
+    def negatives_only_people(self) -> list[str]:
+        """People with fewer than 2 images: they can only ever be in different-person pairs."""
+        counts = self.images_per_person()
+        return [p for p, c in zip(self.people, counts) if c < 2]
+
+    @cached_property
+    def _number_index(self) -> dict[tuple[str, int], int]:
+        index = {}
+        for i, (rel, label) in enumerate(zip(self.paths, self.labels)):
+            m = _TRAILING_NUMBER.search(Path(rel).stem)
+            if m:
+                index[(self.people[label], int(m.group(1)))] = i
+        return index
+
+    def index_of(self, name: str, image_number: int) -> int:
+        """Row of image `image_number` of `name` (LFW `Name_0007.jpg` -> 7; AT&T `s3/7.pgm` -> 7)."""
+        try:
+            return self._number_index[(name, int(image_number))]
+        except KeyError:
+            raise CnnlabError(f"no decoded image {image_number} of {name!r} in {self.root} "
+                              "(missing, unreadable, or that person was not loaded)") from None
+
+    def pair_indices(self, pairs: Iterable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(i, j, same) row arrays for protocol pairs (objects with name1, n1, name2, n2, same)."""
+        pairs = list(pairs)
+        i = np.array([self.index_of(p.name1, p.n1) for p in pairs], dtype=np.int64)
+        j = np.array([self.index_of(p.name2, p.n2) for p in pairs], dtype=np.int64)
+        same = np.array([bool(p.same) for p in pairs], dtype=bool)
+        return i, j, same
+
+    def indices_of_people(self, names: Iterable[str]) -> np.ndarray:
+        """Rows of every image of `names` (an identity split selects people, never images)."""
+        wanted = set(names)
+        unknown = wanted.difference(self.people)
+        if unknown:
+            raise CnnlabError(f"{len(unknown)} requested people not in {self.root}, e.g. {sorted(unknown)[:3]}")
+        keep = np.array([p in wanted for p in self.people], dtype=bool)
+        return np.flatnonzero(keep[self.labels])
+
+    def subset(self, names: Iterable[str]) -> "FaceDataset":
+        """A copy holding only `names`' images, labels renumbered 0..P-1 in `people` order."""
+        rows = self.indices_of_people(names)
+        kept_labels = np.unique(self.labels[rows])
+        remap = np.full(len(self.people), -1, dtype=np.int64)
+        remap[kept_labels] = np.arange(len(kept_labels))
+        return FaceDataset(images=self.images[rows], labels=remap[self.labels[rows]],
+                           people=[self.people[k] for k in kept_labels],
+                           paths=[self.paths[r] for r in rows], root=self.root, spec=self.spec)
+
+    def summary(self, report: DecodeReport | None = None) -> str:
+        single = len(self.negatives_only_people())
+        text = (f"{len(self)} images of {self.num_people} people from {self.root} "
+                f"({single} with fewer than 2 images: negatives only)")
+        return f"{text}; {report.summary()}" if report is not None else text
+
+
+def scan_identity_folders(root: str | Path, people: Sequence[str] | None = None
+                          ) -> tuple[list[str], list[tuple[str, str]]]:
+    """(people, [(person, relative path)]) for `root/<person>/<image>`, sorted; hidden files
+    and files without an image extension are ignored (a README beside the images is fine)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CnnlabError(f"face folder not found: {root}")
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if people is not None:
+        missing = sorted(set(people).difference(folders))
+        if missing:
+            raise CnnlabError(f"{len(missing)} requested people have no folder in {root}, e.g. {missing[:3]}")
+        wanted = set(people)
+        folders = [f for f in folders if f in wanted]
+    files = []
+    for person in folders:
+        for f in sorted((root / person).iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append((person, f"{person}/{f.name}"))
+    if not files:
+        raise CnnlabError(f"no image files found under {root} (expected {root}/<person>/<image>)")
+    return folders, files
+
+
+def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, *,
+                          people: Sequence[str] | None = None, strict: bool = False,
+                          progress: bool | None = None, cache: ArrayCache | None = None,
+                          ) -> tuple[FaceDataset, DecodeReport]:
+    """Decode (or load from the cache) every image under `root/<person>/`.
+
+    Bad files are skipped and listed in the report; `strict=True` raises a CnnlabError naming
+    the first bad file instead (also when the bad file was recorded by an earlier cached run).
+    People whose images all fail are dropped; people with one image stay (negatives only).
+    """
+    root = Path(root)
+    spec = spec or FacePreprocess()
+    cache = cache or ArrayCache()
+    _, files = scan_identity_folders(root, people)
+    abs_paths = [str(root / rel) for _, rel in files]
+    key = fingerprint(abs_paths, spec.cache_spec())
+
+    def build() -> dict[str, np.ndarray]:
+        images, ok, report = decode_images(abs_paths, spec.transform, (spec.size, spec.size),
+                                           strict=strict, progress=progress)
+        bad_paths = [p for p, _ in report.bad]
+        bad_reasons = [r for _, r in report.bad]
+        return {"images": images, "ok_index": ok.astype(np.int64),
+                "bad_paths": np.array(bad_paths, dtype=str), "bad_reasons": np.array(bad_reasons, dtype=str)}
+
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", root.name) or "faces"
+    arrays = cache.load_or_build(f"faces-{safe_name}", key, build)
+    report = DecodeReport(bad=[(str(p), str(r)) for p, r in zip(arrays["bad_paths"], arrays["bad_reasons"])])
+    if strict and report.bad:
+        path, reason = report.bad[0]
+        raise CnnlabError(f"unreadable image {path}: {reason} ({len(report.bad)} bad file(s) in {root})")
+
+    ok = arrays["ok_index"]
+    persons = [files[i][0] for i in ok]
+    kept_people = sorted(set(persons))
+    label_of = {p: k for k, p in enumerate(kept_people)}
+    if not kept_people:
+        raise CnnlabError(f"no readable images under {root}; {report.summary()}")
+    dataset = FaceDataset(images=arrays["images"], labels=np.array([label_of[p] for p in persons], dtype=np.int64),
+                          people=kept_people, paths=[files[i][1] for i in ok], root=root, spec=spec)
+    return dataset, report

@@ -1,0 +1,233 @@
+"""A Siamese network for face verification (Bromley et al. 1993, "Signature Verification
+using a Siamese Time Delay Neural Network"; trained with the contrastive loss of Hadsell,
+Chopra and LeCun 2006, see `cnnlab.losses`).
+
+One backbone, one projection head: the two "branches" are two calls of the same module,
+so their weights are shared by construction, never copied or synchronised. `embed(images)`
+is the public API; it takes RGB images in [0, 1] (float, or uint8 in [0, 255]) and applies
+the backbone's own normalisation, so callers (training, verify, search, the ONNX file)
+never have to know a backbone's mean and std.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnlab.distances import Distance, EuclideanDistance
+from cnnlab.errors import CnnlabError
+from cnnlab.models.backbones import BACKBONES, DataConfig, create_backbone
+from cnnlab.registry import Registry
+
+HEADS = Registry("projection head")
+
+
+@HEADS.register("linear")
+def linear_head(in_features: int, embedding_dim: int, hidden_dim: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, embedding_dim))
+
+
+@HEADS.register("mlp")
+def mlp_head(in_features: int, embedding_dim: int, hidden_dim: int, dropout: float) -> nn.Module:
+    # No BatchNorm: the head must give the same embedding for an image whatever else is in
+    # the batch, and verify/search embed single images.
+    return nn.Sequential(nn.Linear(in_features, hidden_dim), nn.ReLU(inplace=True),
+                         nn.Dropout(dropout), nn.Linear(hidden_dim, embedding_dim))
+
+
+@dataclass
+class SiameseConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    embedding_dim: int = 128
+    weights: str = "imagenet"     # "imagenet" | "none" | path to a backbone state dict
+    normalize: bool = True        # L2-normalise embeddings (distances then lie in [0, 2])
+    head: str = "linear"
+    hidden_dim: int = 512         # width of the "mlp" head
+    dropout: float = 0.0
+    input_size: int | None = None  # None: the backbone's ImageNet size
+
+    def __post_init__(self):
+        self.backbone = BACKBONES.canonical(self.backbone)
+        self.head = HEADS.canonical(self.head)
+        self.weights = str(self.weights)
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if self.hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be >= 1, got {self.hidden_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.input_size is not None and self.input_size < 32:
+            raise ValueError(f"input_size must be >= 32, got {self.input_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SiameseNet(nn.Module):
+    def __init__(self, backbone_name: str = "tf_efficientnet_lite0", embedding_dim: int = 128,
+                 weights: str | Path = "imagenet", normalize: bool = True, head: str = "linear",
+                 dropout: float = 0.0, hidden_dim: int = 512, input_size: int | None = None):
+        super().__init__()
+        try:
+            config = SiameseConfig(backbone=backbone_name, embedding_dim=embedding_dim, weights=str(weights),
+                                   normalize=normalize, head=head, hidden_dim=hidden_dim, dropout=dropout,
+                                   input_size=input_size)
+        except (KeyError, ValueError) as exc:
+            raise CnnlabError(f"invalid SiameseNet option: {exc.args[0]}") from None
+        self.config = config
+        self.backbone, backbone_data = create_backbone(config.backbone, config.weights)
+        self._data_config = replace(backbone_data, input_size=config.input_size or backbone_data.input_size)
+        self.head = HEADS.create(config.head, self.backbone.num_features, config.embedding_dim,
+                                 config.hidden_dim, config.dropout)
+        # Buffers, so they follow .to(device) and land in the ONNX graph.
+        self.register_buffer("input_mean", torch.tensor(backbone_data.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_std", torch.tensor(backbone_data.std).view(1, 3, 1, 1), persistent=False)
+        self._frozen_modules: list[nn.Module] = []
+
+    @classmethod
+    def from_config(cls, config: SiameseConfig, **overrides) -> "SiameseNet":
+        """`from_config(cfg, weights="none")` rebuilds the architecture for loading a checkpoint."""
+        values = {**config.to_dict(), **overrides}
+        values["backbone_name"] = values.pop("backbone")
+        return cls(**values)
+
+    @property
+    def data_config(self) -> DataConfig:
+        """mean/std of the backbone and the input side this model is used at."""
+        return self._data_config
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected N x 3 x H x W RGB images, got shape {tuple(images.shape)}")
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return (images - self.input_mean) / self.input_std
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features before the projection head (N x num_features): the untrained
+        baseline and a t-SNE of what the backbone alone sees."""
+        return self.backbone(self._prepare(images))
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """N x embedding_dim embeddings, L2-normalised when `normalize`."""
+        z = self.head(self.forward_features(images))
+        return F.normalize(z, dim=1) if self.config.normalize else z
+
+    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One pass over both sides: BatchNorm sees a single batch, exactly as for `embed`.
+        z = self.embed(torch.cat([images_a, images_b]))
+        return z[: images_a.shape[0]], z[images_a.shape[0]:]
+
+    def _backbone_stages(self) -> list[nn.Module]:
+        b = self.backbone
+        return [nn.ModuleList([b.conv_stem, b.bn1]), *b.blocks, nn.ModuleList([b.conv_head, b.bn2])]
+
+    def freeze_backbone(self, frozen: bool = True, trainable_stages: int = 0) -> None:
+        """Stop training the backbone (all of it, or all but its last `trainable_stages`
+        stages, counting the final 1x1 conv as one). Frozen BatchNorm layers stay in eval
+        mode even under `model.train()`: updating running statistics of layers whose
+        weights do not learn would shift the features under the head's feet."""
+        stages = self._backbone_stages()
+        if not 0 <= trainable_stages <= len(stages):
+            raise ValueError(f"trainable_stages must be in [0, {len(stages)}], got {trainable_stages}")
+        for p in self.backbone.parameters():
+            p.requires_grad_(True)
+        self._frozen_modules = []
+        if frozen:
+            self._frozen_modules = stages[: len(stages) - trainable_stages]
+            for module in self._frozen_modules:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        self.train(self.training)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return bool(self._frozen_modules)
+
+    def train(self, mode: bool = True) -> "SiameseNet":
+        super().train(mode)
+        for module in self._frozen_modules:
+            module.eval()
+        return self
+
+
+# --- checkpoints for verify / search / export -------------------------------------------
+
+def save_model(model: SiameseNet, path: str | Path, extra: dict | None = None) -> None:
+    """Architecture + weights in one file (loadable with `weights_only=True`); `extra` holds
+    plain values such as the calibrated threshold."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"kind": "cnnlab.siamese", "config": model.config.to_dict(),
+                "state_dict": model.state_dict(), "extra": dict(extra or {})}, tmp)
+    tmp.replace(path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[SiameseNet, dict]:
+    """(model in eval mode, extra) from a `save_model` file; no download is ever needed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"model file not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or holding pickled objects
+        raise CnnlabError(f"cannot read model file {path}: {type(exc).__name__}") from None
+    if not isinstance(blob, dict) or blob.get("kind") != "cnnlab.siamese":
+        raise CnnlabError(f"{path} is not a cnnlab Siamese model file")
+    config = SiameseConfig(**blob["config"])
+    model = SiameseNet.from_config(config, weights="none")
+    model.config.weights = config.weights  # record where the weights originally came from
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval(), blob.get("extra", {})
+
+
+# --- verification and search ------------------------------------------------------------
+
+@torch.no_grad()
+def _embed_eval(model: SiameseNet, images: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        return model.embed(images.to(device))
+    finally:
+        model.train(was_training)
+
+
+def verify(model: SiameseNet, img_a: torch.Tensor, img_b: torch.Tensor, threshold: float,
+           distance: Distance | None = None):
+    """Same person? `distance <= threshold`. Single images (3 x H x W) give
+    (float, bool); batches (N x 3 x H x W) give (N distances, N booleans)."""
+    distance = distance or EuclideanDistance()
+    single = img_a.dim() == 3
+    if single:
+        img_a, img_b = img_a.unsqueeze(0), img_b.unsqueeze(0)
+    if img_a.shape != img_b.shape:
+        raise ValueError(f"image shapes differ: {tuple(img_a.shape)} vs {tuple(img_b.shape)}")
+    z = _embed_eval(model, torch.cat([img_a, img_b]))
+    d = distance.paired(z[: img_a.shape[0]], z[img_a.shape[0]:]).cpu()
+    same = d <= threshold
+    return (float(d[0]), bool(same[0])) if single else (d, same)
+
+
+def search(model: SiameseNet, gallery_embeddings: torch.Tensor, query: torch.Tensor, k: int = 5,
+           distance: Distance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest gallery entries of each query image: (Q x k distances, Q x k gallery
+    indices), nearest first. `query` is one image (3 x H x W) or a batch."""
+    distance = distance or EuclideanDistance()
+    if query.dim() == 3:
+        query = query.unsqueeze(0)
+    if not 1 <= k <= gallery_embeddings.shape[0]:
+        raise ValueError(f"k must be in [1, {gallery_embeddings.shape[0]}] (gallery size), got {k}")
+    q = _embed_eval(model, query)
+    d = distance.pairwise(q, gallery_embeddings.to(q.device, q.dtype))
+    values, indices = d.topk(k, dim=1, largest=False)
+    return values.cpu(), indices.cpu()

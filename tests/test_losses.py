@@ -1,0 +1,179 @@
+import math
+
+import pytest
+import torch
+
+from cnnlab.distances import DISTANCES, CosineDistance, EuclideanDistance, create_distance
+from cnnlab.losses import ContrastiveLoss
+
+DTYPES = [torch.float32, torch.float64]
+
+
+# --- distances -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_euclidean_distance_values(dtype):
+    a = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, -1.0]], dtype=dtype)
+    b = torch.tensor([[3.0, 4.0], [1.0, 1.0], [-0.1, 0.7]], dtype=dtype)
+    d = EuclideanDistance().paired(a, b)
+    assert d.dtype == dtype
+    torch.testing.assert_close(d, torch.tensor([5.0, 0.0, math.sqrt(3.25)], dtype=dtype), atol=2e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_euclidean_gradient_is_finite_and_value_near_zero_at_d0(dtype):
+    a = torch.tensor([[0.3, -0.7]], dtype=dtype, requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    d = EuclideanDistance().paired(a, b)
+    assert 0.0 <= d.item() < 1e-5
+    d.sum().backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    # The unguarded formula is what this protects against: it really gives NaN here.
+    naive = (a - b).pow(2).sum(1).sqrt()
+    (g,) = torch.autograd.grad(naive.sum(), a)
+    assert torch.isnan(g).any()
+
+
+def test_euclidean_gradient_away_from_zero_is_the_unit_direction():
+    a = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    EuclideanDistance().paired(a, torch.zeros(1, 2)).sum().backward()
+    torch.testing.assert_close(a.grad, torch.tensor([[0.6, 0.8]]))
+
+
+@pytest.mark.parametrize("name", DISTANCES.names())
+def test_pairwise_agrees_with_paired(name):
+    distance = create_distance(name)
+    a, b = torch.randn(5, 7, dtype=torch.float64), torch.randn(4, 7, dtype=torch.float64)
+    matrix = distance.pairwise(a, b)
+    assert matrix.shape == (5, 4)
+    rows, cols = torch.meshgrid(torch.arange(5), torch.arange(4), indexing="ij")
+    expected = distance.paired(a[rows.flatten()], b[cols.flatten()]).view(5, 4)
+    torch.testing.assert_close(matrix, expected)
+
+
+def test_cosine_distance_values_and_scale_invariance():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [2.0, 2.0]])
+    b = torch.tensor([[0.0, 3.0], [-5.0, 0.0], [1.0, 1.0]])
+    torch.testing.assert_close(CosineDistance().paired(a, b), torch.tensor([1.0, 2.0, 0.0]), atol=1e-6, rtol=0)
+
+
+def test_distance_registry_and_shape_checks():
+    assert isinstance(create_distance("l2"), EuclideanDistance)
+    assert isinstance(create_distance("cosine"), CosineDistance)
+    with pytest.raises(KeyError, match="euclidean"):
+        create_distance("manhattan")
+    with pytest.raises(ValueError, match="as many rows"):
+        EuclideanDistance().paired(torch.zeros(3, 2), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="N x D"):
+        EuclideanDistance().pairwise(torch.zeros(3, 2), torch.zeros(2, 3))
+
+
+# --- contrastive loss ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_contrastive_loss_on_hand_placed_points(dtype):
+    # margin 2; by hand:
+    #   same, d = 5            -> 5^2             = 25
+    #   same, d = 0            -> 0
+    #   different, d = 1       -> (2 - 1)^2       = 1
+    #   different, d = 5       -> max(0, 2 - 5)^2 = 0
+    #   different, d = sqrt(3.25) = 1.8027756377  -> (2 - d)^2 = 7.25 - 4 sqrt(3.25) = 0.0388974491
+    a = torch.tensor([[0, 0], [1, 1], [0, 0], [3, 4], [0.5, -1.0]], dtype=dtype)
+    b = torch.tensor([[3, 4], [1, 1], [1, 0], [0, 0], [-0.1, 0.7]], dtype=dtype)
+    same = torch.tensor([1, 1, 0, 0, 0])
+    loss_fn = ContrastiveLoss(margin=2.0)
+    per_pair = loss_fn.per_pair(a, b, same)
+    expected = torch.tensor([25.0, 0.0, 1.0, 0.0, 0.0388974491], dtype=dtype)
+    torch.testing.assert_close(per_pair, expected, atol=1e-6, rtol=1e-6)
+    loss = loss_fn(a, b, same)
+    assert loss.dtype == dtype
+    assert loss.item() == pytest.approx(26.0388974491 / 5, rel=1e-6)
+
+
+def test_contrastive_loss_accepts_bool_labels_and_cosine_distance():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    loss_fn = ContrastiveLoss(margin=1.5, distance=CosineDistance())
+    # cosine distances: 1 and 1 - 1/sqrt(2); pair 0 different -> (1.5 - 1)^2, pair 1 same -> d^2
+    expected = ((1.5 - 1.0) ** 2 + (1 - 1 / math.sqrt(2)) ** 2) / 2
+    assert loss_fn(a, b, torch.tensor([False, True])).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_loss_for_identical_positives_and_far_negatives(dtype):
+    x = torch.randn(6, 3, dtype=dtype)
+    loss_fn = ContrastiveLoss(margin=1.0)
+    assert loss_fn(x, x.clone(), torch.ones(6)).item() == pytest.approx(0.0, abs=1e-10)
+    far = x + torch.tensor([10.0, 0.0, 0.0], dtype=dtype)
+    assert loss_fn(x, far, torch.zeros(6)).item() == 0.0
+    # ... and exactly at the margin too
+    at_margin = x + torch.tensor([0.0, 1.0, 0.0], dtype=dtype)
+    assert loss_fn(x, at_margin, torch.zeros(6)).item() == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_contrastive_gradient_is_finite_at_d0(label):
+    a = torch.tensor([[0.2, 0.4]], requires_grad=True)
+    b = a.detach().clone().requires_grad_(True)
+    loss = ContrastiveLoss(margin=1.0)(a, b, torch.tensor([label]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    # A collapsed negative pair costs the full margin squared.
+    assert loss.item() == pytest.approx(1.0 if label == 0 else 0.0, abs=1e-5)
+
+
+def test_contrastive_gradients_match_the_formula():
+    a = torch.tensor([[0.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    b = torch.tensor([[0.3, 0.4], [0.3, 0.4]])  # d = 0.5
+    ContrastiveLoss(margin=2.0)(a, b, torch.tensor([1, 0])).backward()
+    # same: d(d^2)/da = 2 (a - b); different: d((m - d)^2)/da = -2 (m - d) (a - b) / d; both / N
+    expected = torch.stack([2 * (a[0] - b[0]), -2 * (2.0 - 0.5) * (a[1] - b[1]) / 0.5]).detach() / 2
+    torch.testing.assert_close(a.grad, expected)
+
+
+def test_from_batch_equals_explicit_pairs():
+    embeddings = torch.randn(8, 4)
+    i, j = torch.tensor([0, 0, 1, 5]), torch.tensor([1, 2, 7, 6])
+    same = torch.tensor([1, 0, 0, 1])
+    loss_fn = ContrastiveLoss(margin=1.3)
+    torch.testing.assert_close(loss_fn.from_batch(embeddings, i, j, same),
+                               loss_fn(embeddings[i], embeddings[j], same))
+    with pytest.raises(ValueError, match="differ in shape"):
+        loss_fn.from_batch(embeddings, i, j[:2], same)
+
+
+@pytest.mark.parametrize("margin", [0.0, -1.0, float("nan")])
+def test_margin_must_be_positive(margin):
+    with pytest.raises(ValueError, match="margin"):
+        ContrastiveLoss(margin=margin)
+
+
+def test_label_and_empty_batch_validation():
+    loss_fn = ContrastiveLoss()
+    with pytest.raises(ValueError, match="one label per pair"):
+        loss_fn(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(2))
+    with pytest.raises(ValueError, match="zero pairs"):
+        loss_fn(torch.zeros(0, 2), torch.zeros(0, 2), torch.zeros(0))
+
+
+def test_agrees_with_pytorch_metric_learning():
+    pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.losses import ContrastiveLoss as PmlContrastiveLoss
+    from pytorch_metric_learning.reducers import DoNothingReducer
+
+    # pml's ContrastiveLoss gives per pair relu(d - pos_margin) and relu(neg_margin - d);
+    # with pos_margin 0 and no reduction, squaring those is exactly Hadsell et al.'s terms.
+    margin = 1.2
+    reference = PmlContrastiveLoss(pos_margin=0.0, neg_margin=margin, reducer=DoNothingReducer(),
+                                    distance=LpDistance(normalize_embeddings=False, p=2, power=1))
+    g = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(20, 6, generator=g, dtype=torch.float64) * 0.5
+    i, j = torch.arange(0, 10), torch.arange(10, 20)
+    same = torch.tensor([1, 0] * 5)
+    pos, neg = same.bool(), ~same.bool()
+    out = reference(embeddings, indices_tuple=(i[pos], j[pos], i[neg], j[neg]))
+    ours = ContrastiveLoss(margin=margin).per_pair(embeddings[i], embeddings[j], same)
+    torch.testing.assert_close(ours[pos], out["pos_loss"]["losses"] ** 2)
+    torch.testing.assert_close(ours[neg], out["neg_loss"]["losses"] ** 2)
+    assert (ours[neg] > 0).any() and (ours[neg] == 0).any()  # both sides of the margin exercised

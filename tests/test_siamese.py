@@ -1,0 +1,187 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from cnnlab.distances import EuclideanDistance
+from cnnlab.errors import CnnlabError
+from cnnlab.losses import ContrastiveLoss
+from cnnlab.models.backbones import create_backbone
+from cnnlab.models.siamese import SiameseConfig, SiameseNet, load_model, save_model, search, verify
+
+SIZE = 32
+
+
+def tiny(**options) -> SiameseNet:
+    """Random-init Lite0 at 32 px: the real architecture, at a test's speed."""
+    options = {"weights": "none", "embedding_dim": 8, "input_size": SIZE, **options}
+    return SiameseNet("tf_efficientnet_lite0", **options)
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_one_backbone_shared_by_both_branches():
+    model = tiny()
+    backbone, _ = create_backbone("tf_efficientnet_lite0", "none")
+    head_params = 1280 * 8 + 8
+    assert count(model) == count(backbone) + head_params
+    assert count(model.head) == head_params
+
+    a, b = images(4, seed=1), images(4, seed=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    za, zb = model(a, b)
+    ContrastiveLoss(margin=1.0)(za, zb, torch.tensor([1, 0, 1, 0])).backward()
+    optimizer.step()
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    # After the step, one image through "branch a" and "branch b" is still the same embedding.
+    model.eval()
+    with torch.no_grad():
+        za, zb = model(a, a)
+        torch.testing.assert_close(za, zb, rtol=0, atol=0)
+        torch.testing.assert_close(model.embed(a), za, rtol=1e-5, atol=1e-6)
+
+
+def test_embed_shapes_normalisation_and_input_scaling():
+    model = tiny().eval()
+    x = images(3)
+    with torch.no_grad():
+        z = model.embed(x)
+        assert z.shape == (3, 8)
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+        # uint8 input is scaled to [0, 1] first
+        x8 = (x * 255).round().to(torch.uint8)
+        torch.testing.assert_close(model.embed(x8), model.embed(x8.float() / 255))
+        # the backbone's own normalisation (Lite0: mean = std = 0.5) is applied inside
+        torch.testing.assert_close(model.forward_features(x), model.backbone((x - 0.5) / 0.5))
+        raw = tiny(normalize=False).eval().embed(x)
+        assert not torch.allclose(raw.norm(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match="N x 3 x H x W"):
+        model.embed(torch.rand(3, SIZE, SIZE))
+
+
+def test_data_config_follows_backbone_and_input_size():
+    model = tiny()
+    assert model.data_config.mean == (0.5, 0.5, 0.5)
+    assert model.data_config.input_size == SIZE
+    assert SiameseNet("efficientnet_b0", weights="none").data_config.input_size == 224
+
+
+def test_mlp_head_and_invalid_options():
+    model = tiny(head="mlp", hidden_dim=16, dropout=0.1)
+    assert count(model.head) == 1280 * 16 + 16 + 16 * 8 + 8
+    assert model.eval().embed(images(2)).shape == (2, 8)
+    with pytest.raises(CnnlabError, match="unknown projection head 'conv'"):
+        tiny(head="conv")
+    with pytest.raises(CnnlabError, match="dropout"):
+        tiny(dropout=1.0)
+    with pytest.raises(CnnlabError, match="embedding_dim"):
+        tiny(embedding_dim=0)
+
+
+def _bn_layers(module: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def test_frozen_backbone_keeps_its_batchnorm_in_eval_mode():
+    model = tiny()
+    model.freeze_backbone(True)
+    assert model.backbone_frozen
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+    model.train()
+    assert model.training and model.head.training
+    assert not any(bn.training for bn in _bn_layers(model.backbone))
+    stats = [bn.running_mean.clone() for bn in _bn_layers(model.backbone)]
+    za, zb = model(images(4, 1), images(4, 2))
+    ContrastiveLoss()(za, zb, torch.tensor([1, 0, 1, 0])).backward()
+    assert all(torch.equal(bn.running_mean, s) for bn, s in zip(_bn_layers(model.backbone), stats))
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+
+    model.freeze_backbone(False)
+    model.train()
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    assert all(bn.training for bn in _bn_layers(model.backbone))
+
+
+def test_partial_freeze_trains_only_the_last_stages():
+    model = tiny()
+    model.freeze_backbone(True, trainable_stages=2)  # last block stage + the 1x1 head conv
+    model.train()
+    b = model.backbone
+    assert not any(p.requires_grad for p in b.conv_stem.parameters())
+    assert not any(p.requires_grad for p in b.blocks[:-1].parameters())
+    assert all(p.requires_grad for p in b.blocks[-1].parameters())
+    assert all(p.requires_grad for p in b.conv_head.parameters())
+    assert not b.bn1.training and b.bn2.training
+    with pytest.raises(ValueError, match="trainable_stages"):
+        model.freeze_backbone(True, trainable_stages=99)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    model = tiny(head="mlp", hidden_dim=16).eval()
+    path = tmp_path / "model.pt"
+    save_model(model, path, extra={"threshold": 0.7})
+    loaded, extra = load_model(path)
+    assert extra == {"threshold": 0.7}
+    assert loaded.config == model.config and not loaded.training
+    x = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.embed(x), model.embed(x))
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CnnlabError, match="cannot read model file"):
+        load_model(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(CnnlabError, match="not a cnnlab Siamese model"):
+        load_model(tmp_path / "other.pt")
+
+
+def test_from_config_rebuilds_the_architecture():
+    config = SiameseConfig(backbone="lite0", embedding_dim=4, weights="none", input_size=SIZE)
+    assert config.backbone == "tf_efficientnet_lite0"
+    model = SiameseNet.from_config(config)
+    assert model.embedding_dim == 4 and model.config == config
+
+
+def test_verify_thresholds_the_embedding_distance():
+    model = tiny()
+    model.train()
+    a, b = images(4, 1), images(4, 2)
+    b[0] = a[0]
+    with torch.no_grad():
+        expected = EuclideanDistance().paired(model.eval().embed(a), model.embed(b))
+    model.train()
+    threshold = float(expected[1:].median())
+    d, same = verify(model, a, b, threshold)
+    assert model.training  # the caller's mode is restored
+    torch.testing.assert_close(d, expected)
+    assert same.tolist() == (expected <= threshold).tolist()
+    assert same[0] and d[0] < 1e-5
+    d1, same1 = verify(model, a[2], b[2], threshold)
+    assert isinstance(d1, float) and isinstance(same1, bool)
+    assert d1 == pytest.approx(float(expected[2]), abs=1e-6) and same1 == bool(expected[2] <= threshold)
+
+
+def test_search_returns_nearest_gallery_entries_first():
+    model = tiny().eval()
+    gallery = images(12, 3)
+    with torch.no_grad():
+        gallery_embeddings = model.embed(gallery)
+    distances, indices = search(model, gallery_embeddings, gallery[[3, 7]], k=4)
+    assert indices.shape == distances.shape == (2, 4)
+    assert indices[:, 0].tolist() == [3, 7]
+    assert (distances[:, 0] < 1e-3).all()
+    assert (distances[:, 1:] >= distances[:, :-1]).all()
+    full = EuclideanDistance().pairwise(gallery_embeddings[[3, 7]], gallery_embeddings)
+    torch.testing.assert_close(distances, full.sort(dim=1).values[:, :4], atol=1e-5, rtol=1e-5)
+    _, single = search(model, gallery_embeddings, gallery[5], k=1)
+    assert single.tolist() == [[5]]
+    with pytest.raises(ValueError, match="k must be"):
+        search(model, gallery_embeddings, gallery[0], k=13)
