@@ -1,6 +1,7 @@
 """What a run needs to record about where it ran, and the device choice shared by every command."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import sys
@@ -39,11 +40,14 @@ def environment(device: torch.device | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
     }
-    for mod in ("torchvision", "timm", "sklearn", "optuna"):
+    # Read versions from package metadata: importing timm/sklearn/torchvision just to ask
+    # costs seconds in every fresh process (tuning workers, tests).
+    for key, dist in (("torchvision", "torchvision"), ("timm", "timm"), ("sklearn", "scikit-learn"),
+                      ("optuna", "optuna")):
         try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # an optional package missing is information, not an error
-            info[mod] = None
+            info[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:  # missing optional package: information
+            info[key] = None
     from cnnlab import __version__
     info["cnnlab"] = __version__
     if device is not None:

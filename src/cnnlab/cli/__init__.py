@@ -12,6 +12,9 @@ from cnnlab.errors import CnnlabError
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
     "cnnlab.cli.blocks",
+    "cnnlab.cli.cifar",
+    "cnnlab.cli.faces",
+    "cnnlab.cli.report",
 ]
 
 

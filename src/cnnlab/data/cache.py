@@ -57,5 +57,6 @@ class ArrayCache:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".npz")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
         return arrays

@@ -1,0 +1,251 @@
+"""`cnnlab faces train|margins|verify|search|export|plot` (and `tune` when cnnlab.tune offers
+it): Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
+`cnnlab.tasks.faces.FaceTrainConfig`; every field is a flag of the same name."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    from cnnlab.tasks.faces import FaceTrainConfig
+    g = p.add_argument_group("training recipe (every field of FaceTrainConfig; defaults from --preset, "
+                             "then --config)")
+    g.add_argument("--config", metavar="FILE", help="YAML mapping of FaceTrainConfig fields (e.g. a tuner's best.yaml)")
+    from cnnlab.tasks.faces import PRESETS
+    g.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="cpu (default): cached-feature partial fine-tuning; demo: shorter; finetune: end-to-end (GPU)")
+    hints = typing.get_type_hints(FaceTrainConfig)
+    defaults = FaceTrainConfig()
+    for f in dataclasses.fields(FaceTrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        default = getattr(defaults, f.name)
+        if kind in (bool, bool | None):
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default {default})")
+        else:
+            base = int if kind is int else float if kind is float else str
+            g.add_argument(flag, dest=f.name, type=base, default=None, help=f"(default {default})")
+
+
+def _config(args):
+    from cnnlab.config import build_config, load_yaml
+    from cnnlab.tasks.faces import PRESETS, FaceTrainConfig
+    names = {f.name for f in dataclasses.fields(FaceTrainConfig)}
+    file_values = load_yaml(args.config) if args.config else None
+    return build_config(FaceTrainConfig, PRESETS[args.preset], file_values,
+                        {k: v for k, v in vars(args).items() if k in names})
+
+
+def _data_root(args) -> Path:
+    from cnnlab.tasks.faces import default_lfw_root
+    return Path(args.data) if args.data else default_lfw_root()
+
+
+def register(sub) -> None:
+    faces = sub.add_parser("faces", help="Siamese face verification on LFW: train, compare margins, verify, search")
+    commands = faces.add_subparsers(dest="faces_command", metavar="SUBCOMMAND")
+    commands.required = True
+
+    p = commands.add_parser("train", help="train on LFW View 1 (or the 10 View 2 folds) and score the test pairs")
+    p.add_argument("--protocol", choices=["view1", "view2"], default="view1")
+    p.add_argument("--data", metavar="DIR", help="LFW folder with the protocol files (default: $CNNLAB_DATA/lfw)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/faces-<protocol>)")
+    p.add_argument("--folds", type=int, nargs="+", metavar="N", help="view2: run only these folds (1-10)")
+    p.add_argument("--no-test", action="store_true",
+                   help="view1: train and validate only; never read the DevTest pairs")
+    _config_flags(p)
+    p.set_defaults(func=run_train)
+
+    p = commands.add_parser("margins", help="one View 1 model per contrastive margin, compared side by side")
+    p.add_argument("--margins", type=float, nargs="+", default=[1.0, 2.0], metavar="M")
+    p.add_argument("--data", metavar="DIR", help="LFW folder (default: $CNNLAB_DATA/lfw)")
+    p.add_argument("--out", metavar="DIR", default="runs/faces-margins")
+    _config_flags(p)
+    p.set_defaults(func=run_margins)
+
+    p = commands.add_parser("verify", help="same person? distance between two face images vs the model's threshold")
+    p.add_argument("model", help="model.pt written by `faces train`")
+    p.add_argument("image1")
+    p.add_argument("image2")
+    p.add_argument("--threshold", type=float, help="override the calibrated threshold stored in the model")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_verify)
+
+    p = commands.add_parser("search", help="the k gallery images nearest to a query face")
+    p.add_argument("model")
+    p.add_argument("--gallery", required=True, metavar="DIR",
+                   help="images, flat or one folder per person (person/image.jpg)")
+    p.add_argument("--query", required=True, metavar="IMG")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=run_search)
+
+    p = commands.add_parser("export", help="write the model's embedding network as ONNX (checked against PyTorch)")
+    p.add_argument("model")
+    p.add_argument("out", help="output .onnx file (a .json with the threshold and input spec goes beside it)")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=run_export)
+
+    p = commands.add_parser("baseline", help="score the pretrained backbone without fine-tuning on View 1 DevTest")
+    p.add_argument("--data", metavar="DIR", help="LFW folder (default: $CNNLAB_DATA/lfw)")
+    p.add_argument("--out", metavar="DIR", help="write baseline.json here")
+    _config_flags(p)
+    p.set_defaults(func=run_baseline)
+
+    p = commands.add_parser("plot", help="redraw a tested run's figures from its files")
+    p.add_argument("run_dir")
+    p.set_defaults(func=run_plot)
+
+    try:
+        from cnnlab.tune import register_tune
+    except ImportError:  # the tuner is optional; without it there is simply no `faces tune`
+        register_tune = None
+    if register_tune is not None:
+        register_tune(commands)
+
+
+# ---------------------------------------------------------------------------- commands
+def run_train(args) -> int:
+    from cnnlab.errors import CnnlabError
+    from cnnlab.tasks.faces import train_view1, train_view2
+    config = _config(args)
+    out = Path(args.out or f"runs/faces-{args.protocol}")
+    if args.protocol == "view1":
+        if args.folds:
+            raise CnnlabError("--folds applies to --protocol view2 only")
+        metrics = train_view1(config, _data_root(args), out, evaluate_test=not args.no_test)
+        if metrics["test"] is None:
+            v = metrics["validation"]
+            print(f"validation: AUC {v['auc']:.4f}, accuracy {v['accuracy']:.2%} (test pairs not read)")
+    else:
+        folds = None
+        if args.folds:
+            if any(not 1 <= f <= 10 for f in args.folds):
+                raise CnnlabError(f"--folds are numbered 1-10, got {args.folds}")
+            folds = [f - 1 for f in args.folds]
+        summary = train_view2(config, _data_root(args), out, folds=folds)
+        print(f"View 2 ({summary['folds_run']} of {summary['num_folds']} folds): accuracy "
+              f"{summary['accuracy']['mean']:.2%} ± {summary['accuracy']['std']:.2%}, "
+              f"AUC {summary['auc']['mean']:.4f} ± {summary['auc']['std']:.4f}")
+    print(f"results: {out / 'metrics.json'}  model: {out / 'model.pt' if args.protocol == 'view1' else out}")
+    return 0
+
+
+def run_margins(args) -> int:
+    from cnnlab.tasks.faces import compare_margins
+    comparison = compare_margins(_config(args), args.margins, _data_root(args), Path(args.out))
+    print(Path(args.out, "comparison.md").read_text())
+    print(f"comparison: {Path(args.out) / 'comparison.md'}")
+    return 0 if comparison["runs"] else 1
+
+
+def _load(path, device):
+    from cnnlab.env import resolve_device
+    from cnnlab.models.siamese import load_model
+    model, extra = load_model(path, resolve_device(device))
+    for key in ("crop", "input_size"):
+        if key not in extra:
+            from cnnlab.errors import CnnlabError
+            raise CnnlabError(f"{path} lacks the preprocessing it was trained with ({key}); "
+                              "use a model.pt written by `cnnlab faces train`")
+    return model, extra
+
+
+def _preprocess(extra: dict):
+    from cnnlab.data.faces import FacePreprocess
+    return FacePreprocess(crop=extra["crop"], size=extra["input_size"])
+
+
+def _decode(paths, extra) -> "torch.Tensor":
+    import torch
+    from cnnlab.data.images import decode_images
+    spec = _preprocess(extra)
+    for p in paths:
+        if not Path(p).is_file():
+            from cnnlab.errors import CnnlabError
+            raise CnnlabError(f"image not found: {p}")
+    images, _, _ = decode_images([str(p) for p in paths], spec.transform, (spec.size, spec.size), strict=True)
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def run_verify(args) -> int:
+    from cnnlab.distances import create_distance
+    from cnnlab.models.siamese import verify
+    model, extra = _load(args.model, args.device)
+    threshold = args.threshold if args.threshold is not None else extra.get("threshold")
+    if threshold is None:
+        from cnnlab.errors import CnnlabError
+        raise CnnlabError(f"{args.model} holds no calibrated threshold; pass --threshold")
+    images = _decode([args.image1, args.image2], extra)
+    d, same = verify(model, images[0], images[1], float(threshold), create_distance(extra.get("distance", "euclidean")))
+    print(f"distance {d:.4f}  threshold {float(threshold):.4f}  {'same person' if same else 'different people'}")
+    return 0
+
+
+def run_search(args) -> int:
+    import numpy as np
+    from cnnlab.data.faces import load_identity_folders
+    from cnnlab.data.images import IMAGE_EXTENSIONS, decode_images
+    from cnnlab.distances import create_distance
+    from cnnlab.errors import CnnlabError
+    from cnnlab.models.siamese import search
+    from cnnlab.tasks.faces import embed_images
+    model, extra = _load(args.model, args.device)
+    gallery = Path(args.gallery)
+    if not gallery.is_dir():
+        raise CnnlabError(f"gallery folder not found: {gallery}")
+    flat = sorted(f for f in gallery.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    spec = _preprocess(extra)
+    if flat:
+        images, ok, report = decode_images([str(f) for f in flat], spec.transform, (spec.size, spec.size))
+        names = [flat[i].name for i in ok]
+        people = ["-"] * len(names)
+    else:
+        dataset, report = load_identity_folders(gallery, spec)
+        images, names = dataset.images, dataset.paths
+        people = [dataset.people[k] for k in dataset.labels]
+    for path, reason in report.bad:
+        print(f"skipped {path}: {reason}")
+    if len(names) == 0:
+        raise CnnlabError(f"no readable images in {gallery}")
+    if not 1 <= args.k <= len(names):
+        raise CnnlabError(f"-k must be in 1..{len(names)} (gallery size), got {args.k}")
+    import torch
+    z = torch.from_numpy(embed_images(model, np.ascontiguousarray(images)))
+    query = _decode([args.query], extra)
+    dist, idx = search(model, z, query, k=args.k, distance=create_distance(extra.get("distance", "euclidean")))
+    threshold = extra.get("threshold")
+    print(f"{'rank':>4}  {'distance':>8}  {'match':<5}  image")
+    for rank, (d, i) in enumerate(zip(dist[0].tolist(), idx[0].tolist()), start=1):
+        match = "" if threshold is None else ("yes" if d <= threshold else "no")
+        who = f"  ({people[i]})" if people[i] != "-" else ""
+        print(f"{rank:>4}  {d:>8.4f}  {match:<5}  {names[i]}{who}")
+    return 0
+
+
+def run_export(args) -> int:
+    from cnnlab.export import export_onnx, write_export_metadata
+    model, extra = _load(args.model, "cpu")
+    report = export_onnx(model, args.out, input_size=extra["input_size"], opset=args.opset)
+    meta = write_export_metadata(report, model, extra={"threshold": extra.get("threshold"),
+                                                        "distance": extra.get("distance"), "crop": extra["crop"]})
+    print(f"wrote {report.path} (opset {report.opset}, {report.input_size} px; max |onnx - torch| "
+          f"{report.max_abs_diff:.1e} with {report.runtime}); metadata {meta}")
+    return 0
+
+
+def run_baseline(args) -> int:
+    from cnnlab.tasks.faces import untrained_baseline
+    untrained_baseline(_config(args), _data_root(args), args.out)
+    return 0
+
+
+def run_plot(args) -> int:
+    from cnnlab.plots.faces import plot_run
+    for path in plot_run(args.run_dir):
+        print(path)
+    return 0

@@ -1,0 +1,86 @@
+"""`make demo`: the project's main jobs on the real data, sized for a 2-core CPU.
+
+A fixed sequence of steps, each printing what it produced. Every step writes under
+`--out` (default `runs/demo`) and is idempotent: a second run reuses what a finished
+earlier run wrote (the CIFAR comparison skips finished blocks and resumes an interrupted
+one; the report is rewritten from the saved files).
+
+    1. CIFAR-10 block comparison, `quick` preset (all six blocks), results table + report
+    2. LFW View 1 face verification, `demo` face preset: DevTest metrics + plots
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from cnnlab.errors import CnnlabError
+
+
+def cifar_comparison(out: Path) -> None:
+    from cnnlab.blocks import BLOCKS
+    from cnnlab.tasks.cifar import compare, resolve_recipe, results_markdown
+
+    results = compare(BLOCKS.names(), resolve_recipe("quick"), out / "cifar", report=True)
+    print()
+    print(results_markdown(results), end="")
+    print(f"results: {out / 'cifar' / 'results.md'}")
+    print(f"report: {results['report']}")
+
+
+# ---------------------------------------------------------------------------- faces (Part 2)
+def faces_view1(out: Path) -> None:
+    """LFW View 1 with the `demo` face preset: Lite0's last stages fine-tuned on cached
+    early-stage features; DevTest scored once at the threshold calibrated on validation people."""
+    from cnnlab.tasks.faces import default_lfw_root, format_test, preset_config, train_view1
+
+    from cnnlab.config import load_yaml, to_plain
+    from cnnlab.engine import read_json
+
+    run_dir = out / "faces-view1"
+    config = preset_config("demo")
+    done = run_dir / "metrics.json"
+    if done.is_file() and (run_dir / "faces_config.yaml").is_file() \
+            and load_yaml(run_dir / "faces_config.yaml") == to_plain(config) and read_json(done).get("plots"):
+        print(f"finished earlier, reusing {run_dir}")
+        metrics = read_json(done)
+    else:
+        metrics = train_view1(config, default_lfw_root(), run_dir, evaluate_test=True)
+    print()
+    print(format_test(metrics["test"], "LFW View 1 DevTest (1,000 pairs)"))
+    print(f"training {metrics['train_time_s']:.0f} s (+ {metrics['feature_cache_time_s']:.0f} s caching frozen "
+          f"features), best epoch {metrics['best_epoch']} of {metrics['epochs']}")
+    print(f"metrics: {run_dir / 'metrics.json'}  model: {run_dir / 'model.pt'}")
+    print("plots: " + "  ".join(metrics.get("plots", [])))
+
+
+# (title, step): run in this order; a later step may read what an earlier one wrote.
+STEPS: list[tuple[str, Callable[[Path], None]]] = [
+    ("CIFAR-10: compare the six blocks (quick preset)", cifar_comparison),
+    ("LFW View 1: Siamese Lite0 face verifier (demo preset)", faces_view1),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnnlab.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    start = time.perf_counter()
+    try:
+        for number, (title, step) in enumerate(STEPS, 1):
+            print(f"== step {number}/{len(STEPS)}: {title}", flush=True)
+            step_start = time.perf_counter()
+            step(out)
+            print(f"== step {number} done in {time.perf_counter() - step_start:.0f} s", flush=True)
+    except CnnlabError as exc:
+        print(f"cnnlab: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""The one training loop of cnnlab. Tasks plug in; the engine owns everything they share.
+
+A `Task` says what differs between jobs (CIFAR classification, Siamese face verification):
+which batches make an epoch, the loss of one batch, how to evaluate. The `Engine` owns what
+does not differ: device placement, bf16 autocast, channels_last, optional `torch.compile`,
+the optimizer (SGD with Nesterov momentum, or AdamW -- Loshchilov & Hutter 2019), the per-step
+learning-rate schedule (one-cycle, Smith & Topin 2017; cosine, Loshchilov & Hutter 2017), an
+optional exponential moving average of the weights (Polyak & Juditsky 1992), gradient-norm and
+non-finite checks, the progress bar, `metrics.jsonl`, an atomic checkpoint each epoch and exact
+resume. The shape follows the torchvision classification reference and Lightning's
+module/trainer split, without either's weight.
+
+A run directory holds:
+    config.yaml        resolved configs: train (this module) + whatever the caller adds (task, model, data)
+    environment.json   versions, device name, CPU count (`cnnlab.env.environment`)
+    metrics.jsonl      one JSON object per epoch: epoch, train_*, val_*, lr, epoch_time_s, images_per_s
+    checkpoint.pt      model, optimizer, scheduler, EMA, epoch, history, RNG states (weights_only-loadable)
+    final.json         the last epoch's metrics plus totals; callers may add fields (test scores)
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sized, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnlab.config import atomic_write_text, save_yaml, to_plain
+from cnnlab.env import environment, resolve_device
+from cnnlab.errors import CnnlabError
+from cnnlab.progress import progress_bar
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+FINAL = "final.json"
+# Settings that may change between an interrupted run and its resume without changing the result.
+_RESUME_FREE = ("device", "progress", "compile")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 0.4                 # peak learning rate (the top of the schedule)
+    optimizer: str = "sgd"          # sgd (Nesterov momentum) | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4      # not applied to biases and norm parameters (1-D tensors)
+    schedule: str = "onecycle"      # onecycle | cosine | constant
+    warmup: float = 0.2             # fraction of all steps spent rising linearly to `lr`
+    ema: float = 0.0                # EMA decay of the weights per step; 0 = off
+    grad_clip: float = 0.0          # max global gradient norm; 0 = off (the norm is still checked)
+    device: str = "auto"            # auto | cpu | cuda[:N]
+    precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: bool = True
+    compile: bool = False           # torch.compile the training model (opt-in: compile time is minutes on CPU)
+    seed: int = 0
+    progress: bool | None = None    # None: progress bar only on a TTY
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.optimizer in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {self.optimizer!r}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (0 <= self.warmup < 1, f"warmup must be a fraction in [0, 1), got {self.warmup}"),
+            (0 <= self.ema < 1, f"ema must be a decay in [0, 1), got {self.ema}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass
+class LRSchedule:
+    """Multiplier of the peak lr at optimizer step `step` (a callable object, so LambdaLR's
+    state_dict saves it). Linear warmup to 1.0, then: linear to ~0 (one-cycle, as in
+    Page's DAWNBench ResNet and airbench), half-cosine to ~0, or constant."""
+    kind: str
+    total_steps: int
+    warmup_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        remaining = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / remaining)
+        if self.kind == "onecycle":
+            # Never exactly 0: the last step still learns a little.
+            return max(1.0 - progress, 1.0 / remaining)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What a job supplies to the engine. Optional hooks, called when present:
+    `on_epoch_start(model, epoch)` (e.g. unfreeze a backbone), `param_groups(model)` ->
+    list of optimizer groups (dicts with "params" and optional "lr_scale", "weight_decay"),
+    `batch_size(batch)` -> number of images in a batch (default: len of its first tensor)."""
+
+    def train_batches(self, epoch: int) -> Iterable[Any] | Sized:
+        """The batches of epoch `epoch` (0-based), already on the engine's device; has len()."""
+
+    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(scalar loss, batch-mean metrics such as {"acc": ...}); runs under autocast."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation metrics (e.g. {"loss":..., "acc":...}); runs in eval mode, no_grad, autocast."""
+
+
+class ModelEma:
+    """Exponential moving average of parameters and float buffers (BN statistics too),
+    with timm's warmup (decay grows as (1+t)/(10+t)) so early averages are not dominated
+    by the random initialisation on short runs."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema_value, value in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if ema_value.is_floating_point():
+                ema_value.lerp_(value.detach(), 1.0 - decay)
+            else:
+                ema_value.copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.module.load_state_dict(state["module"])
+
+
+@dataclass
+class FitResult:
+    model: nn.Module              # trained weights, on the engine's device
+    eval_model: nn.Module         # what to score: the EMA model when EMA is on, else `model`
+    history: list[dict]           # the rows of metrics.jsonl
+    final: dict                   # the contents of final.json
+    run_dir: Path | None = None
+    resumed_from_epoch: int = 0   # epochs already done when fit started (0 = fresh)
+
+
+@dataclass
+class _EpochState:
+    sums: dict = field(default_factory=dict)
+    images: int = 0
+    first_bad_step: torch.Tensor | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices); call before building the model so the
+    initial weights are repeatable too."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Engine:
+    def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, *,
+                 run_config: dict | None = None):
+        """`run_config`: extra resolved configs saved beside `train` in config.yaml and
+        checked on resume (e.g. {"task": ..., "model": ..., "data": ...})."""
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_config = to_plain(run_config or {})
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+
+    # ------------------------------------------------------------------ public helpers
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move a model to the engine's device (and memory format); fit calls it too."""
+        fmt = torch.channels_last if self.config.channels_last else torch.preserve_format
+        return model.to(self.device, memory_format=fmt)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, fn) -> dict[str, float]:
+        """Run `fn(model)` in eval mode under no_grad and autocast; restore the mode after."""
+        was_training = model.training
+        model.eval()
+        try:
+            with self.autocast():
+                return {k: float(v) for k, v in fn(model).items()}
+        finally:
+            model.train(was_training)
+
+    def config_diff(self, saved: dict) -> list[str]:
+        """Sections/keys where a saved config.yaml differs from this engine's resolved config,
+        ignoring settings that do not change the result (device, progress, compile)."""
+        saved, current = _comparable(to_plain(saved)), _comparable(self._resolved_config())
+        return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, model: nn.Module, task: Task, *, resume: bool = False) -> FitResult:
+        cfg = self.config
+        seed_everything(cfg.seed)
+        model = self.prepare(model)
+        steps_per_epoch = len(task.train_batches(0))
+        if steps_per_epoch == 0:
+            raise CnnlabError("the task yields no training batches (data smaller than one batch?)")
+        optimizer = self._optimizer(model, task)
+        warmup = int(cfg.warmup * cfg.epochs * steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, LRSchedule(cfg.schedule, cfg.epochs * steps_per_epoch, warmup))
+        ema = ModelEma(model, cfg.ema) if cfg.ema > 0 else None
+        history: list[dict] = []
+        if resume and self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
+            history = self._load_checkpoint(model, optimizer, scheduler, ema)
+        else:
+            self._start_run_dir()
+        start_epoch = len(history)
+        # Compiling wraps the same parameters, so checkpoints and EMA keep using `model`.
+        train_model = torch.compile(model) if cfg.compile else model
+        eval_model = ema.module if ema is not None else model
+        for epoch in range(start_epoch, cfg.epochs):
+            if hasattr(task, "on_epoch_start"):
+                task.on_epoch_start(model, epoch)
+            record = self._train_epoch(train_model, task, optimizer, scheduler, ema, epoch)
+            val = self.evaluate(eval_model, task.evaluate)
+            record.update({f"val_{k}": v for k, v in val.items()})
+            history.append(record)
+            # Checkpoint after the epoch's metrics are known: a crash later never loses it.
+            self._save_checkpoint(model, optimizer, scheduler, ema, history)
+        final = self._finish(history)
+        return FitResult(model, eval_model, history, final, self.run_dir, start_epoch)
+
+    def _train_epoch(self, model, task, optimizer, scheduler, ema, epoch) -> dict:
+        cfg = self.config
+        model.train()
+        batches = task.train_batches(epoch)
+        state = _EpochState(first_bad_step=torch.tensor(-1, device=self.device))
+        # On CUDA, reading a value back stalls the queue; check every few steps instead of each.
+        check_every = 1 if self.device.type == "cpu" else 25
+        bar = progress_bar(batches, enable=cfg.progress, total=len(batches),
+                           desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+        start = time.perf_counter()
+        for step, batch in enumerate(bar):
+            with self.autocast():
+                loss, metrics = task.training_step(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = self._grad_norm(model)
+            finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+            state.first_bad_step = torch.where(finite | (state.first_bad_step >= 0),
+                                               state.first_bad_step, step)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            self._accumulate(state, task, batch, loss, metrics)
+            if step % check_every == 0 or step == len(batches) - 1:
+                self._check_finite(state, epoch)
+                if not bar.disable:
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in self._means(state).items()}
+                                    | {"img/s": f"{state.images / max(elapsed, 1e-9):.0f}"})
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        bar.close()
+        return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in self._means(state).items()},
+                "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
+                "images_per_s": state.images / max(seconds, 1e-9)}
+
+    # ------------------------------------------------------------------ pieces of the loop
+    def _optimizer(self, model: nn.Module, task) -> torch.optim.Optimizer:
+        cfg = self.config
+        if hasattr(task, "param_groups"):
+            groups = [dict(g) for g in task.param_groups(model)]
+        else:
+            # No weight decay on biases and BatchNorm scales: decaying them only fights the
+            # normalisation (the usual practice, e.g. timm's filter_bias_and_bn).
+            params = [p for p in model.parameters()]
+            groups = [{"params": [p for p in params if p.ndim > 1]},
+                      {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        for group in groups:
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+            group.setdefault("weight_decay", cfg.weight_decay)
+        groups = [g for g in groups if g["params"]]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+
+    def _grad_norm(self, model: nn.Module) -> torch.Tensor:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        if self.config.grad_clip > 0:
+            return nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+        return nn.utils.get_total_norm(grads)
+
+    @staticmethod
+    def _accumulate(state: _EpochState, task, batch, loss, metrics) -> None:
+        n = task.batch_size(batch) if hasattr(task, "batch_size") else len(batch[0])
+        state.images += n
+        # Sums stay on the device; nothing is read back until a check or the epoch's end.
+        for key, value in {"loss": loss, **metrics}.items():
+            value = torch.as_tensor(value).detach().float() * n
+            state.sums[key] = state.sums[key] + value if key in state.sums else value
+
+    @staticmethod
+    def _means(state: _EpochState) -> dict[str, float]:
+        return {k: float(v) / max(state.images, 1) for k, v in state.sums.items()}
+
+    def _check_finite(self, state: _EpochState, epoch: int) -> None:
+        bad = int(state.first_bad_step)
+        if bad >= 0:
+            kept = (f"the last good checkpoint (epoch {epoch}) is kept in {self.run_dir}"
+                    if epoch > 0 and self.run_dir is not None else "no checkpoint was written yet")
+            raise CnnlabError(f"training diverged: non-finite loss or gradient at epoch {epoch + 1}, "
+                              f"step {bad + 1}; lower the learning rate or set grad_clip; {kept}")
+
+    # ------------------------------------------------------------------ run directory
+    def _resolved_config(self) -> dict:
+        return {"train": to_plain(self.config), **self.run_config}
+
+    def _start_run_dir(self) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (METRICS, FINAL, CHECKPOINT):
+            (self.run_dir / stale).unlink(missing_ok=True)
+        save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
+        atomic_write_text(self.run_dir / "environment.json",
+                          json.dumps(environment(self.device), indent=2) + "\n")
+
+    def _save_checkpoint(self, model, optimizer, scheduler, ema, history) -> None:
+        if self.run_dir is None:
+            return
+        state = {"epoch": len(history), "history": history, "config": self._resolved_config(),
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+                 "rng": _rng_state()}
+        tmp = self.run_dir / f".{CHECKPOINT}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.run_dir / CHECKPOINT)
+        atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+
+    def _load_checkpoint(self, model, optimizer, scheduler, ema) -> list[dict]:
+        state = load_checkpoint(self.run_dir)
+        diff = self.config_diff(state["config"])
+        if diff:
+            raise CnnlabError(f"cannot resume {self.run_dir}: its config differs in {', '.join(diff)}; "
+                              "use the same settings or a new output directory")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        _set_rng_state(state["rng"])
+        return list(state["history"])
+
+    def _finish(self, history: list[dict]) -> dict:
+        train_time = sum(r["epoch_time_s"] for r in history)
+        images = sum(r["images_per_s"] * r["epoch_time_s"] for r in history)
+        final = {**history[-1], "epochs": len(history), "train_time_s": train_time,
+                 "images_per_s": images / max(train_time, 1e-9), "device": str(self.device),
+                 "ema": self.config.ema > 0}
+        if self.run_dir is not None:
+            old = read_json(self.run_dir / FINAL) if (self.run_dir / FINAL).is_file() else {}
+            # Keep fields callers added (test scores) when a finished run is resumed again.
+            write_json(self.run_dir / FINAL, {**old, **final})
+        return final
+
+
+# ---------------------------------------------------------------------- module helpers
+def load_checkpoint(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise CnnlabError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which, on one line
+        raise CnnlabError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_weights(run_dir: str | Path, model: nn.Module, *, prefer_ema: bool = True) -> nn.Module:
+    """Load a run's trained weights into `model` (the EMA weights when the run kept them)."""
+    state = load_checkpoint(run_dir)
+    weights = state["ema"]["module"] if prefer_ema and state.get("ema") else state["model"]
+    model.load_state_dict(weights)
+    return model
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(to_plain(data), indent=2) + "\n")
+
+
+def _comparable(config: dict) -> dict:
+    """Flatten {"train": {...}, "task": {...}} to {"train.lr": ...} so a mismatch can be named."""
+    flat = {}
+    for section, values in config.items():
+        for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
+            if not (section == "train" and key in _RESUME_FREE):
+                flat[f"{section}.{key}" if key else section] = value
+    return flat
+
+
+def _rng_state() -> dict:
+    # Tensors and plain numbers only, so torch.load(weights_only=True) can read it back.
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+            "python": torch.tensor(py_state[1], dtype=torch.int64)}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(int(v) for v in state["python"]), None))

@@ -1,0 +1,310 @@
+"""The CIFAR-10 block comparison: every block in the same `BlockNet`, trained with the same
+recipe by the one engine, scored on validation each epoch and on the test set once at the end.
+
+Recipes come as presets. `full` is the 30-epoch reference budget, close to Page's DAWNBench
+ResNet recipe ("How to train your ResNet", 2018): batch 512, SGD with Nesterov momentum,
+a linear one-cycle schedule peaking at 0.4 after 20% of the steps, weight decay 5e-4, label
+smoothing 0.1, random crop + flip, bf16 and channels_last on a GPU. `quick` shrinks the budget
+until all six blocks train in about ten minutes on a 2-core CPU: a quarter-width network, a
+stratified training subset, a few epochs, a smaller validation split. The results table
+says which was used.
+
+Layout of `compare --out OUT`:
+    OUT/results.json  {"preset", "recipe", "data", "environment", "rows": [...]}  (accuracies 0..1)
+    OUT/results.csv   the rows;  OUT/results.md  a markdown table in percent + the recipe line
+    OUT/<block>/      an engine run directory + embeddings_test.npz (test features and logits)
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cnnlab.blocks import BLOCKS
+from cnnlab.config import atomic_write_text, build_config, load_yaml, to_plain
+from cnnlab.engine import FINAL, Engine, TrainConfig, load_weights, read_json, seed_everything, write_json
+from cnnlab.env import device_name, environment, resolve_device
+from cnnlab.errors import CnnlabError
+from cnnlab.models import BlockNet, BlockNetConfig, count_parameters
+from cnnlab.tasks.classification import ClassificationConfig, ClassificationTask, count_macs, eval_loader, score
+
+EMBEDDINGS = "embeddings_test.npz"
+ROW_FIELDS = ["block", "params", "macs", "val_acc", "test_acc", "train_acc", "train_time_s",
+              "images_per_s", "device", "run_dir"]
+TRAIN_ACC_NOTE = ("train acc = running accuracy over the final epoch's augmented training batches "
+                  "(free to measure; usually below clean training accuracy)")
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None        # a folder, "synthetic", or None: $CNNLAB_DATA, then the download folder
+    val_size: int = 5000           # held out of the official training set, stratified
+    train_subset: int | None = None  # stratified subset of the remaining training images; None = all
+    seed: int = 0                  # seeds the split and the subset
+    download: bool = False         # fetch the official archive when no copy is found (needs internet)
+    synthetic_train: int = 1000    # sizes used when root == "synthetic" (tests, smoke runs)
+    synthetic_val: int = 200
+    synthetic_test: int = 200
+
+    def __post_init__(self):
+        if self.val_size < 1:
+            raise ValueError(f"val_size must be >= 1, got {self.val_size}")
+        if self.train_subset is not None and self.train_subset < 10:
+            raise ValueError(f"train_subset must be >= 10 (one per class), got {self.train_subset}")
+
+
+PRESETS: dict[str, dict] = {
+    "full": {
+        "train": dict(epochs=30, batch_size=512, lr=0.4, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+                      schedule="onecycle", warmup=0.2, ema=0.0, precision="auto", channels_last=True),
+        "task": dict(label_smoothing=0.1, crop_padding=4, flip=True, cutout=0),
+        "model": dict(width_multiplier=1.0, dropout=0.0),
+        "data": dict(val_size=5000, train_subset=None),
+    },
+    # Sized from measured CPU throughput at width 0.25 (training images/s, 2-core VM; 2 threads,
+    # load ~2: A 980, B 1280, C 1290, D 610, D-dw 880, E 1670; 1 thread: A 1035, B 870, C 794,
+    # D 445, D-dw 799, E 1153). 5 epochs x 12,000 images took 610 s for all six blocks with one
+    # thread, report included (BENCHMARKS.md); validation uses 2,000 images per epoch, the
+    # test set all 10,000 once.
+    "quick": {
+        "train": dict(epochs=5, batch_size=128, lr=0.2, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+                      schedule="onecycle", warmup=0.2, ema=0.0, precision="auto", channels_last=True),
+        "task": dict(label_smoothing=0.1, crop_padding=4, flip=True, cutout=0),
+        "model": dict(width_multiplier=0.25, dropout=0.0),
+        "data": dict(val_size=2000, train_subset=12000),
+    },
+}
+SECTIONS = ("train", "task", "model", "data")
+# Model options a recipe may set; the block itself is chosen per run.
+MODEL_OPTIONS = ("widths", "depths", "stem_width", "width_multiplier", "dropout", "block_options")
+
+
+@dataclass
+class Recipe:
+    preset: str
+    train: TrainConfig
+    task: ClassificationConfig
+    model: dict
+    data: DataConfig
+
+    def model_config(self, block: str) -> BlockNetConfig:
+        return BlockNetConfig(block=block, **copy.deepcopy(self.model))
+
+    def to_dict(self) -> dict:
+        return {"preset": self.preset, **{s: to_plain(getattr(self, s)) for s in SECTIONS}}
+
+
+def resolve_recipe(preset: str = "full", config_file: str | Path | None = None,
+                   overrides: dict[str, dict] | None = None) -> Recipe:
+    """Preset, then a YAML file with `train:`/`task:`/`model:`/`data:` sections, then flags
+    (None values ignored) fill the same dataclasses; bad values become one-line errors."""
+    if preset not in PRESETS:
+        raise CnnlabError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    from_file = load_yaml(config_file) if config_file else {}
+    unknown = set(from_file) - set(SECTIONS) - {"preset"}
+    if unknown:
+        raise CnnlabError(f"config file sections must be {', '.join(SECTIONS)}; got {', '.join(sorted(unknown))}")
+    overrides = overrides or {}
+    layers = {s: [PRESETS[preset][s], from_file.get(s), overrides.get(s)] for s in SECTIONS}
+    model = {}
+    for layer in layers["model"]:
+        for key, value in (layer or {}).items():
+            if key not in MODEL_OPTIONS:
+                raise CnnlabError(f"unknown model option {key!r}; valid: {', '.join(MODEL_OPTIONS)}")
+            if value is not None:
+                model[key] = value
+    model = to_plain(build_config(BlockNetConfig, {"block": "A"}, model))
+    model.pop("block")
+    return Recipe(preset, build_config(TrainConfig, *layers["train"]),
+                  build_config(ClassificationConfig, *layers["task"]), model,
+                  build_config(DataConfig, *layers["data"]))
+
+
+def check_blocks(blocks: list[str]) -> list[str]:
+    """Canonical block names, or a one-line error listing the valid ones (before any work)."""
+    names = []
+    for name in blocks:
+        try:
+            names.append(BLOCKS.canonical(name))
+        except KeyError as exc:
+            raise CnnlabError(exc.args[0]) from None
+    if len(set(names)) != len(names):
+        raise CnnlabError(f"a block is listed twice: {' '.join(blocks)}")
+    return names
+
+
+def load_data(config: DataConfig, progress: bool | None = None):
+    from cnnlab.data.cifar import load_cifar10, synthetic_cifar
+    if config.root == "synthetic":
+        return synthetic_cifar(config.synthetic_train, config.synthetic_test,
+                               val_size=config.synthetic_val, seed=config.seed)
+    return load_cifar10(config.root, val_size=config.val_size, seed=config.seed,
+                        train_subset=config.train_subset, download=config.download, progress=progress)
+
+
+def data_summary(splits, config: DataConfig) -> dict:
+    return {"source": splits.source, "train": len(splits.train_labels), "val": len(splits.val_labels),
+            "test": len(splits.test_labels), "train_subset": config.train_subset, "val_size": config.val_size,
+            "seed": config.seed, "class_names": list(splits.class_names)}
+
+
+# ---------------------------------------------------------------------------- one block
+def train_block(block: str, recipe: Recipe, splits, run_dir: str | Path, *,
+                log: Callable[[str], None] = print) -> dict:
+    """Train (or resume, or reuse) one block in `run_dir`; score the test set once at the end.
+    Returns the results row."""
+    run_dir = Path(run_dir)
+    model_config = recipe.model_config(block)
+    engine = Engine(recipe.train, run_dir, run_config={
+        "task": recipe.task, "model": model_config, "data": {**to_plain(recipe.data), "source": splits.source}})
+    final_path = run_dir / FINAL
+    if (run_dir / "config.yaml").is_file():
+        diff = engine.config_diff(load_yaml(run_dir / "config.yaml"))
+        if diff:
+            raise CnnlabError(f"{run_dir} holds a run with different settings ({', '.join(diff)}); "
+                              "use another output directory or delete that one")
+        if final_path.is_file() and "test_acc" in read_json(final_path) and (run_dir / EMBEDDINGS).is_file():
+            log(f"{block}: finished earlier, reusing {run_dir}")
+            return _row(read_json(final_path), block)
+    seed_everything(recipe.train.seed)
+    model = BlockNet(model_config)
+    task = ClassificationTask.from_arrays(
+        splits.train_images, splits.train_labels, splits.val_images, splits.val_labels, recipe.task,
+        batch_size=recipe.train.batch_size, device=engine.device, seed=recipe.train.seed,
+        channels_last=recipe.train.channels_last)
+    result = engine.fit(model, task, resume=True)
+    if result.resumed_from_epoch:
+        log(f"{block}: resumed after epoch {result.resumed_from_epoch}")
+    test = score_test(engine, result.eval_model, splits, recipe, run_dir)
+    final = {**result.final, "block": block, "params": count_parameters(model), "macs": count_macs(model),
+             "test_loss": test["loss"], "test_acc": test["acc"], "train_acc_note": TRAIN_ACC_NOTE,
+             "device_name": device_name(engine.device)}
+    write_json(final_path, final)
+    return _row(final, block)
+
+
+def score_test(engine: Engine, model, splits, recipe: Recipe, run_dir: Path) -> dict:
+    """The one test-set pass: embeddings and logits are saved for the analysis, and the test
+    loss and accuracy are computed from those same logits."""
+    from cnnlab.analysis import save_embeddings
+    loader = eval_loader(splits.test_images, splits.test_labels, recipe.task.eval_batch_size,
+                         device=engine.device, channels_last=recipe.train.channels_last)
+    path = save_embeddings(model, loader, run_dir / EMBEDDINGS, splits.class_names)
+    with np.load(path) as saved:
+        logits, labels = saved["logits"].astype(np.float64), saved["labels"]
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return {"loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
+            "acc": float((logits.argmax(1) == labels).mean())}
+
+
+def _row(final: dict, block: str) -> dict:
+    return {"block": block, "params": final["params"], "macs": final["macs"], "val_acc": final["val_acc"],
+            "test_acc": final["test_acc"], "train_acc": final["train_acc"], "train_time_s": final["train_time_s"],
+            "images_per_s": final["images_per_s"], "device": final.get("device_name", final["device"]),
+            "run_dir": block}
+
+
+# ---------------------------------------------------------------------------- the comparison
+def compare(blocks: list[str], recipe: Recipe, out: str | Path, *, report: bool = True,
+            log: Callable[[str], None] = print) -> dict:
+    """Train every block with the same recipe into OUT/<block>/, writing the results files
+    after each block, so an interruption never loses finished rows; a rerun reuses them.
+    With `report`, writes OUT/report.{md,html} at the end; its path is in the returned
+    dict under "report"."""
+    blocks = check_blocks(blocks)
+    out = Path(out)
+    results_path = out / "results.json"
+    earlier = read_json(results_path) if results_path.is_file() else None
+    if earlier is not None and earlier.get("recipe") != _comparable_recipe(recipe):
+        raise CnnlabError(f"{out} holds results of a different recipe; use another --out or delete it")
+    splits = load_data(recipe.data, progress=recipe.train.progress)
+    results = {"preset": recipe.preset, "recipe": _comparable_recipe(recipe),
+               "data": data_summary(splits, recipe.data), "environment": environment(resolve_device(recipe.train.device)),
+               "rows": [r for r in (earlier or {}).get("rows", []) if r["block"] not in blocks]}
+    for i, block in enumerate(blocks, 1):
+        log(f"[{i}/{len(blocks)}] block {block}")
+        row = train_block(block, recipe, splits, out / block, log=log)
+        results["rows"].append(row)
+        log(f"{block}: val {row['val_acc']:.2%}  test {row['test_acc']:.2%}  "
+            f"{row['train_time_s']:.1f} s  {row['images_per_s']:.0f} img/s")
+        write_results(results, out)
+    if report:
+        from cnnlab.report import write_report
+        # Returned to the caller (printed after the table), not saved: results.json is data only.
+        results = {**results, "report": str(write_report(out, progress=recipe.train.progress))}
+    return results
+
+
+def _comparable_recipe(recipe: Recipe) -> dict:
+    plain = recipe.to_dict()
+    # Where and how visibly it ran does not change what was trained.
+    plain["train"] = {k: v for k, v in plain["train"].items() if k not in ("device", "progress", "compile")}
+    return plain
+
+
+def write_results(results: dict, out: Path) -> None:
+    write_json(out / "results.json", results)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(results["rows"])
+    atomic_write_text(out / "results.csv", buffer.getvalue())
+    atomic_write_text(out / "results.md", results_markdown(results))
+
+
+def results_markdown(results: dict) -> str:
+    lines = ["| block | params | MACs/image | val acc | test acc | train acc | train time (s) | images/s | device |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in results["rows"]:
+        lines.append(f"| {r['block']} | {r['params']:,} | {r['macs'] / 1e6:,.1f}M | {r['val_acc']:.2%} | "
+                     f"{r['test_acc']:.2%} | {r['train_acc']:.2%} | {r['train_time_s']:.1f} | "
+                     f"{r['images_per_s']:,.0f} | {r['device']} |")
+    return "\n".join(lines) + "\n\n" + recipe_line(results) + "\n"
+
+
+def recipe_line(results: dict) -> str:
+    recipe, data = results["recipe"], results["data"]
+    train = recipe["train"]
+    subset = (f"stratified subset of {data['train']:,} training images"
+              if data.get("train_subset") else f"all {data['train']:,} training images")
+    devices = sorted({r["device"] for r in results["rows"]}) or ["-"]
+    return (f"Preset `{results['preset']}`: {train['epochs']} epochs, {subset}, {data['val']:,} validation, "
+            f"{data['test']:,} test (scored once); width multiplier {recipe['model']['width_multiplier']}; "
+            f"batch {train['batch_size']}, {train['optimizer']} lr {train['lr']} {train['schedule']}, "
+            f"label smoothing {recipe['task']['label_smoothing']}; device {', '.join(devices)}; "
+            f"data {data['source']}. {TRAIN_ACC_NOTE}.")
+
+
+# ---------------------------------------------------------------------------- re-scoring
+def evaluate_run(run_dir: str | Path, *, data: str | None = None, device: str | None = None) -> dict:
+    """Re-score a run's checkpoint (EMA weights when kept) on its validation and test sets,
+    rebuilt from the run's own config.yaml; writes RUN/eval.json."""
+    run_dir = Path(run_dir)
+    saved = load_yaml(run_dir / "config.yaml")
+    try:
+        train = build_config(TrainConfig, saved["train"], {"device": device, "progress": False})
+        task = build_config(ClassificationConfig, saved["task"])
+        model_config = build_config(BlockNetConfig, saved["model"])
+        data_plain = {k: v for k, v in saved["data"].items() if k != "source"}
+    except KeyError as exc:
+        raise CnnlabError(f"{run_dir}/config.yaml is not a cifar run config (missing {exc.args[0]!r})") from None
+    data_config = build_config(DataConfig, data_plain, {"root": data})
+    engine = Engine(train)
+    splits = load_data(data_config)
+    model = engine.prepare(load_weights(run_dir, BlockNet(model_config)))
+    results = {}
+    for split, images, labels in (("val", splits.val_images, splits.val_labels),
+                                  ("test", splits.test_images, splits.test_labels)):
+        loader = eval_loader(images, labels, task.eval_batch_size, device=engine.device,
+                             channels_last=train.channels_last)
+        results.update({f"{split}_{k}": v for k, v in engine.evaluate(model, lambda m: score(m, loader)).items()})
+    results.update({"run_dir": str(run_dir), "device": str(engine.device), "data": splits.source})
+    write_json(run_dir / "eval.json", results)
+    return results
+

@@ -1,0 +1,124 @@
+"""Image classification as an engine task: cross-entropy with label smoothing (Szegedy et al.
+2016, "Rethinking the Inception Architecture"), accuracy, and device-resident batches from
+`cnnlab.data.loader.DeviceLoader`. Also the MAC counter used in the comparison table."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader
+
+
+@dataclass
+class ClassificationConfig:
+    label_smoothing: float = 0.1
+    crop_padding: int = 4       # random crop after zero padding; 0 = off
+    flip: bool = True           # random horizontal flip
+    cutout: int = 0             # Cutout square side (DeVries & Taylor 2017); 0 = off
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        self.augment()  # validates crop_padding and cutout in one place: AugmentConfig
+
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(crop_padding=self.crop_padding, flip=self.flip, cutout=self.cutout)
+
+
+class ClassificationTask:
+    """Training batches are shuffled and augmented on the device; validation is scored
+    without augmentation. The training loss includes label smoothing; `val_loss` is the
+    plain cross-entropy, so it is comparable across recipes."""
+
+    def __init__(self, train: DeviceLoader, val: DeviceLoader, config: ClassificationConfig):
+        self.train, self.val, self.config = train, val, config
+
+    @classmethod
+    def from_arrays(cls, train_images, train_labels, val_images, val_labels, config: ClassificationConfig,
+                    *, batch_size: int, device, seed: int = 0, channels_last: bool = True,
+                    mean=CIFAR10_MEAN, std=CIFAR10_STD) -> "ClassificationTask":
+        # drop_last: every step sees a full batch, so the schedule and BatchNorm statistics
+        # behave the same each epoch (and a compiled graph keeps one shape).
+        train = DeviceLoader(train_images, train_labels, min(batch_size, len(train_labels)), device=device,
+                             mean=mean, std=std, shuffle=True, augment=config.augment(), drop_last=True,
+                             seed=seed, channels_last=channels_last)
+        val = eval_loader(val_images, val_labels, config.eval_batch_size, device=device,
+                          channels_last=channels_last, mean=mean, std=std)
+        return cls(train, val, config)
+
+    def train_batches(self, epoch: int) -> DeviceLoader:
+        self.train.set_epoch(epoch)
+        return self.train
+
+    def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = batch
+        logits = model(x)
+        # The loss in fp32 even under bf16 autocast: log-softmax of 10 logits is cheap and exact.
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+        return loss, {"acc": (logits.argmax(1) == y).float().mean()}
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return score(model, self.val)
+
+
+def eval_loader(images, labels, batch_size: int, *, device, channels_last: bool = True,
+                mean=CIFAR10_MEAN, std=CIFAR10_STD) -> DeviceLoader:
+    return DeviceLoader(images, labels, batch_size, device=device, mean=mean, std=std,
+                        shuffle=False, augment=None, channels_last=channels_last)
+
+
+@torch.no_grad()
+def score(model: nn.Module, batches: Iterable) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of `model` over (x, y) batches; one read-back at the end.
+    The caller chooses the mode (the engine's `evaluate` sets eval mode and autocast)."""
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x).float()
+        loss_sum = loss_sum + F.cross_entropy(logits, y, reduction="sum")
+        correct = correct + (logits.argmax(1) == y).sum()
+        count += len(y)
+    if count == 0:
+        raise ValueError("score() got no batches")
+    return {"loss": float(loss_sum) / count, "acc": float(correct) / count}
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    """Multiply-accumulates per image of every Conv2d and Linear layer, counted with forward
+    hooks on one forward pass (eval mode, so nothing about the model changes). Element-wise
+    work (BatchNorm, activations, attention gates, pooling) is not counted, as is usual."""
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, inputs, output):
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += output[0].numel() * (module.in_channels // module.groups) * kh * kw
+
+    def linear_hook(module: nn.Linear, inputs, output):
+        nonlocal total
+        total += (output[0].numel() if output.ndim > 1 else output.numel()) * module.in_features
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            handles.append(module.register_forward_hook(conv_hook))
+        elif isinstance(module, nn.Linear):
+            handles.append(module.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return int(total)

@@ -1,0 +1,144 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cnnlab.cli import main
+from cnnlab.tasks import count_macs
+from cnnlab.tasks.cifar import ROW_FIELDS, resolve_recipe
+
+# Synthetic data, tiny network, two epochs: the whole comparison path in seconds.
+TINY = ["--data", "synthetic", "--epochs", "2", "--batch-size", "50", "--lr", "0.2",
+        "--width-multiplier", "0.125", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see tests/test_engine.py: steady timing on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "run"
+    assert main(["cifar", "compare", "--blocks", "A", "se", "--out", str(out), "--no-report", *TINY]) == 0
+    return out
+
+
+def test_compare_writes_the_results_contract(compared):
+    results = json.loads((compared / "results.json").read_text())
+    assert set(results) >= {"preset", "recipe", "data", "environment", "rows"}
+    assert results["preset"] == "full" and results["recipe"]["train"]["epochs"] == 2
+    assert results["recipe"]["model"]["width_multiplier"] == 0.125
+    assert results["data"]["source"] == "synthetic" and results["data"]["test"] == 200
+    assert [r["block"] for r in results["rows"]] == ["A", "C"]  # the alias resolved
+    for row in results["rows"]:
+        assert list(row) == ROW_FIELDS
+        for key in ("val_acc", "test_acc", "train_acc"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["params"] > 0 and row["macs"] > 0 and row["train_time_s"] > 0 and row["images_per_s"] > 0
+        assert row["run_dir"] == row["block"]
+        run = compared / row["run_dir"]
+        for name in ("config.yaml", "environment.json", "metrics.jsonl", "final.json", "checkpoint.pt"):
+            assert (run / name).stat().st_size > 0, name
+        saved = np.load(run / "embeddings_test.npz")
+        assert saved["features"].shape[0] == 200 and saved["logits"].shape == (200, 10)
+        # The test accuracy is the one computed from the saved test logits.
+        assert row["test_acc"] == pytest.approx(float((saved["logits"].argmax(1) == saved["labels"]).mean()))
+    with open(compared / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["block"] for r in rows] == ["A", "C"] and float(rows[0]["test_acc"]) <= 1
+    table = (compared / "results.md").read_text()
+    assert "| A |" in table and "| C |" in table and "%" in table
+    assert "Preset `full`: 2 epochs" in table and "width multiplier 0.125" in table and "device cpu" in table
+
+
+def test_rerun_reuses_finished_blocks_and_keeps_their_rows(compared, capsys):
+    before = (compared / "A" / "checkpoint.pt").stat().st_mtime_ns
+    assert main(["cifar", "compare", "--blocks", "A", "--out", str(compared), "--no-report", *TINY]) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert (compared / "A" / "checkpoint.pt").stat().st_mtime_ns == before
+    rows = json.loads((compared / "results.json").read_text())["rows"]
+    assert sorted(r["block"] for r in rows) == ["A", "C"]  # C's earlier row is not lost
+
+
+def test_changed_recipe_on_same_out_is_refused_without_touching_results(compared, capsys):
+    before = (compared / "results.json").read_text()
+    args = ["cifar", "compare", "--blocks", "A", "--out", str(compared), "--no-report", *TINY, "--epochs", "3"]
+    assert main(args) == 2
+    assert "different recipe" in capsys.readouterr().err
+    assert (compared / "results.json").read_text() == before
+
+
+def test_eval_rescores_the_checkpoint(compared, capsys):
+    assert main(["cifar", "eval", str(compared / "A")]) == 0
+    scores = json.loads((compared / "A" / "eval.json").read_text())
+    final = json.loads((compared / "A" / "final.json").read_text())
+    assert scores["val_acc"] == pytest.approx(final["val_acc"])
+    assert scores["test_acc"] == pytest.approx(final["test_acc"])
+
+
+def test_unknown_block_exits_2_before_any_training(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["cifar", "compare", "--blocks", "A", "F", "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: unknown block 'F'") and "D-dw" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_train_refuses_existing_run_unless_resume(tmp_path, capsys):
+    out = str(tmp_path / "one")
+    assert main(["cifar", "train", "--block", "E", "--out", out, *TINY[:-1]]) == 0
+    assert main(["cifar", "train", "--block", "E", "--out", out, *TINY[:-1]]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["cifar", "train", "--block", "E", "--out", out, "--resume", *TINY[:-1]]) == 0
+
+
+def test_bad_values_are_one_line_errors(tmp_path, capsys):
+    assert main(["cifar", "train", "--block", "A", "--out", str(tmp_path), "--lr", "-1", *TINY[2:4]]) == 2
+    assert capsys.readouterr().err == "cnnlab: error: invalid TrainConfig: lr must be a positive number, got -1.0\n"
+    config = tmp_path / "recipe.yaml"
+    config.write_text("train:\n  epochs: 3\nmodel:\n  width_multiplier: 0.5\n")
+    recipe = resolve_recipe("quick", config, {"train": {"epochs": 4}})
+    assert recipe.train.epochs == 4 and recipe.model["width_multiplier"] == 0.5 and recipe.data.train_subset
+    config.write_text("train:\n  epoch: 3\n")
+    assert main(["cifar", "compare", "--out", str(tmp_path / "x"), "--config", str(config), *TINY]) == 2
+    assert "unknown TrainConfig option 'epoch'" in capsys.readouterr().err
+
+
+def test_mac_counter_matches_a_hand_count():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),             # 8x8 out: 64 * 8 * (3*9)  = 13,824
+        nn.Conv2d(8, 8, 3, padding=1, groups=4),   # 64 * 8 * (2*9)           =  9,216
+        nn.Conv2d(8, 16, 1, stride=2),             # 4x4 out: 16 * 16 * 8     =  2,048
+        nn.Flatten(), nn.Linear(256, 10))          # 256 * 10                 =  2,560
+    assert count_macs(model, (3, 8, 8)) == 13_824 + 9_216 + 2_048 + 2_560
+    assert model.training  # the count does not change the mode
+
+
+def test_mac_counter_on_blocknet_stem():
+    from cnnlab.models import create_model
+    full = create_model("A")
+    # Stem 3->64 at 32x32 alone is 1024*64*27 = 1,769,472 MACs; the whole net ~0.4 GMACs.
+    assert 0.35e9 < count_macs(full) < 0.45e9
+    assert count_macs(create_model("E")) < count_macs(full) < count_macs(create_model("D"))
+
+
+def test_benchmark_script_alternates_paths_and_reports_ratio_and_accuracy(capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cifar.py"
+    spec = importlib.util.spec_from_file_location("bench_cifar", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--data", "synthetic", "--rounds", "2", "--steps", "2", "--workers", "0",
+                       "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rounds = [line for line in out.splitlines() if line.startswith("round")]
+    assert [line.split(":")[1].split()[0] for line in rounds] == ["device-resident", "DataLoader"] * 2
+    assert out.count("images/s   accuracy ") == 2 and "ratio (device-resident / DataLoader):" in out

@@ -1,0 +1,179 @@
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from cnnlab.config import build_config
+from cnnlab.data.cifar import synthetic_cifar
+from cnnlab.engine import Engine, LRSchedule, TrainConfig, load_checkpoint, seed_everything
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.tasks import ClassificationConfig, ClassificationTask
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny batches on a shared 2-core machine: with two OpenMP threads a busy neighbour makes
+    # every op wait at a barrier (measured 10x slower); one thread is steady and repeatable.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    # 16x16 images keep each test to seconds; the network's three 2x2 pools still fit.
+    return synthetic_cifar(n_train=600, n_test=100, val_size=100, size=16, seed=0)
+
+
+def make_task(splits, batch_size=25, **config):
+    return ClassificationTask.from_arrays(splits.train_images, splits.train_labels, splits.val_images,
+                                          splits.val_labels, ClassificationConfig(**config),
+                                          batch_size=batch_size, device="cpu")
+
+
+def tiny_model(seed=0, block="A"):
+    seed_everything(seed)
+    return create_model(block, width_multiplier=0.125)
+
+
+def small_config(**changes):
+    return TrainConfig(**{"epochs": 3, "batch_size": 25, "lr": 0.2, "device": "cpu", "progress": False, **changes})
+
+
+class StopAtEpoch:
+    """Wraps a task and raises at the start of one epoch: an interruption, as a crash would be."""
+
+    def __init__(self, task, epoch):
+        self.task, self.stop_epoch = task, epoch
+
+    def train_batches(self, epoch):
+        return self.task.train_batches(epoch)
+
+    def training_step(self, model, batch):
+        return self.task.training_step(model, batch)
+
+    def evaluate(self, model):
+        return self.task.evaluate(model)
+
+    def on_epoch_start(self, model, epoch):
+        if epoch == self.stop_epoch:
+            raise KeyboardInterrupt
+
+
+class PoisonAtEpoch(StopAtEpoch):
+    """Makes the loss non-finite on the second step of one epoch."""
+
+    def on_epoch_start(self, model, epoch):
+        self.epoch, self.step = epoch, 0
+
+    def training_step(self, model, batch):
+        loss, metrics = self.task.training_step(model, batch)
+        self.step += 1
+        if self.epoch == self.stop_epoch and self.step == 2:
+            loss = loss * float("nan")
+        return loss, metrics
+
+
+def test_engine_learns_synthetic_data_well_above_chance(splits, tmp_path):
+    result = Engine(small_config(epochs=4), tmp_path).fit(tiny_model(), make_task(splits))
+    assert result.final["val_acc"] >= 0.6  # chance is 0.1
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_run_directory_holds_config_environment_metrics_final(splits, tmp_path):
+    Engine(small_config(epochs=2), tmp_path, run_config={"task": ClassificationConfig()}).fit(
+        tiny_model(), make_task(splits))
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["train"]["lr"] == 0.2 and config["task"]["label_smoothing"] == 0.1
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["cpu_count"] >= 1
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"):
+            assert math.isfinite(row[key]), key
+        assert 0 <= row["train_acc"] <= 1 and 0 <= row["val_acc"] <= 1
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["epochs"] == 2 and final["val_acc"] == rows[-1]["val_acc"] and final["train_time_s"] > 0
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+
+
+def test_resume_after_interruption_gives_the_same_weights(splits, tmp_path):
+    config = small_config(ema=0.9)
+    reference = Engine(config, tmp_path / "straight").fit(tiny_model(), make_task(splits))
+
+    with pytest.raises(KeyboardInterrupt):
+        Engine(config, tmp_path / "resumed").fit(tiny_model(), StopAtEpoch(make_task(splits), 2))
+    assert load_checkpoint(tmp_path / "resumed")["epoch"] == 2
+    # A fresh process would rebuild everything: new model (other init), new task, new engine.
+    resumed = Engine(config, tmp_path / "resumed").fit(tiny_model(seed=1), make_task(splits), resume=True)
+
+    assert resumed.resumed_from_epoch == 2
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(reference.eval_model.state_dict().values(), resumed.eval_model.state_dict().values()):
+        assert torch.equal(a, b)
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    assert resumed.final["val_acc"] == reference.final["val_acc"]
+
+
+def test_resume_refuses_a_changed_recipe(splits, tmp_path):
+    Engine(small_config(epochs=1), tmp_path).fit(tiny_model(), make_task(splits))
+    with pytest.raises(CnnlabError, match="train.lr"):
+        Engine(small_config(epochs=1, lr=0.1), tmp_path).fit(tiny_model(), make_task(splits), resume=True)
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(splits, tmp_path):
+    with pytest.raises(CnnlabError) as err:
+        Engine(small_config(), tmp_path).fit(tiny_model(), PoisonAtEpoch(make_task(splits), 1))
+    message = str(err.value)
+    assert "epoch 2, step 2" in message and "checkpoint (epoch 1)" in message and "\n" not in message
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    for value in load_checkpoint(tmp_path)["model"].values():
+        assert torch.isfinite(value.float()).all()
+
+
+def test_invalid_train_config_is_one_line_error():
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        TrainConfig(lr=-0.1)
+    with pytest.raises(CnnlabError) as err:
+        build_config(TrainConfig, {"lr": -1.0})
+    assert str(err.value) == "invalid TrainConfig: lr must be a positive number, got -1.0"
+    for bad in ({"schedule": "step"}, {"optimizer": "lamb"}, {"warmup": 1.5}, {"ema": 1.0}, {"epochs": 0}):
+        with pytest.raises(CnnlabError):
+            build_config(TrainConfig, bad)
+
+
+def test_one_cycle_peaks_at_lr_then_decays_to_near_zero():
+    schedule = LRSchedule("onecycle", total_steps=100, warmup_steps=20)
+    factors = [schedule(s) for s in range(100)]
+    assert max(factors) == 1.0 and factors.index(1.0) == 19
+    assert factors[0] == pytest.approx(1 / 20)
+    assert all(a < b for a, b in zip(factors[:19], factors[1:20]))      # rising
+    assert all(a > b for a, b in zip(factors[20:99], factors[21:100]))  # falling
+    assert 0 < factors[-1] <= 1 / 80 + 1e-12
+    cosine = LRSchedule("cosine", 100, 0)
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5, abs=0.02) and cosine(99) < 0.01
+    assert {LRSchedule("constant", 100, 10)(s) for s in range(10, 100)} == {1.0}
+
+
+def test_engine_applies_the_schedule_per_step(splits):
+    engine = Engine(small_config(epochs=2, warmup=0.5))  # 20 steps per epoch: peak at the end of epoch 1
+    result = engine.fit(tiny_model(), make_task(splits))
+    lrs = [r["lr"] for r in result.history]
+    assert lrs[0] == pytest.approx(0.2)
+    assert lrs[1] == pytest.approx(0.2 / 20)
+
+
+def test_ema_model_is_what_gets_evaluated(splits):
+    result = Engine(small_config(epochs=1, ema=0.5)).fit(tiny_model(), make_task(splits))
+    assert result.eval_model is not result.model
+    ema_weight = next(result.eval_model.parameters())
+    assert not torch.equal(ema_weight, next(result.model.parameters()))
+    assert result.final["ema"] is True

@@ -1,0 +1,202 @@
+"""Face verification training through the shared engine, on tiny synthetic identities laid
+out as a fake LFW tree (protocol files included), at 32 px with a random-init Lite0."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.config import build_config
+from cnnlab.errors import CnnlabError
+from cnnlab.models.siamese import load_model
+from cnnlab.tasks.faces import (FaceTrainConfig, backbone_stages, cache_stage, compare_margins, embed_from_stage,
+                                outlier_counts, run_stages, train_view1, train_view2)
+
+SIDE = 48
+
+
+def person_pattern(rng: np.random.Generator) -> np.ndarray:
+    """A 4 x 4 grid of random colours: what makes a synthetic person recognisable."""
+    return rng.integers(0, 256, (4, 4, 3)).astype(np.float32)
+
+
+def person_image(pattern: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    img = np.kron(pattern, np.ones((SIDE // 4, SIDE // 4, 1), np.float32))
+    img = np.roll(img, tuple(rng.integers(-2, 3, 2)), axis=(0, 1))
+    img = img * rng.uniform(0.8, 1.2) + rng.normal(0, 14, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_fake_lfw(root: Path, n_train: int = 16, n_test: int = 8, per_person: int = 4, singles: int = 2,
+                  seed: int = 0) -> Path:
+    """`root/lfw-deepfunneled/<Name>/<Name>_000N.jpg` plus View 1 and View 2 protocol files
+    in the official formats; people named P00.., singles S00.."""
+    rng = np.random.default_rng(seed)
+    images = root / "lfw-deepfunneled"
+    multi = [f"P{k:02d}" for k in range(n_train + n_test)]
+    single = [f"S{k:02d}" for k in range(singles)]
+    for name in multi + single:
+        pattern = person_pattern(rng)
+        (images / name).mkdir(parents=True)
+        for n in range(1, (per_person if name in multi else 1) + 1):
+            Image.fromarray(person_image(pattern, rng)).save(images / name / f"{name}_{n:04d}.jpg", quality=95)
+    train, test = multi[:n_train] + single, multi[n_train:]
+
+    def people_file(names):
+        return f"{len(names)}\n" + "".join(f"{n} {per_person if n in multi else 1}\n" for n in names)
+
+    def pairs_lines(names, count):
+        names = [n for n in names if n in multi]
+        matched = [f"{names[k % len(names)]} 1 {2 + k % (per_person - 1)}" for k in range(count)]
+        mismatched = [f"{names[k % len(names)]} 1 {names[(k + 1) % len(names)]} 2" for k in range(count)]
+        return matched + mismatched
+
+    (root / "peopleDevTrain.txt").write_text(people_file(train))
+    (root / "peopleDevTest.txt").write_text(people_file(test))
+    (root / "pairsDevTrain.txt").write_text("6\n" + "\n".join(pairs_lines(train, 6)) + "\n")
+    (root / "pairsDevTest.txt").write_text("8\n" + "\n".join(pairs_lines(test, 8)) + "\n")
+    folds = np.array_split(np.array(multi), 10)
+    (root / "people.txt").write_text("10\n" + "".join(
+        f"{len(f)}\n" + "".join(f"{n} {per_person}\n" for n in f) for f in folds))
+    (root / "pairs.txt").write_text("10 2\n" + "".join("\n".join(pairs_lines(list(f), 2)) + "\n" for f in folds))
+    return root
+
+
+@pytest.fixture(scope="module")
+def fake_lfw(tmp_path_factory) -> Path:
+    return make_fake_lfw(tmp_path_factory.mktemp("lfw"))
+
+
+def tiny_config(**overrides) -> FaceTrainConfig:
+    values = dict(weights="none", input_size=32, crop=SIDE, embedding_dim=16, batch_size=16, k=2, epochs=3,
+                  lr=3e-3, weight_decay=1e-4, val_fraction=0.25, val_pairs=20, trainable_stages=3,
+                  device="cpu", progress=False, eval_batch_size=64)
+    values.update(overrides)
+    return FaceTrainConfig(**values)
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def test_config_validation_and_build_config_from_yaml_and_flags():
+    config = build_config(FaceTrainConfig, {"lr": 0.01, "batch_size": 32}, {"margin": 2.0, "lr": None})
+    assert (config.lr, config.batch_size, config.margin, config.people_per_batch) == (0.01, 32, 2.0, 8)
+    # The tuner's search space names are fields of this config.
+    names = {f.name for f in dataclasses.fields(FaceTrainConfig)}
+    assert {"lr", "batch_size", "embedding_dim", "margin", "weight_decay", "freeze_epochs"} <= names
+    for bad in ({"margin": 0}, {"k": 1}, {"batch_size": 4, "k": 4}, {"distance": "manhattan"},
+                {"cache_frozen_features": "maybe"}, {"optimizer": "lbfgs"}):
+        with pytest.raises(CnnlabError):
+            build_config(FaceTrainConfig, bad)
+
+
+def test_cached_prefix_path_computes_the_same_embeddings_as_embed():
+    from cnnlab.models.siamese import SiameseNet
+    torch.manual_seed(0)
+    model = SiameseNet.from_config(tiny_config().model_config()).eval()
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    n = len(backbone_stages(model))
+    with torch.no_grad():
+        for start in (1, n - 3, n):
+            prefix = run_stages(model, model._prepare(x), 0, start)
+            torch.testing.assert_close(embed_from_stage(model, prefix, start), model.embed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_cache_is_used_only_when_the_prefix_never_trains():
+    n = 9
+    assert cache_stage(tiny_config(trainable_stages=2), n) == 7
+    assert cache_stage(tiny_config(trainable_stages=-1), n) == 0
+    assert cache_stage(tiny_config(trainable_stages=-1, freeze_epochs=3, epochs=3), n) == n
+    assert cache_stage(tiny_config(trainable_stages=2, cache_frozen_features="off"), n) == 0
+    assert cache_stage(tiny_config(trainable_stages=2, shift=2), n) == 0
+    with pytest.raises(CnnlabError):
+        cache_stage(tiny_config(trainable_stages=-1, cache_frozen_features="on"), n)
+
+
+@pytest.mark.slow
+def test_view1_trains_through_the_engine_and_writes_everything(fake_lfw, tmp_path):
+    out = tmp_path / "run"
+    seen = []
+    metrics = train_view1(tiny_config(epochs=4), fake_lfw, out, evaluate_test=True,
+                          report=lambda epoch, score: seen.append((epoch, score)), log=quiet)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 4 and [e for e, _ in seen] == [0, 1, 2, 3]
+    # Learning, not noise: the contrastive loss falls by half (a broken gradient path, pairs or
+    # labels would leave it flat), and validation people are told apart far above chance.
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert max(h["val_auc"] for h in history) > 0.8
+    assert metrics["test"]["n_pairs"] == 16 and metrics["test"]["auc"] > 0.7
+    for name in ("metrics.json", "model.pt", "config.yaml", "environment.json", "faces_config.yaml",
+                 "distances_boxplot.png", "roc.png", "retrieval.png", "tsne.png"):
+        assert (out / name).is_file(), name
+    for png in out.glob("*.png"):
+        with Image.open(png) as img:
+            img.load()
+            assert img.size[0] > 300 and img.size[1] > 300
+    model, extra = load_model(out / "model.pt")
+    assert extra["threshold"] == pytest.approx(metrics["threshold"])
+    assert extra["input_size"] == 32 and extra["crop"] == SIDE
+
+
+def test_training_never_reads_the_test_pairs_without_evaluate_test(fake_lfw, tmp_path):
+    import shutil
+    root = tmp_path / "lfw"
+    shutil.copytree(fake_lfw, root)
+    for name in ("pairsDevTest.txt", "peopleDevTest.txt", "pairs.txt", "people.txt"):
+        (root / name).unlink()
+        (root / name).mkdir()  # unreadable as a file: any attempt to parse it fails
+    metrics = train_view1(tiny_config(epochs=1), root, tmp_path / "run", evaluate_test=False, log=quiet)
+    assert metrics["test"] is None and metrics["validation"]["n_pairs"] > 0
+    with pytest.raises(CnnlabError):
+        train_view1(tiny_config(epochs=1), root, tmp_path / "run2", evaluate_test=True, log=quiet)
+
+
+def test_pixel_path_with_freeze_epochs_trains_the_whole_network(fake_lfw, tmp_path):
+    config = tiny_config(epochs=2, freeze_epochs=1, trainable_stages=-1, shift=2)
+    metrics = train_view1(config, fake_lfw, tmp_path / "run", evaluate_test=False, log=quiet)
+    assert metrics["trained_from_stage"] == 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2
+
+
+def test_outlier_counts_by_hand():
+    emb = np.array([[0, 0], [0, 0.1], [1, 0], [1, 0.1], [0, 0.05]], np.float32)
+    labels = np.array([0, 0, 1, 1, 2])
+    d = np.array([0.1, 0.9, 0.2, 1.5])
+    same = np.array([True, True, False, False])
+    out = outlier_counts(d, same, 0.5, emb, labels, "euclidean")
+    assert out["same_beyond_threshold"] == 1 and out["different_within_threshold"] == 1
+    # Queries are images 0-3 (person 2 has one image); 0's and 1's nearest is person 2's image.
+    assert out["nn_queries"] == 4 and out["nn_other_person"] == 2
+
+
+@pytest.mark.slow
+def test_margins_and_view2_on_tiny_data(fake_lfw, tmp_path):
+    comparison = compare_margins(tiny_config(epochs=1), [0.5, 1.0], fake_lfw, tmp_path / "margins", log=quiet)
+    assert [r["margin"] for r in comparison["runs"]] == [0.5, 1.0]
+    for name in ("comparison.json", "comparison.md", "margins_boxplots.png", "margins_tsne.png", "margins_roc.png"):
+        assert (tmp_path / "margins" / name).is_file(), name
+    assert "same beyond threshold" in (tmp_path / "margins" / "comparison.md").read_text()
+
+    summary = train_view2(tiny_config(epochs=1, val_fraction=0.2), fake_lfw, tmp_path / "view2", folds=[0, 1],
+                          log=quiet)
+    assert summary["folds_run"] == 2 and summary["num_folds"] == 10 and not summary["complete"]
+    assert [f["fold"] for f in summary["folds"]] == [1, 2]
+    assert (tmp_path / "view2" / "fold-02" / "model.pt").is_file()
+    assert json.loads((tmp_path / "view2" / "metrics.json").read_text())["folds_run"] == 2
+    assert 0.0 <= summary["accuracy"]["mean"] <= 1.0
+
+
+def test_untrained_baseline_scores_devtest_with_a_validation_threshold(fake_lfw, tmp_path):
+    from cnnlab.tasks.faces import untrained_baseline
+    result = untrained_baseline(tiny_config(), fake_lfw, tmp_path, log=quiet)
+    saved = json.loads((tmp_path / "baseline.json").read_text())
+    assert saved["test"]["n_pairs"] == 16 and saved["test"]["threshold_source"] == "calibrated"
+    assert saved["test"]["threshold"] == pytest.approx(result["validation"]["threshold"])
