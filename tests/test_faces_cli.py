@@ -3,9 +3,7 @@ and export then use; user errors are one line and exit 2."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cnnlab.cli import main
