@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnlab: error: {exc}", file=sys.stderr)
         return 2
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs in {out}")
+    report = out / "cifar" / "report.html"
+    if report.is_file():
+        print(f"report: {report.resolve()}")
     return 0
 
 
