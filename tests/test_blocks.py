@@ -7,7 +7,7 @@ import torch
 
 from cnnlab.blocks import BLOCKS, create_block
 from cnnlab.cli import main
-from cnnlab.models import BlockNet, count_parameters, create_model
+from cnnlab.models import count_parameters, create_model
 
 GOLDEN = Path(__file__).parent / "golden" / "param_counts.json"
 ALL_BLOCKS = BLOCKS.names()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from PIL import Image
 from cnnlab.config import build_config
 from cnnlab.errors import CnnlabError
 from cnnlab.models.siamese import load_model
-from cnnlab.tasks.faces import (FaceTrainConfig, backbone_stages, cache_stage, compare_margins, embed_from_stage,
+from cnnlab.tasks.faces import (FaceTrainConfig, cache_stage, compare_margins, embed_from_stage,
                                 outlier_counts, run_stages, train_view1, train_view2)
 
 SIDE = 48
@@ -102,10 +101,10 @@ def test_cached_prefix_path_computes_the_same_embeddings_as_embed():
     torch.manual_seed(0)
     model = SiameseNet.from_config(tiny_config().model_config()).eval()
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    n = len(backbone_stages(model))
+    n = len(model.backbone_stages())
     with torch.no_grad():
         for start in (1, n - 3, n):
-            prefix = run_stages(model, model._prepare(x), 0, start)
+            prefix = run_stages(model, model.prepare_input(x), 0, start)
             torch.testing.assert_close(embed_from_stage(model, prefix, start), model.embed(x), rtol=1e-4, atol=1e-5)
 
 

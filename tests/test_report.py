@@ -2,7 +2,6 @@
 synthetic images, embeddings saved by `save_embeddings`, files laid out as `cifar compare`
 writes them."""
 import base64
-import io
 import json
 from html.parser import HTMLParser
 

@@ -56,7 +56,7 @@ def best_threshold(distances, same) -> tuple[float, float]:
     group_end = np.r_[first[1:], d.size]
     accepted_pos = np.r_[0, np.cumsum(s_sorted)][group_end]     # same pairs with d <= uniq[m]
     accepted_neg = group_end - accepted_pos
-    n_pos, n_neg = int(s.sum()), int((~s).sum())
+    n_neg = int((~s).sum())
     correct = np.r_[n_neg, accepted_pos + (n_neg - accepted_neg)]
     half_gap = (uniq[1] - uniq[0]) / 2 if uniq.size > 1 else 0.5
     end_gap = (uniq[-1] - uniq[-2]) / 2 if uniq.size > 1 else 0.5

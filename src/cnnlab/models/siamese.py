@@ -103,7 +103,7 @@ class SiameseNet(nn.Module):
     def embedding_dim(self) -> int:
         return self.config.embedding_dim
 
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected N x 3 x H x W RGB images, got shape {tuple(images.shape)}")
         if images.dtype == torch.uint8:
@@ -113,7 +113,7 @@ class SiameseNet(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features before the projection head (N x num_features): the untrained
         baseline and a t-SNE of what the backbone alone sees."""
-        return self.backbone(self._prepare(images))
+        return self.backbone(self.prepare_input(images))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """N x embedding_dim embeddings, L2-normalised when `normalize`."""
@@ -125,7 +125,7 @@ class SiameseNet(nn.Module):
         z = self.embed(torch.cat([images_a, images_b]))
         return z[: images_a.shape[0]], z[images_a.shape[0]:]
 
-    def _backbone_stages(self) -> list[nn.Module]:
+    def backbone_stages(self) -> list[nn.Module]:
         b = self.backbone
         return [nn.ModuleList([b.conv_stem, b.bn1]), *b.blocks, nn.ModuleList([b.conv_head, b.bn2])]
 
@@ -134,7 +134,7 @@ class SiameseNet(nn.Module):
         stages, counting the final 1x1 conv as one). Frozen BatchNorm layers stay in eval
         mode even under `model.train()`: updating running statistics of layers whose
         weights do not learn would shift the features under the head's feet."""
-        stages = self._backbone_stages()
+        stages = self.backbone_stages()
         if not 0 <= trainable_stages <= len(stages):
             raise ValueError(f"trainable_stages must be in [0, {len(stages)}], got {trainable_stages}")
         for p in self.backbone.parameters():

@@ -158,14 +158,9 @@ def preset_config(name: str, **overrides) -> FaceTrainConfig:
 
 
 # ---------------------------------------------------------------------------- model pieces
-def backbone_stages(model: SiameseNet) -> list[nn.Module]:
-    """The stages `SiameseNet.freeze_backbone` counts (stem, block groups, final 1x1 conv)."""
-    return model._backbone_stages()
-
-
 def run_stages(model: SiameseNet, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
     """Backbone stages [start, stop) on `x` (normalised pixels when start == 0)."""
-    for stage in backbone_stages(model)[start:stop]:
+    for stage in model.backbone_stages()[start:stop]:
         if isinstance(stage, nn.ModuleList):
             for layer in stage:
                 x = layer(x)
@@ -217,7 +212,7 @@ def set_trainable(model: SiameseNet, config: FaceTrainConfig, epoch: int) -> Non
     elif config.trainable_stages == -1:
         model.freeze_backbone(False)
     else:
-        model.freeze_backbone(True, min(config.trainable_stages, len(backbone_stages(model))))
+        model.freeze_backbone(True, min(config.trainable_stages, len(model.backbone_stages())))
 
 
 class PrefixFeatures:
@@ -246,7 +241,7 @@ class PrefixFeatures:
             for s in progress_bar(range(0, len(rows), batch_size), enable=progress,
                                   desc="cache frozen features", unit="batch"):
                 x = torch.from_numpy(images[rows[s:s + batch_size]]).to(device).permute(0, 3, 1, 2)
-                x = model._prepare(x.contiguous(memory_format=torch.channels_last))
+                x = model.prepare_input(x.contiguous(memory_format=torch.channels_last))
                 chunks.append(torch.stack([run_stages(model, v, 0, stage) for v in (x, x.flip(3))], dim=1)
                               .contiguous())
         finally:
@@ -371,7 +366,7 @@ class FaceVerificationTask:
     def param_groups(self, model: SiameseNet) -> list[dict]:
         """Head at lr, trainable backbone stages at lr * backbone_lr_scale; no weight decay on
         biases and norm scales. Stages that never train are left out of the optimizer."""
-        stages = backbone_stages(model)
+        stages = model.backbone_stages()
         never = frozen_prefix(self.config, len(stages))
         backbone = [p for s in stages[never:] for p in s.parameters()]
         groups = []
@@ -468,7 +463,7 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
                                             "val_people": len(val_people)}})
     seed_everything(config.seed)
     model = engine.prepare(SiameseNet.from_config(config.model_config()))
-    num_stages = len(backbone_stages(model))
+    num_stages = len(model.backbone_stages())
     if config.trainable_stages > num_stages:
         raise CnnlabError(f"trainable_stages={config.trainable_stages} but {config.backbone} has {num_stages} stages")
     set_trainable(model, config, 0)
