@@ -9,14 +9,13 @@ from the file how well classes separate and which ones the model confuses.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from cnnlab.data.cache import save_npz_atomic
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics.classification import confusion_matrix, knn_accuracy, silhouette, top_confused_pairs
 
@@ -56,22 +55,7 @@ def save_embeddings(model: torch.nn.Module, batches: Iterable, path: str | Path,
     }
     if arrays["logits"].shape[1] != len(class_names):
         raise ValueError(f"model has {arrays['logits'].shape[1]} outputs but {len(class_names)} class names")
-    return _save_npz_atomic(path, arrays)
-
-
-def _save_npz_atomic(path: str | Path, arrays: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_npz_atomic(path, arrays)
 
 
 def load_embeddings(npz_path: str | Path) -> dict[str, np.ndarray]:

@@ -53,10 +53,21 @@ class ArrayCache:
                 path.unlink(missing_ok=True)  # a damaged entry is rebuilt, not trusted
         arrays = build()
         self.last_hit = False
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".npz")
+        save_npz_atomic(path, arrays)
+        return arrays
+
+
+def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write an npz via a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
+    try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
-        return arrays
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -626,12 +626,12 @@ def save_test_outputs(out_dir: Path, embeddings: np.ndarray, test: FaceDataset, 
                       same: np.ndarray, threshold: float) -> None:
     """What the plots and the margin comparison read: test embeddings with who they are,
     and the DevTest pair distances."""
-    from cnnlab.analysis import _save_npz_atomic
-    _save_npz_atomic(out_dir / TEST_EMBEDDINGS, {
+    from cnnlab.data.cache import save_npz_atomic
+    save_npz_atomic(out_dir / TEST_EMBEDDINGS, {
         "embeddings": embeddings.astype(np.float32), "labels": test.labels,
         "people": np.array(test.people, dtype=str), "paths": np.array(test.paths, dtype=str),
         "root": np.array(str(test.root))})
-    _save_npz_atomic(out_dir / TEST_PAIRS, {"distances": d, "same": same, "threshold": np.array(threshold)})
+    save_npz_atomic(out_dir / TEST_PAIRS, {"distances": d, "same": same, "threshold": np.array(threshold)})
 
 
 def format_test(test: dict, name: str) -> str:
