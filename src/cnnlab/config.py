@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +36,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(to_plain(data), indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
 
 
 def save_yaml(data: Any, path: str | Path) -> None:

@@ -37,7 +37,7 @@ def faces_view1(out: Path) -> None:
     from cnnlab.tasks.faces import default_lfw_root, format_test, preset_config, train_view1
 
     from cnnlab.config import load_yaml, to_plain
-    from cnnlab.engine import read_json
+    from cnnlab.config import read_json
 
     run_dir = out / "faces-view1"
     config = preset_config("demo")

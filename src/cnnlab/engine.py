@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnlab.config import atomic_write_text, save_yaml, to_plain
+from cnnlab.config import atomic_write_text, read_json, save_yaml, to_plain, write_json
 from cnnlab.env import environment, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import progress_bar
@@ -352,8 +352,7 @@ class Engine:
         for stale in (METRICS, FINAL, CHECKPOINT):
             (self.run_dir / stale).unlink(missing_ok=True)
         save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
-        atomic_write_text(self.run_dir / "environment.json",
-                          json.dumps(environment(self.device), indent=2) + "\n")
+        write_json(self.run_dir / "environment.json", environment(self.device))
 
     def _save_checkpoint(self, model, optimizer, scheduler, ema, history) -> None:
         if self.run_dir is None:
@@ -411,14 +410,6 @@ def load_weights(run_dir: str | Path, model: nn.Module, *, prefer_ema: bool = Tr
     weights = state["ema"]["module"] if prefer_ema and state.get("ema") else state["model"]
     model.load_state_dict(weights)
     return model
-
-
-def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(to_plain(data), indent=2) + "\n")
 
 
 def _comparable(config: dict) -> dict:

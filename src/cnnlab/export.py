@@ -7,7 +7,6 @@ same random batch (with onnxruntime, else onnx's reference evaluator).
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,11 +103,11 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = Non
 def write_export_metadata(report: ExportReport, model: nn.Module, extra: dict | None = None) -> Path:
     """`<file>.json` beside the ONNX file: input size, normalisation (already in the graph),
     embedding size and anything else a consumer needs, e.g. the calibrated threshold."""
-    from cnnlab.config import atomic_write_text
+    from cnnlab.config import write_json
 
     meta = {**report.to_dict(), "input": "float32 RGB in [0, 1], N x 3 x H x W",
             "data_config": model.data_config.to_dict(), "embedding_dim": model.embedding_dim,
             "model_config": model.config.to_dict(), **(extra or {})}
     out = report.path.with_suffix(".json")
-    atomic_write_text(out, json.dumps(meta, indent=2) + "\n")
+    write_json(out, meta)
     return out

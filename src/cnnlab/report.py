@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from cnnlab.analysis import EMBEDDINGS_FILE, analyse_embeddings
-from cnnlab.config import atomic_write_text
+from cnnlab.config import atomic_write_text, write_json
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import progress_bar
 
@@ -409,7 +409,7 @@ def write_report(out_dir: str | Path, *, tsne_points: int = 2000, seed: int = 0,
     summary = {"settings": {**settings, "metric": "cosine"}, "blocks": analyses, "shared_confusions": shared,
                "not_analysed": missing, "cache_hits": cache_hits,
                "figures": {k: f"{FIGURES_DIR}/{v}" for k, v in figures.items()}}
-    atomic_write_text(out / "analysis.json", json.dumps(summary, indent=2))
+    write_json(out / "analysis.json", summary)
     _write_csv(out / "analysis.csv", analyses)
 
     doc = _build_document(out, results, analyses, shared, figures, block_dirs, missing)

@@ -50,7 +50,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.config import atomic_write_text, load_yaml, save_yaml, to_plain
+from cnnlab.config import atomic_write_text, load_yaml, save_yaml, to_plain, write_json
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import progress_bar
 from cnnlab.registry import Registry
@@ -787,7 +787,7 @@ def write_report(study: optuna.Study, space: SearchSpace, out_dir: str | Path, *
               out_dir / "study.yaml")
     written["study.yaml"] = out_dir / "study.yaml"
     from cnnlab.env import environment
-    atomic_write_text(out_dir / "environment.json", json.dumps(environment(environment_device), indent=2) + "\n")
+    write_json(out_dir / "environment.json", environment(environment_device))
     written["environment.json"] = out_dir / "environment.json"
 
     if plots:
@@ -945,7 +945,7 @@ def _final_test(result: StudyResult, storage: str, test_best: TestBest, retest: 
         record = {"trial": result.best_trial, "validation": {result.metric: result.best_value},
                   "test": to_plain(metrics)}
         study.set_user_attr(key, record)
-    atomic_write_text(result.out_dir / "test.json", json.dumps(record, indent=2) + "\n")
+    write_json(result.out_dir / "test.json", record)
     result.files["test.json"] = result.out_dir / "test.json"
     return record
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cnnlab.data.cache import ArrayCache, fingerprint
@@ -30,7 +29,9 @@ _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
 @dataclass(frozen=True)
 class FacePreprocess:
-    """Centre crop (source pixels), square resize, and the backbone's normalisation.
+    """Centre crop (source pixels) and square resize: what the cached uint8 pixels depend on.
+    Normalisation is not here: `SiameseNet` applies its backbone's mean/std itself, so saved
+    models, verify and ONNX all take plain RGB.
 
     LFW deep-funneled faces are ~110 px wide in 250x250 images (detector box enlarged 2.2x);
     a 150 px centre crop keeps the face plus a little context. The crop is clamped to the
@@ -39,35 +40,15 @@ class FacePreprocess:
     """
     crop: int | None = 150
     size: int = 112
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # tf_efficientnet_lite0's statistics
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self):
         if self.crop is not None and int(self.crop) < 1:
             raise ValueError(f"crop must be a positive number of pixels or None, got {self.crop}")
         if int(self.size) < 1:
             raise ValueError(f"size must be positive, got {self.size}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need three values (R, G, B)")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-
-    @classmethod
-    def for_backbone(cls, model_name: str, *, crop: int | None = 150, size: int = 112) -> "FacePreprocess":
-        """Mean/std from timm's pretrained config for `model_name` (no weights are loaded)."""
-        import timm
-        try:
-            cfg = timm.models.get_pretrained_cfg(model_name)
-        except Exception:  # timm raises different types across versions for an unknown name
-            cfg = None
-        if cfg is None:
-            raise CnnlabError(f"timm has no pretrained config for backbone {model_name!r}")
-        return cls(crop=crop, size=size, mean=tuple(cfg.mean), std=tuple(cfg.std))
 
     def cache_spec(self) -> dict:
-        """What changes the cached uint8 pixels (normalisation does not)."""
+        """What changes the cached uint8 pixels."""
         return {"crop": self.crop, "size": self.size, "version": _CACHE_VERSION}
 
     def transform(self, img: Image.Image) -> Image.Image:
@@ -78,15 +59,6 @@ class FacePreprocess:
         if side != self.size:
             img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
         return img
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 N x H x W x 3 (any device) -> float32 N x 3 x H x W, backbone-normalised."""
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 N x H x W x 3 images, got {images.dtype} {tuple(images.shape)}")
-        x = images.permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return x.sub_(mean).div_(std)
 
 
 @dataclass

@@ -32,12 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.config import save_yaml, to_plain
+from cnnlab.config import save_yaml, to_plain, write_json
 from cnnlab.data.faces import FaceDataset, FacePreprocess, load_identity_folders
 from cnnlab.data.loader import random_crop, random_flip
 from cnnlab.data.pairs import PKSampler, batch_pairs, sample_pairs
 from cnnlab.distances import DISTANCES, create_distance
-from cnnlab.engine import Engine, TrainConfig, seed_everything, write_json
+from cnnlab.engine import Engine, TrainConfig, seed_everything
 from cnnlab.errors import CnnlabError
 from cnnlab.losses import ContrastiveLoss
 from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate
