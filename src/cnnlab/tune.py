@@ -43,7 +43,7 @@ import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import optuna
@@ -96,48 +96,40 @@ def _check_keys(name: str, spec: dict, allowed: tuple[str, ...]) -> None:
                           f"{spec['type']} takes {', '.join(allowed)}")
 
 
-@DISTRIBUTIONS.register("loguniform")
 @dataclass(frozen=True)
-class LogUniform:
-    """Positive reals, uniform in log space."""
+class _FloatRange:
+    """Reals between low and high; subclasses say whether uniform in log space."""
     low: float
     high: float
+    log: ClassVar[bool] = False
 
     @classmethod
-    def from_spec(cls, name: str, spec: dict) -> "LogUniform":
+    def from_spec(cls, name: str, spec: dict) -> "_FloatRange":
         _check_keys(name, spec, ("low", "high"))
         low, high = _number(name, spec, "low"), _number(name, spec, "high")
-        if not 0 < low <= high:
-            raise CnnlabError(f"search space parameter {name!r}: loguniform needs 0 < low <= high, got low={low}, high={high}")
+        if not (0 < low <= high if cls.log else low <= high):
+            rule = "0 < low <= high" if cls.log else "low <= high"
+            raise CnnlabError(f"search space parameter {name!r}: {cls.registry_name} needs {rule}, got low={low}, high={high}")
         return cls(low, high)
 
     def to_optuna(self) -> BaseDistribution:
-        return FloatDistribution(self.low, self.high, log=True)
+        return FloatDistribution(self.low, self.high, log=self.log)
 
     def to_dict(self) -> dict:
-        return {"type": "loguniform", "low": self.low, "high": self.high}
+        return {"type": self.registry_name, "low": self.low, "high": self.high}
+
+
+@DISTRIBUTIONS.register("loguniform")
+@dataclass(frozen=True)
+class LogUniform(_FloatRange):
+    """Positive reals, uniform in log space."""
+    log: ClassVar[bool] = True
 
 
 @DISTRIBUTIONS.register("uniform")
 @dataclass(frozen=True)
-class Uniform:
+class Uniform(_FloatRange):
     """Reals, uniform between low and high."""
-    low: float
-    high: float
-
-    @classmethod
-    def from_spec(cls, name: str, spec: dict) -> "Uniform":
-        _check_keys(name, spec, ("low", "high"))
-        low, high = _number(name, spec, "low"), _number(name, spec, "high")
-        if not low <= high:
-            raise CnnlabError(f"search space parameter {name!r}: uniform needs low <= high, got low={low}, high={high}")
-        return cls(low, high)
-
-    def to_optuna(self) -> BaseDistribution:
-        return FloatDistribution(self.low, self.high)
-
-    def to_dict(self) -> dict:
-        return {"type": "uniform", "low": self.low, "high": self.high}
 
 
 @DISTRIBUTIONS.register("int")
@@ -1025,7 +1017,7 @@ class _RunLog:
 def register_tune(faces_sub) -> None:
     """Add `tune` to the `cnnlab faces` subcommands. The recipe flags are those of
     `cnnlab faces train` (every FaceTrainConfig field, --preset, --config)."""
-    from cnnlab.cli.faces import _config_flags
+    from cnnlab.cli.faces import add_config_flags
 
     p = faces_sub.add_parser(
         "tune", help="search the training recipe with optuna on View 1 training people only",
@@ -1052,7 +1044,7 @@ def register_tune(faces_sub) -> None:
     g.add_argument("--no-test", dest="test", action="store_false",
                    help="do not score the best configuration on the View 1 DevTest pairs after the study")
     g.add_argument("--retest", action="store_true", help="score the best configuration on DevTest again")
-    _config_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=run_tune)
 
 
@@ -1061,7 +1053,7 @@ def _base_config(args, space: SearchSpace) -> dict:
     fields and where-to-run fields. Setting a tuned field explicitly is an error, not a silent
     override of the search."""
     import dataclasses
-    from cnnlab.cli.faces import _config
+    from cnnlab.cli.faces import config_from_args
     from cnnlab.tasks.faces import FaceTrainConfig
 
     fields = [f.name for f in dataclasses.fields(FaceTrainConfig)]
@@ -1076,17 +1068,17 @@ def _base_config(args, space: SearchSpace) -> dict:
     if fixed:
         raise CnnlabError(f"{', '.join(fixed)} set by a flag or --config but tuned by the search space; "
                           f"drop the setting or remove it from the space (--space)")
-    resolved = to_plain(_config(args))
+    resolved = to_plain(config_from_args(args))
     return {k: v for k, v in resolved.items() if k not in space.names and k not in _RUN_FIELDS}
 
 
 def run_tune(args) -> int:
-    from cnnlab.cli.faces import _data_root
+    from cnnlab.cli.faces import data_root_from_args
 
     space = SearchSpace.from_yaml(args.space) if args.space else SearchSpace.default()
     base = _base_config(args, space)
     out_dir = Path(args.out)
-    trainer = FaceTrainer(base, _data_root(args), out_dir, device=args.device or "auto", progress=args.progress)
+    trainer = FaceTrainer(base, data_root_from_args(args), out_dir, device=args.device or "auto", progress=args.progress)
     storage = args.storage or default_storage(out_dir)
     result = run_study(trainer.objective, space, trials=args.trials, out_dir=out_dir, storage=storage,
                        study_name=args.study, sampler=args.sampler, seed=base["seed"], pruner=args.pruner,

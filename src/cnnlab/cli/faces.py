@@ -8,7 +8,8 @@ import dataclasses
 import typing
 from pathlib import Path
 
-def _config_flags(p: argparse.ArgumentParser) -> None:
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
     from cnnlab.tasks.faces import FaceTrainConfig
     g = p.add_argument_group("training recipe (every field of FaceTrainConfig; defaults from --preset, "
                              "then --config)")
@@ -30,7 +31,7 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
             g.add_argument(flag, dest=f.name, type=base, default=None, help=f"(default {default})")
 
 
-def _config(args):
+def config_from_args(args):
     from cnnlab.config import build_config, load_yaml
     from cnnlab.tasks.faces import PRESETS, FaceTrainConfig
     names = {f.name for f in dataclasses.fields(FaceTrainConfig)}
@@ -39,7 +40,7 @@ def _config(args):
                         {k: v for k, v in vars(args).items() if k in names})
 
 
-def _data_root(args) -> Path:
+def data_root_from_args(args) -> Path:
     from cnnlab.tasks.faces import default_lfw_root
     return Path(args.data) if args.data else default_lfw_root()
 
@@ -56,14 +57,14 @@ def register(sub) -> None:
     p.add_argument("--folds", type=int, nargs="+", metavar="N", help="view2: run only these folds (1-10)")
     p.add_argument("--no-test", action="store_true",
                    help="view1: train and validate only; never read the DevTest pairs")
-    _config_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=run_train)
 
     p = commands.add_parser("margins", help="one View 1 model per contrastive margin, compared side by side")
     p.add_argument("--margins", type=float, nargs="+", default=[1.0, 2.0], metavar="M")
     p.add_argument("--data", metavar="DIR", help="LFW folder (default: $CNNLAB_DATA/lfw)")
     p.add_argument("--out", metavar="DIR", default="runs/faces-margins")
-    _config_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=run_margins)
 
     p = commands.add_parser("verify", help="same person? distance between two face images vs the model's threshold")
@@ -92,7 +93,7 @@ def register(sub) -> None:
     p = commands.add_parser("baseline", help="score the pretrained backbone without fine-tuning on View 1 DevTest")
     p.add_argument("--data", metavar="DIR", help="LFW folder (default: $CNNLAB_DATA/lfw)")
     p.add_argument("--out", metavar="DIR", help="write baseline.json here")
-    _config_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=run_baseline)
 
     p = commands.add_parser("plot", help="redraw a tested run's figures from its files")
@@ -111,12 +112,12 @@ def register(sub) -> None:
 def run_train(args) -> int:
     from cnnlab.errors import CnnlabError
     from cnnlab.tasks.faces import train_view1, train_view2
-    config = _config(args)
+    config = config_from_args(args)
     out = Path(args.out or f"runs/faces-{args.protocol}")
     if args.protocol == "view1":
         if args.folds:
             raise CnnlabError("--folds applies to --protocol view2 only")
-        metrics = train_view1(config, _data_root(args), out, evaluate_test=not args.no_test)
+        metrics = train_view1(config, data_root_from_args(args), out, evaluate_test=not args.no_test)
         if metrics["test"] is None:
             v = metrics["validation"]
             print(f"validation: AUC {v['auc']:.4f}, accuracy {v['accuracy']:.2%} (test pairs not read)")
@@ -126,7 +127,7 @@ def run_train(args) -> int:
             if any(not 1 <= f <= 10 for f in args.folds):
                 raise CnnlabError(f"--folds are numbered 1-10, got {args.folds}")
             folds = [f - 1 for f in args.folds]
-        summary = train_view2(config, _data_root(args), out, folds=folds)
+        summary = train_view2(config, data_root_from_args(args), out, folds=folds)
         print(f"View 2 ({summary['folds_run']} of {summary['num_folds']} folds): accuracy "
               f"{summary['accuracy']['mean']:.2%} ± {summary['accuracy']['std']:.2%}, "
               f"AUC {summary['auc']['mean']:.4f} ± {summary['auc']['std']:.4f}")
@@ -136,7 +137,7 @@ def run_train(args) -> int:
 
 def run_margins(args) -> int:
     from cnnlab.tasks.faces import compare_margins
-    comparison = compare_margins(_config(args), args.margins, _data_root(args), Path(args.out))
+    comparison = compare_margins(config_from_args(args), args.margins, data_root_from_args(args), Path(args.out))
     print(Path(args.out, "comparison.md").read_text())
     print(f"comparison: {Path(args.out) / 'comparison.md'}")
     return 0 if comparison["runs"] else 1
@@ -239,7 +240,7 @@ def run_export(args) -> int:
 
 def run_baseline(args) -> int:
     from cnnlab.tasks.faces import untrained_baseline
-    untrained_baseline(_config(args), _data_root(args), args.out)
+    untrained_baseline(config_from_args(args), data_root_from_args(args), args.out)
     return 0
 
 
