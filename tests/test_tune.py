@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cnnlab.config import load_yaml
+from cnnlab.io import load_yaml
 from cnnlab.errors import CnnlabError
 from cnnlab.tune import (Categorical, IntRange, LogUniform, SearchSpace, Uniform, final_test, redact, run_study,
                          trial_config, worker_id)

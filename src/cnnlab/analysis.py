@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from cnnlab.data.cache import save_npz_atomic
+from cnnlab.io import save_npz_atomic
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics.classification import confusion_matrix, knn_accuracy, silhouette, top_confused_pairs
 

@@ -1,66 +1,26 @@
-"""Dataclass configs filled from YAML files and CLI flags, saved next to every run."""
+"""Dataclass configs filled from presets, YAML files and CLI flags, saved next to every run.
+
+`build_config` merges mappings into a dataclass (validation lives in its `__post_init__`);
+`add_config_flags` is the one place where a dataclass becomes command-line flags, for every
+CLI: a field `batch_size` is the flag `--batch-size`, typed from its annotation, default None
+so that "not given" never overrides a preset or a `--config` file.
+"""
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+import types
+import typing
+from typing import Any, TypeVar, Union
 
 from cnnlab.errors import CnnlabError
+from cnnlab.io import load_yaml, to_plain  # noqa: F401  (re-exported: configs are read and written here)
 
 T = TypeVar("T")
 
-
-def to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(to_plain(data), indent=2) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def save_yaml(data: Any, path: str | Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(to_plain(data), sort_keys=False))
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CnnlabError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CnnlabError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise CnnlabError(f"config file {path} must hold a mapping, got {type(data).__name__}")
-    return data
+# Settings that say where and how visibly a run happens, not what it computes: they may differ
+# between a run and its resume, between tuning workers, and are left out of comparisons.
+RUN_ONLY_FIELDS = ("device", "progress", "compile")
 
 
 def build_config(cls: type[T], *sources: dict | None) -> T:
@@ -80,3 +40,63 @@ def build_config(cls: type[T], *sources: dict | None) -> T:
     except (TypeError, ValueError, KeyError) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         raise CnnlabError(f"invalid {cls.__name__}: {msg}") from None
+
+
+def _scalar_type(annotation: Any) -> type:
+    """int / float / str / bool of an annotation such as `int`, `bool | None`, `str | None`."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _scalar_type(args[0])
+        return str
+    if annotation in (int, float, str, bool):
+        return annotation
+    raise TypeError(f"no flag type for annotation {annotation!r}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+                     section: str | None = None, only: typing.Iterable[str] | None = None,
+                     exclude: typing.Iterable[str] = (), rename: dict[str, str] | None = None,
+                     help: dict[str, str] | None = None, show_default: bool = True) -> dict[str, tuple]:
+    """Add one flag per field of dataclass `cls` (`only` these, minus `exclude`), named after
+    the field (`rename` maps a field to another flag name). Returns {argparse dest: (section,
+    field)} for `flag_values`. Values are not validated here: the dataclass does that once, so
+    a bad value is the same one-line error from a flag, a YAML file or Python."""
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    rename, help = rename or {}, help or {}
+    wanted = None if only is None else list(only)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = wanted if wanted is not None else list(fields)
+    mapping: dict[str, tuple] = {}
+    for name in names:
+        if name in exclude or name not in fields:
+            continue
+        flag_name = rename.get(name, name)
+        dest = flag_name.replace("-", "_")
+        flag = "--" + flag_name.replace("_", "-")
+        kind = _scalar_type(hints[name])
+        text = help.get(name, "")
+        if show_default:
+            default = getattr(defaults, name)
+            text = f"{text} (default {default})" if text else f"(default {default})"
+        if kind is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+        mapping[dest] = (section, name)
+    return mapping
+
+
+def flag_values(args: argparse.Namespace, mapping: dict[str, tuple]) -> dict:
+    """The values of flags added by `add_config_flags`: {field: value} for flags without a
+    section, {section: {field: value}} for those with one; flags not given are None."""
+    out: dict = {}
+    for dest, (section, name) in mapping.items():
+        value = getattr(args, dest, None)
+        if section is None:
+            out[name] = value
+        else:
+            out.setdefault(section, {})[name] = value
+    return out

@@ -36,8 +36,8 @@ def faces_view1(out: Path) -> None:
     early-stage features; DevTest scored once at the threshold calibrated on validation people."""
     from cnnlab.tasks.faces import default_lfw_root, format_test, preset_config, train_view1
 
-    from cnnlab.config import load_yaml, to_plain
-    from cnnlab.config import read_json
+    from cnnlab.io import load_yaml, to_plain
+    from cnnlab.io import read_json
 
     run_dir = out / "faces-view1"
     config = preset_config("demo")

@@ -23,7 +23,6 @@ import contextlib
 import copy
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,9 +33,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnlab.config import atomic_write_text, read_json, save_yaml, to_plain, write_json
+from cnnlab.io import atomic_write_text, read_json, save_torch_atomic, save_yaml, to_plain, write_json
 from cnnlab.env import environment, resolve_device
 from cnnlab.errors import CnnlabError
+from cnnlab.models.utils import eval_mode
 from cnnlab.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
@@ -204,16 +204,10 @@ class Engine:
         fmt = torch.channels_last if self.config.channels_last else torch.preserve_format
         return model.to(self.device, memory_format=fmt)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, fn) -> dict[str, float]:
         """Run `fn(model)` in eval mode under no_grad and autocast; restore the mode after."""
-        was_training = model.training
-        model.eval()
-        try:
-            with self.autocast():
-                return {k: float(v) for k, v in fn(model).items()}
-        finally:
-            model.train(was_training)
+        with eval_mode(model), self.autocast():
+            return {k: float(v) for k, v in fn(model).items()}
 
     def config_diff(self, saved: dict) -> list[str]:
         """Sections/keys where a saved config.yaml differs from this engine's resolved config,
@@ -361,9 +355,7 @@ class Engine:
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
                  "rng": _rng_state()}
-        tmp = self.run_dir / f".{CHECKPOINT}.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.run_dir / CHECKPOINT)
+        save_torch_atomic(state, self.run_dir / CHECKPOINT)
         atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
     def _load_checkpoint(self, model, optimizer, scheduler, ema) -> list[dict]:

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_path
+from cnnlab.models.utils import eval_mode
 
 
 class _EmbedModule(nn.Module):
@@ -65,17 +67,15 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = Non
 
     path = Path(path)
     size = int(input_size or model.data_config.input_size)
-    was_training = model.training
-    wrapper = _EmbedModule(model).eval()
+    wrapper = _EmbedModule(model)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     # The check batch differs from the trace batch in size, which proves the batch axis is dynamic.
     trace_input = torch.rand(1, 3, size, size, generator=generator)
     check_input = torch.rand(check_batch, 3, size, size, generator=generator)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path, suffix=".onnx") as tmp:
+        with eval_mode(model), warnings.catch_warnings():
+            wrapper.eval()  # the exporter restores the mode it finds: let that be eval
             # The TorchScript exporter's deprecation notice is not the user's concern.
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapper, (trace_input.to(device),), str(tmp), input_names=["images"],
@@ -84,26 +84,19 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = Non
             expected = wrapper(check_input.to(device)).cpu().numpy()
         onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
         actual, runtime = run_onnx(tmp, check_input.numpy())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        model.train(was_training)
-    if actual.shape != expected.shape:
-        tmp.unlink(missing_ok=True)
-        raise CnnlabError(f"ONNX export gave shape {actual.shape}, PyTorch {expected.shape}")
-    diff = float(np.abs(actual - expected).max())
-    if not diff <= atol:
-        tmp.unlink(missing_ok=True)
-        raise CnnlabError(f"ONNX export differs from PyTorch by {diff:.2e} (> {atol:.0e}); file not written")
-    tmp.replace(path)
+        # Raising inside `atomic_path` deletes the file: a wrong export never sits next to good results.
+        if actual.shape != expected.shape:
+            raise CnnlabError(f"ONNX export gave shape {actual.shape}, PyTorch {expected.shape}")
+        diff = float(np.abs(actual - expected).max())
+        if not diff <= atol:
+            raise CnnlabError(f"ONNX export differs from PyTorch by {diff:.2e} (> {atol:.0e}); file not written")
     return ExportReport(path=path, opset=opset, input_size=size, runtime=runtime, max_abs_diff=diff)
 
 
 def write_export_metadata(report: ExportReport, model: nn.Module, extra: dict | None = None) -> Path:
     """`<file>.json` beside the ONNX file: input size, normalisation (already in the graph),
     embedding size and anything else a consumer needs, e.g. the calibrated threshold."""
-    from cnnlab.config import write_json
+    from cnnlab.io import write_json
 
     meta = {**report.to_dict(), "input": "float32 RGB in [0, 1], N x 3 x H x W",
             "data_config": model.data_config.to_dict(), "embedding_dim": model.embedding_dim,

@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from cnnlab.analysis import EMBEDDINGS_FILE, analyse_embeddings
-from cnnlab.config import atomic_write_text, write_json
+from cnnlab.io import atomic_write_text, save_npz_atomic, write_json
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import progress_bar
 
@@ -118,11 +118,7 @@ def _cached_analysis(block: str, npz: Path, cache_dir: Path, settings: dict) -> 
     result = analyse_embeddings(npz, **settings)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if "tsne" in result:
-        buf = io.BytesIO()
-        np.savez(buf, xy=result["tsne"]["xy"], labels=result["tsne"]["labels"])
-        tmp = tsne_path.with_suffix(".tmp")
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(tsne_path)
+        save_npz_atomic(tsne_path, {"xy": result["tsne"]["xy"], "labels": result["tsne"]["labels"]})
     plain = {k: v for k, v in result.items() if k != "tsne"}
     atomic_write_text(meta_path, json.dumps({"key": key, "analysis": plain}))
     return result, False

@@ -50,7 +50,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.config import atomic_write_text, load_yaml, save_yaml, to_plain, write_json
+from cnnlab.io import atomic_write_text, load_yaml, save_yaml, to_plain, write_json
 from cnnlab.errors import CnnlabError
 from cnnlab.progress import progress_bar
 from cnnlab.registry import Registry

@@ -3,46 +3,11 @@ it): Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one d
 `cnnlab.tasks.faces.FaceTrainConfig`; every field is a flag of the same name."""
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import typing
 from pathlib import Path
 
-
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    from cnnlab.tasks.faces import FaceTrainConfig
-    g = p.add_argument_group("training recipe (every field of FaceTrainConfig; defaults from --preset, "
-                             "then --config)")
-    g.add_argument("--config", metavar="FILE", help="YAML mapping of FaceTrainConfig fields (e.g. a tuner's best.yaml)")
-    from cnnlab.tasks.faces import PRESETS
-    g.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                   help="cpu (default): cached-feature partial fine-tuning; demo: shorter; finetune: end-to-end (GPU)")
-    hints = typing.get_type_hints(FaceTrainConfig)
-    defaults = FaceTrainConfig()
-    for f in dataclasses.fields(FaceTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        default = getattr(defaults, f.name)
-        if kind in (bool, bool | None):
-            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default {default})")
-        else:
-            base = int if kind is int else float if kind is float else str
-            g.add_argument(flag, dest=f.name, type=base, default=None, help=f"(default {default})")
-
-
-def config_from_args(args):
-    from cnnlab.config import build_config, load_yaml
-    from cnnlab.tasks.faces import PRESETS, FaceTrainConfig
-    names = {f.name for f in dataclasses.fields(FaceTrainConfig)}
-    file_values = load_yaml(args.config) if args.config else None
-    return build_config(FaceTrainConfig, PRESETS[args.preset], file_values,
-                        {k: v for k, v in vars(args).items() if k in names})
-
-
-def data_root_from_args(args) -> Path:
-    from cnnlab.tasks.faces import default_lfw_root
-    return Path(args.data) if args.data else default_lfw_root()
+from cnnlab.cli.options import add_face_recipe_flags as add_config_flags
+from cnnlab.cli.options import face_config_from_args as config_from_args
+from cnnlab.cli.options import lfw_root_from_args as data_root_from_args
 
 
 def register(sub) -> None:

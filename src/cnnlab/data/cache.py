@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from cnnlab.io import save_npz_atomic
 
 
 def cache_root() -> Path:
@@ -55,19 +56,3 @@ class ArrayCache:
         self.last_hit = False
         save_npz_atomic(path, arrays)
         return arrays
-
-
-def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write an npz via a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

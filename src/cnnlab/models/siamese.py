@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from cnnlab.distances import Distance, EuclideanDistance
 from cnnlab.errors import CnnlabError
+from cnnlab.io import save_torch_atomic
 from cnnlab.models.backbones import BACKBONES, DataConfig, create_backbone
 from cnnlab.registry import Registry
 
@@ -163,12 +164,8 @@ class SiameseNet(nn.Module):
 def save_model(model: SiameseNet, path: str | Path, extra: dict | None = None) -> None:
     """Architecture + weights in one file (loadable with `weights_only=True`); `extra` holds
     plain values such as the calibrated threshold."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"kind": "cnnlab.siamese", "config": model.config.to_dict(),
-                "state_dict": model.state_dict(), "extra": dict(extra or {})}, tmp)
-    tmp.replace(path)
+    save_torch_atomic({"kind": "cnnlab.siamese", "config": model.config.to_dict(),
+                       "state_dict": model.state_dict(), "extra": dict(extra or {})}, path)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[SiameseNet, dict]:

@@ -1,14 +1,14 @@
 """Shared figure style: one dpi, fixed sizes, readable fonts, and colours for many classes."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
+
+from cnnlab.io import write_with
 
 # Figures are saved at a fixed size (inches * DPI, no tight bounding box) so their pixel
 # size is known in advance; constrained layout keeps labels inside that frame.
@@ -28,27 +28,10 @@ def new_figure(width_in: float, height_in: float, nrows: int = 1, ncols: int = 1
     return fig, axes
 
 
-def figure_size_px(fig: Figure) -> tuple[int, int]:
-    """(width, height) in pixels that `save_figure` will write."""
-    w, h = fig.get_size_inches()
-    return int(round(w * DPI)), int(round(h * DPI))
-
-
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save as PNG at `DPI` via a temporary file and rename, so a crash never leaves a
     truncated image that a later report would embed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=DPI, format="png", facecolor="white")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; figures are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_with(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png", facecolor="white"), ".png")
 
 
 def class_colors(n: int) -> np.ndarray:

@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 
 from cnnlab.blocks import BLOCKS
-from cnnlab.config import atomic_write_text, build_config, load_yaml, read_json, to_plain, write_json
+from cnnlab.config import build_config
+from cnnlab.io import atomic_write_text, load_yaml, read_json, to_plain, write_json
 from cnnlab.engine import FINAL, Engine, TrainConfig, load_weights, seed_everything
 from cnnlab.env import device_name, environment, resolve_device
 from cnnlab.errors import CnnlabError

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader
+from cnnlab.models.utils import eval_mode, module_device
 
 
 @dataclass
@@ -110,15 +111,10 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> 
             handles.append(module.register_forward_hook(conv_hook))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
     try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
+        with eval_mode(model):
+            model(torch.zeros(1, *input_shape, device=module_device(model)))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return int(total)

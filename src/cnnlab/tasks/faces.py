@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.config import save_yaml, to_plain, write_json
+from cnnlab.io import save_yaml, to_plain, write_json
 from cnnlab.data.faces import FaceDataset, FacePreprocess, load_identity_folders
 from cnnlab.data.loader import random_crop, random_flip
 from cnnlab.data.pairs import PKSampler, batch_pairs, sample_pairs
@@ -626,7 +626,7 @@ def save_test_outputs(out_dir: Path, embeddings: np.ndarray, test: FaceDataset, 
                       same: np.ndarray, threshold: float) -> None:
     """What the plots and the margin comparison read: test embeddings with who they are,
     and the DevTest pair distances."""
-    from cnnlab.data.cache import save_npz_atomic
+    from cnnlab.io import save_npz_atomic
     save_npz_atomic(out_dir / TEST_EMBEDDINGS, {
         "embeddings": embeddings.astype(np.float32), "labels": test.labels,
         "people": np.array(test.people, dtype=str), "paths": np.array(test.paths, dtype=str),
@@ -743,7 +743,7 @@ def compare_margins(config: FaceTrainConfig, margins: Sequence[float], data_root
                                                                     [f"margin {r['margin']:g}" for r in runs],
                                                                     out_dir)]
     write_json(out_dir / "comparison.json", comparison)
-    from cnnlab.config import atomic_write_text
+    from cnnlab.io import atomic_write_text
     atomic_write_text(out_dir / "comparison.md", margins_markdown(comparison))
     return comparison
 

@@ -1,0 +1,45 @@
+"""Options several commands share: the face training recipe (`faces train|margins|baseline|tune`)
+and the LFW folder. Flags come from the dataclass through `cnnlab.config.add_config_flags`,
+the one dataclass-to-flags generator of every CLI."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+
+def add_face_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """--preset, --config and one flag per FaceTrainConfig field."""
+    from cnnlab.config import add_config_flags
+    from cnnlab.tasks.faces import PRESETS, FaceTrainConfig
+
+    g = p.add_argument_group("training recipe (every field of FaceTrainConfig; defaults from --preset, "
+                             "then --config)")
+    g.add_argument("--config", metavar="FILE", help="YAML mapping of FaceTrainConfig fields (e.g. a tuner's best.yaml)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="cpu (default): cached-feature partial fine-tuning; demo: shorter; finetune: end-to-end (GPU)")
+    add_config_flags(g, FaceTrainConfig)
+
+
+def explicit_face_fields(args: argparse.Namespace) -> dict:
+    """The FaceTrainConfig fields given as flags (None: not given)."""
+    from cnnlab.tasks.faces import FaceTrainConfig
+    return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(FaceTrainConfig)}
+
+
+def face_config_from_args(args: argparse.Namespace):
+    """--preset, then --config, then flags, into one validated FaceTrainConfig."""
+    from cnnlab.config import build_config
+    from cnnlab.io import load_yaml
+    from cnnlab.tasks.faces import PRESETS, FaceTrainConfig
+    file_values = load_yaml(args.config) if args.config else None
+    return build_config(FaceTrainConfig, PRESETS[args.preset], file_values, explicit_face_fields(args))
+
+
+def add_lfw_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str | None = None) -> None:
+    p.add_argument("--data", metavar="DIR", help=help or "LFW folder with the protocol files (default: $CNNLAB_DATA/lfw)")
+
+
+def lfw_root_from_args(args: argparse.Namespace) -> Path:
+    from cnnlab.tasks.faces import default_lfw_root
+    return Path(args.data) if args.data else default_lfw_root()
