@@ -14,8 +14,8 @@ from PIL import Image
 from cnnlab.config import build_config
 from cnnlab.errors import CnnlabError
 from cnnlab.models.siamese import load_model
-from cnnlab.tasks.faces import (FaceTrainConfig, cache_stage, compare_margins, embed_from_stage,
-                                outlier_counts, run_stages, train_view1, train_view2)
+from cnnlab.cli.faces import margins_with_report, view1_with_plots
+from cnnlab.tasks.faces import FaceTrainConfig, cache_stage, outlier_counts, train_view1, train_view2
 
 SIDE = 48
 
@@ -96,6 +96,59 @@ def test_config_validation_and_build_config_from_yaml_and_flags():
             build_config(FaceTrainConfig, bad)
 
 
+def test_model_and_engine_configs_are_built_from_the_shared_fields():
+    from cnnlab.engine import TrainConfig
+    from cnnlab.models.siamese import SiameseConfig
+    # Model defaults are SiameseConfig's (the recipe only changes the input size)...
+    assert FaceTrainConfig().model_config() == SiameseConfig(input_size=192)
+    # ...and every field shared by name reaches the model's and the engine's config.
+    changed = dict(backbone="efficientnet_b0", weights="none", embedding_dim=32, head="mlp", normalize=False,
+                   input_size=64, epochs=3, batch_size=24, lr=0.02, optimizer="sgd", weight_decay=0.0,
+                   schedule="constant", warmup=0.0, seed=5, device="cpu", precision="fp32", progress=True)
+    config = FaceTrainConfig(**changed)
+    for sub, cls in ((config.model_config(), SiameseConfig), (config.train_config(), TrainConfig)):
+        shared = {f.name for f in dataclasses.fields(cls)} & set(changed)
+        assert shared and all(getattr(sub, name) == changed[name] for name in shared), cls.__name__
+    assert {f.name for f in dataclasses.fields(SiameseConfig)} & {f.name for f in dataclasses.fields(FaceTrainConfig)} \
+        == {"backbone", "weights", "embedding_dim", "head", "normalize", "input_size"}
+
+
+def test_embedding_helpers_restore_the_models_mode():
+    from cnnlab.models.siamese import SiameseNet
+    from cnnlab.tasks.faces import backbone_features, embed_images
+    model = SiameseNet.from_config(tiny_config().model_config())
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    for training in (True, False):
+        model.train(training)
+        assert embed_images(model, images, batch_size=2).shape == (5, 16)
+        assert backbone_features(model, images, batch_size=2).shape == (5, 1280)
+        assert model.training == training
+
+
+def test_feature_memo_is_explicit_and_keeps_one_entry(tmp_path):
+    from cnnlab.data.faces import FaceDataset
+    from cnnlab.models.siamese import SiameseNet
+    from cnnlab.tasks.faces import FeatureMemo, cached_prefix
+    model = SiameseNet.from_config(tiny_config().model_config())
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    dataset = FaceDataset(images, np.array([0, 0, 1, 1, 2, 2]), ["a", "b", "c"], [f"{k}.jpg" for k in range(6)],
+                          tmp_path)
+    rows = np.array([0, 1, 2, 3])
+    kw = dict(batch_size=4, progress=False, log=quiet)
+    # Without a memo nothing stays alive between runs: each call builds its own features.
+    first, second = cached_prefix(model, dataset, rows, 2, **kw), cached_prefix(model, dataset, rows, 2, **kw)
+    assert first is not second and torch.equal(first.features, second.features)
+    memo = FeatureMemo()
+    shared = cached_prefix(model, dataset, rows, 2, memo=memo, **kw)
+    assert cached_prefix(model, dataset, rows, 2, memo=memo, **kw) is shared
+    other = cached_prefix(model, dataset, rows, 3, memo=memo, **kw)
+    assert other is not shared and memo.features is other   # one entry: the old tensor is let go
+    assert first.features.shape[:2] == (4, 2)               # every row, plain and mirrored
+    torch.testing.assert_close(first.gather(torch.tensor([2]), torch.tensor([True]))[0],
+                               model.eval().features_until(torch.from_numpy(images[2:3]).permute(0, 3, 1, 2)
+                                                           .flip(3), 2)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_cached_prefix_path_computes_the_same_embeddings_as_embed():
     from cnnlab.models.siamese import SiameseNet
     torch.manual_seed(0)
@@ -104,8 +157,8 @@ def test_cached_prefix_path_computes_the_same_embeddings_as_embed():
     n = len(model.backbone_stages())
     with torch.no_grad():
         for start in (1, n - 3, n):
-            prefix = run_stages(model, model.prepare_input(x), 0, start)
-            torch.testing.assert_close(embed_from_stage(model, prefix, start), model.embed(x), rtol=1e-4, atol=1e-5)
+            prefix = model.features_until(x, start)
+            torch.testing.assert_close(model.embed_from(start, prefix), model.embed(x), rtol=1e-4, atol=1e-5)
 
 
 def test_cache_is_used_only_when_the_prefix_never_trains():
@@ -123,8 +176,8 @@ def test_cache_is_used_only_when_the_prefix_never_trains():
 def test_view1_trains_through_the_engine_and_writes_everything(fake_lfw, tmp_path):
     out = tmp_path / "run"
     seen = []
-    metrics = train_view1(tiny_config(epochs=4), fake_lfw, out, evaluate_test=True,
-                          report=lambda epoch, score: seen.append((epoch, score)), log=quiet)
+    metrics = view1_with_plots(tiny_config(epochs=4), fake_lfw, out, evaluate_test=True,
+                               report=lambda epoch, score: seen.append((epoch, score)), log=quiet)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 4 and [e for e, _ in seen] == [0, 1, 2, 3]
     # Learning, not noise: the contrastive loss falls by half (a broken gradient path, pairs or
@@ -178,7 +231,7 @@ def test_outlier_counts_by_hand():
 
 @pytest.mark.slow
 def test_margins_and_view2_on_tiny_data(fake_lfw, tmp_path):
-    comparison = compare_margins(tiny_config(epochs=1), [0.5, 1.0], fake_lfw, tmp_path / "margins", log=quiet)
+    comparison = margins_with_report(tiny_config(epochs=1), [0.5, 1.0], fake_lfw, tmp_path / "margins", log=quiet)
     assert [r["margin"] for r in comparison["runs"]] == [0.5, 1.0]
     for name in ("comparison.json", "comparison.md", "margins_boxplots.png", "margins_tsne.png", "margins_roc.png"):
         assert (tmp_path / "margins" / name).is_file(), name

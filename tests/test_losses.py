@@ -142,6 +142,19 @@ def test_from_batch_equals_explicit_pairs():
         loss_fn.from_batch(embeddings, i, j[:2], same)
 
 
+def test_per_pair_and_distances_returns_the_distances_the_loss_used():
+    # The training step reports mean same/different distances from these: they must be the
+    # loss's own distances (its distance object, its eps), and the loss must not change.
+    a, b = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    same = torch.tensor([1, 0, 1, 0, 0, 1])
+    for loss_fn in (ContrastiveLoss(margin=1.3), ContrastiveLoss(margin=0.4, distance=CosineDistance())):
+        per_pair, d = loss_fn.per_pair_and_distances(a, b, same)
+        torch.testing.assert_close(d, loss_fn.distance.paired(a, b))
+        torch.testing.assert_close(per_pair, loss_fn.per_pair(a, b, same))
+        m = loss_fn.margin
+        torch.testing.assert_close(per_pair, torch.where(same.bool(), d ** 2, (m - d).clamp(min=0) ** 2))
+
+
 @pytest.mark.parametrize("margin", [0.0, -1.0, float("nan")])
 def test_margin_must_be_positive(margin):
     with pytest.raises(ValueError, match="margin"):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab.data.pairs import PKSampler, batch_pairs, sample_pairs
+from cnnlab.data.pairs import batch_pairs, sample_pairs
+from cnnlab.data.samplers import PKSampler
 from cnnlab.errors import CnnlabError
 
 # person q has COUNTS[q] images; people 7 and 8 have a single image (negatives only)
@@ -38,17 +39,6 @@ def test_pk_is_deterministic_per_seed_and_epoch():
     assert [x.tolist() for x in a.batches(0)] != [x.tolist() for x in a.batches(1)]
     c = PKSampler(LABELS, 2, 2, seed=2)
     assert [x.tolist() for x in c.batches(0)] != [x.tolist() for x in b.batches(0)]
-
-
-def test_singles_join_as_negatives_only():
-    sampler = PKSampler(LABELS, p=2, k=2, seed=0, singles_per_batch=1)
-    singles = {int(np.flatnonzero(LABELS == q)[0]) for q in (7, 8)}
-    used = set()
-    for batch in sampler:
-        extra = singles.intersection(batch.tolist())
-        assert len(extra) == 1
-        used |= extra
-    assert used == singles
 
 
 def test_pk_rejects_impossible_settings():
@@ -96,3 +86,17 @@ def test_sample_pairs_distinct_seeded_and_capped():
     n_possible = sum(c * (c - 1) // 2 for c in COUNTS)
     i, j, same = sample_pairs(LABELS, 1000, 5, seed=0)
     assert same.sum() == n_possible and (~same).sum() == 5
+
+
+def test_pk_reshuffles_people_every_epoch_so_the_leftovers_train_too():
+    # 7 eligible people, P = 3: each epoch one person waits. A person order that does not
+    # change with the epoch would leave the same one out for ever.
+    sampler = PKSampler(LABELS, p=3, k=2, seed=0)
+    orders, seen = [], set()
+    for epoch in range(12):
+        order = [int(q) for batch in sampler.batches(epoch) for q in dict.fromkeys(LABELS[batch.numpy()].tolist())]
+        assert len(order) == 6
+        orders.append(tuple(order))
+        seen.update(order)
+    assert len(set(orders)) > 1
+    assert seen == {q for q, c in enumerate(COUNTS) if c >= 2}

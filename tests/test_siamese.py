@@ -185,3 +185,35 @@ def test_search_returns_nearest_gallery_entries_first():
     assert single.tolist() == [[5]]
     with pytest.raises(ValueError, match="k must be"):
         search(model, gallery_embeddings, gallery[0], k=13)
+
+
+def test_built_from_a_config_or_keywords_with_the_configs_defaults():
+    # The defaults live in SiameseConfig only: a network built from keywords, from a config and
+    # from nothing but its required choices agree with it.
+    config = SiameseConfig(weights="none", embedding_dim=8, input_size=SIZE)
+    by_config, by_keywords = SiameseNet(config), tiny()
+    assert by_config.config == by_keywords.config == config
+    assert by_config.config is not config  # the model's copy; a caller's later edits do not leak in
+    assert SiameseNet(config, head="mlp", hidden_dim=16).config == SiameseConfig(
+        weights="none", embedding_dim=8, input_size=SIZE, head="mlp", hidden_dim=16)
+    assert SiameseNet(weights="none").config == SiameseConfig(weights="none")
+    assert SiameseNet(backbone_name="lite0", weights="none").config.backbone == SiameseConfig.backbone
+    with pytest.raises(CnnlabError, match="invalid SiameseNet option"):
+        SiameseNet(config, colour="blue")
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_the_staged_forward_pass_is_embed_split_anywhere(normalize):
+    # Training from cached features runs features_until once and embed_from every step: the
+    # two halves must be exactly `embed`, wherever they are split.
+    model = tiny(normalize=normalize).eval()
+    x = (images(3) * 255).round().to(torch.uint8)
+    n = len(model.backbone_stages())
+    with torch.no_grad():
+        z = model.embed(x)
+        torch.testing.assert_close(model.embed_from(0, x), z)
+        for stage in range(1, n + 1):
+            features = model.features_until(x, stage)
+            torch.testing.assert_close(model.embed_from(stage, features), z, rtol=1e-4, atol=1e-5)
+        assert model.features_until(x, 0).shape == (3, 3, SIZE, SIZE)  # stage 0: the normalised input
+        torch.testing.assert_close(model.features_until(x, 0), model.prepare_input(x))

@@ -457,3 +457,77 @@ def test_workers_of_one_study_must_share_the_base_recipe(tmp_path):
     with pytest.raises(CnnlabError, match="different base train config .*differs in epochs"):
         run_study(cheap_objective, SearchSpace.default(), trials=2, out_dir=tmp_path, plots=False,
                   base_config={"epochs": 3, "input_size": 112})
+
+
+# ----------------------------------------------------------------------------- library and command
+
+def test_library_messages_go_to_the_log_callable_not_to_print(tmp_path, capsys):
+    def objective(params, report):
+        raise RuntimeError("no such device")
+
+    messages = []
+    result = run_study(objective, SearchSpace.default(), trials=1, out_dir=tmp_path, plots=False,
+                       log=messages.append)
+    assert result.counts["fail"] == 1
+    assert messages == ["trial 0 failed: RuntimeError: no such device"]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_final_test_tells_the_log_when_another_worker_holds_the_claim(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    result = run_study(cheap_objective, SearchSpace.default(), trials=1, out_dir=tmp_path, plots=False)
+    optuna.create_study(study_name=f"faces:test_of_trial_{result.best_trial}", storage=storage)
+    messages = []
+    assert final_test(result, storage, lambda c, d: {}, log=messages.append) is None
+    assert len(messages) == 1 and f"test score of trial {result.best_trial}" in messages[0]
+
+
+def test_face_base_config_drops_tuned_and_where_to_run_fields():
+    from cnnlab.config import RUN_ONLY_FIELDS
+    from cnnlab.tune import face_base_config
+
+    space = SearchSpace.default()
+    resolved = {"epochs": 2, "device": "cpu", "progress": False, **{name: 1 for name in space.names}}
+    base = face_base_config(space, {"epochs"}, lambda: resolved)
+    assert base == {"epochs": 2}
+    assert not set(base) & set(RUN_ONLY_FIELDS)
+    with pytest.raises(CnnlabError, match="lr set by a flag or --config"):
+        face_base_config(space, {"lr"}, lambda: resolved)
+
+
+def test_faces_tune_help_lists_the_study_and_recipe_flags(capsys):
+    from cnnlab.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["faces", "tune", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--trials", "--storage", "--study", "--sampler", "--pruner", "--space", "--out", "--data",
+                 "--no-test", "--retest", "--config", "--preset", "--lr", "--device"):
+        assert flag in text, flag
+
+
+def test_a_broken_tuner_is_an_error_not_a_missing_command(monkeypatch):
+    import cnnlab.cli.tune
+    from cnnlab.cli import build_parser
+
+    def broken(faces_commands):
+        raise ImportError("the tuner is broken")
+
+    monkeypatch.setattr(cnnlab.cli.tune, "register", broken)
+    with pytest.raises(ImportError, match="the tuner is broken"):
+        build_parser()
+
+
+def test_the_tuner_library_has_no_cli_argparse_or_print():
+    import ast
+
+    import cnnlab.tune
+
+    for path in Path(cnnlab.tune.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(n == "argparse" or n.startswith("cnnlab.cli") for n in names), (path.name, names)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "print", f"{path.name}:{node.lineno}"

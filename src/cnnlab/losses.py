@@ -25,11 +25,17 @@ class ContrastiveLoss(nn.Module):
 
     def per_pair(self, emb_a: torch.Tensor, emb_b: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
         """The loss of every pair, N values: d^2 for same-person pairs, max(0, m - d)^2 otherwise."""
+        return self.per_pair_and_distances(emb_a, emb_b, same)[0]
+
+    def per_pair_and_distances(self, emb_a: torch.Tensor, emb_b: torch.Tensor, same: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss of every pair, distance d of every pair): a caller that also reports the
+        distances (training metrics) reuses these instead of computing them a second time."""
         if same.dim() != 1 or same.shape[0] != emb_a.shape[0]:
             raise ValueError(f"`same` must hold one label per pair ({emb_a.shape[0]}), got shape {tuple(same.shape)}")
         d = self.distance.paired(emb_a, emb_b)
         positive = same.to(device=d.device, dtype=torch.bool)
-        return torch.where(positive, d.pow(2), (self.margin - d).clamp(min=0).pow(2))
+        return torch.where(positive, d.pow(2), (self.margin - d).clamp(min=0).pow(2)), d
 
     def forward(self, emb_a: torch.Tensor, emb_b: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
         if emb_a.shape[0] == 0:

@@ -1,5 +1,4 @@
-"""`cnnlab faces train|margins|verify|search|export|plot` (and `tune` when cnnlab.tune offers
-it): Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
+"""`cnnlab faces train|margins|verify|search|export|baseline|plot|tune`: Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
 `cnnlab.tasks.faces.FaceTrainConfig`; every field is a flag of the same name."""
 from __future__ import annotations
 
@@ -65,24 +64,49 @@ def register(sub) -> None:
     p.add_argument("run_dir")
     p.set_defaults(func=run_plot)
 
-    try:
-        from cnnlab.tune import register_tune
-    except ImportError:  # the tuner is optional; without it there is simply no `faces tune`
-        register_tune = None
-    if register_tune is not None:
-        register_tune(commands)
+    # optuna is a dependency: a tuner that fails to import is an error, never a missing command.
+    from cnnlab.cli.tune import register as register_tune
+    register_tune(commands)
+
+
+# ---------------------------------------------------------------------------- runs, then figures
+def view1_with_plots(config, data_root, out_dir, *, evaluate_test: bool, report=None, log=print) -> dict:
+    """`train_view1`, then, when DevTest was scored, its figures drawn from the run's files
+    and listed in metrics.json ("plots"): what `faces train` and `make demo` produce."""
+    from cnnlab.plots.faces import plot_run
+    from cnnlab.tasks.faces import record_plots, train_view1
+    metrics = train_view1(config, data_root, out_dir, evaluate_test=evaluate_test, report=report, log=log)
+    if metrics["test"] is not None:
+        metrics = record_plots(out_dir, metrics, plot_run(out_dir))
+    return metrics
+
+
+def margins_with_report(config, margins, data_root, out_dir, *, log=print) -> dict:
+    """`compare_margins`, then each run's figures (as `faces train` draws them), the
+    side-by-side figures and the comparison (comparison.json lists the figures,
+    comparison.md embeds them)."""
+    from cnnlab.io import read_json
+    from cnnlab.plots.faces import plot_margin_comparison, plot_run
+    from cnnlab.tasks.faces import METRICS_FILE, compare_margins, record_plots, write_margins_report
+    comparison = compare_margins(config, margins, data_root, out_dir, log=log)
+    runs = comparison["runs"]
+    for run in runs:
+        record_plots(run["run_dir"], read_json(Path(run["run_dir"]) / METRICS_FILE), plot_run(run["run_dir"]))
+    figures = plot_margin_comparison([Path(r["run_dir"]) for r in runs], [f"margin {r['margin']:g}" for r in runs],
+                                     out_dir)
+    return write_margins_report(out_dir, comparison, figures)
 
 
 # ---------------------------------------------------------------------------- commands
 def run_train(args) -> int:
     from cnnlab.errors import CnnlabError
-    from cnnlab.tasks.faces import train_view1, train_view2
+    from cnnlab.tasks.faces import train_view2
     config = config_from_args(args)
     out = Path(args.out or f"runs/faces-{args.protocol}")
     if args.protocol == "view1":
         if args.folds:
             raise CnnlabError("--folds applies to --protocol view2 only")
-        metrics = train_view1(config, data_root_from_args(args), out, evaluate_test=not args.no_test)
+        metrics = view1_with_plots(config, data_root_from_args(args), out, evaluate_test=not args.no_test)
         if metrics["test"] is None:
             v = metrics["validation"]
             print(f"validation: AUC {v['auc']:.4f}, accuracy {v['accuracy']:.2%} (test pairs not read)")
@@ -101,10 +125,11 @@ def run_train(args) -> int:
 
 
 def run_margins(args) -> int:
-    from cnnlab.tasks.faces import compare_margins
-    comparison = compare_margins(config_from_args(args), args.margins, data_root_from_args(args), Path(args.out))
-    print(Path(args.out, "comparison.md").read_text())
-    print(f"comparison: {Path(args.out) / 'comparison.md'}")
+    from cnnlab.tasks.faces import margins_markdown
+    out = Path(args.out)
+    comparison = margins_with_report(config_from_args(args), args.margins, data_root_from_args(args), out)
+    print(margins_markdown(comparison))
+    print(f"comparison: {out / 'comparison.md'}")
     return 0 if comparison["runs"] else 1
 
 
@@ -120,20 +145,10 @@ def _load(path, device):
     return model, extra
 
 
-def _preprocess(extra: dict):
-    from cnnlab.data.faces import FacePreprocess
-    return FacePreprocess(crop=extra["crop"], size=extra["input_size"])
-
-
 def _decode(paths, extra) -> "torch.Tensor":
     import torch
-    from cnnlab.data.images import decode_images
-    spec = _preprocess(extra)
-    for p in paths:
-        if not Path(p).is_file():
-            from cnnlab.errors import CnnlabError
-            raise CnnlabError(f"image not found: {p}")
-    images, _, _ = decode_images([str(p) for p in paths], spec.transform, (spec.size, spec.size), strict=True)
+    from cnnlab.data.faces import FacePreprocess, decode_faces
+    images = decode_faces(paths, FacePreprocess(crop=extra["crop"], size=extra["input_size"]))
     return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 
@@ -152,43 +167,29 @@ def run_verify(args) -> int:
 
 
 def run_search(args) -> int:
-    import numpy as np
-    from cnnlab.data.faces import load_identity_folders
-    from cnnlab.data.images import IMAGE_EXTENSIONS, decode_images
+    import torch
+    from cnnlab.data.faces import FacePreprocess, load_gallery
     from cnnlab.distances import create_distance
     from cnnlab.errors import CnnlabError
     from cnnlab.models.siamese import search
     from cnnlab.tasks.faces import embed_images
     model, extra = _load(args.model, args.device)
-    gallery = Path(args.gallery)
-    if not gallery.is_dir():
-        raise CnnlabError(f"gallery folder not found: {gallery}")
-    flat = sorted(f for f in gallery.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-    spec = _preprocess(extra)
-    if flat:
-        images, ok, report = decode_images([str(f) for f in flat], spec.transform, (spec.size, spec.size))
-        names = [flat[i].name for i in ok]
-        people = ["-"] * len(names)
-    else:
-        dataset, report = load_identity_folders(gallery, spec)
-        images, names = dataset.images, dataset.paths
-        people = [dataset.people[k] for k in dataset.labels]
-    for path, reason in report.bad:
+    gallery = load_gallery(args.gallery, FacePreprocess(crop=extra["crop"], size=extra["input_size"]))
+    for path, reason in gallery.report.bad:
         print(f"skipped {path}: {reason}")
-    if len(names) == 0:
-        raise CnnlabError(f"no readable images in {gallery}")
-    if not 1 <= args.k <= len(names):
-        raise CnnlabError(f"-k must be in 1..{len(names)} (gallery size), got {args.k}")
-    import torch
-    z = torch.from_numpy(embed_images(model, np.ascontiguousarray(images)))
+    if len(gallery.names) == 0:
+        raise CnnlabError(f"no readable images in {Path(args.gallery)}")
+    if not 1 <= args.k <= len(gallery.names):
+        raise CnnlabError(f"-k must be in 1..{len(gallery.names)} (gallery size), got {args.k}")
+    z = torch.from_numpy(embed_images(model, gallery.images))
     query = _decode([args.query], extra)
     dist, idx = search(model, z, query, k=args.k, distance=create_distance(extra.get("distance", "euclidean")))
     threshold = extra.get("threshold")
     print(f"{'rank':>4}  {'distance':>8}  {'match':<5}  image")
     for rank, (d, i) in enumerate(zip(dist[0].tolist(), idx[0].tolist()), start=1):
         match = "" if threshold is None else ("yes" if d <= threshold else "no")
-        who = f"  ({people[i]})" if people[i] != "-" else ""
-        print(f"{rank:>4}  {d:>8.4f}  {match:<5}  {names[i]}{who}")
+        who = f"  ({gallery.people[i]})" if gallery.people[i] is not None else ""
+        print(f"{rank:>4}  {d:>8.4f}  {match:<5}  {gallery.names[i]}{who}")
     return 0
 
 

@@ -207,3 +207,39 @@ def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, 
     dataset = FaceDataset(images=arrays["images"], labels=np.array([label_of[p] for p in persons], dtype=np.int64),
                           people=kept_people, paths=[files[i][1] for i in ok], root=root, spec=spec)
     return dataset, report
+
+
+def decode_faces(paths: Sequence[str | Path], spec: FacePreprocess) -> np.ndarray:
+    """N x S x S x 3 uint8 faces of the given files, preprocessed as a model was trained;
+    a missing or unreadable file is an error naming it (these are images a user asked about)."""
+    for p in paths:
+        if not Path(p).is_file():
+            raise CnnlabError(f"image not found: {p}")
+    images, _, _ = decode_images([str(p) for p in paths], spec.transform, (spec.size, spec.size), strict=True)
+    return images
+
+
+@dataclass
+class Gallery:
+    """Images to search: `names[i]` (a file name, or person/file) is `images[i]`, of person
+    `people[i]` (None for a flat folder, which says nothing about who is who)."""
+    images: np.ndarray
+    names: list[str]
+    people: list[str | None]
+    report: DecodeReport
+
+
+def load_gallery(folder: str | Path, spec: FacePreprocess) -> Gallery:
+    """Image files directly in `folder`, or else one folder per person (`person/image.jpg`).
+    Unreadable files are skipped and listed in the report."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CnnlabError(f"gallery folder not found: {folder}")
+    flat = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    if flat:
+        images, ok, report = decode_images([str(f) for f in flat], spec.transform, (spec.size, spec.size))
+        names = [flat[i].name for i in ok]
+        return Gallery(np.ascontiguousarray(images), names, [None] * len(names), report)
+    dataset, report = load_identity_folders(folder, spec)
+    return Gallery(np.ascontiguousarray(dataset.images), list(dataset.paths),
+                   [dataset.people[k] for k in dataset.labels], report)

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -292,13 +292,3 @@ class LFWProtocol:
         train = tuple(n for k, s in enumerate(self.view2_people) if k != fold for n in s)
         return IdentitySplit(f"LFW View 2 fold {fold + 1}", train, tuple(self.view2_people[fold]),
                              tuple(p for p in self.view2_pairs if p.fold == fold))
-
-    def view2_folds(self) -> Iterator[IdentitySplit]:
-        for fold in range(self.num_folds):
-            yield self.view2_fold(fold)
-
-    def check(self) -> None:
-        """Parse and validate everything: files resolve, and every split is disjoint."""
-        self.view1()
-        for _ in self.view2_folds():
-            pass

@@ -1,86 +1,17 @@
-"""Pair sampling for Siamese training: P x K batches, all pairs from one embedding pass.
+"""Pairs for Siamese training and evaluation: all pairs from one embedding pass.
 
-Batches hold P people x K images each (the "PK" sampling of Hermans, Beyer and Leibe 2017,
-"In Defense of the Triplet Loss for Person Re-Identification"), so every batch contains
-same-person pairs; `batch_pairs` then forms pairs among the batch's embeddings (Hadsell, Chopra
-and LeCun 2006 train on pairs; forming them inside the batch embeds every image once per step).
+Batches hold P people x K images each (`cnnlab.data.samplers.PKSampler`, the "PK" sampling of
+Hermans, Beyer and Leibe 2017), so every batch contains same-person pairs; `batch_pairs` then
+forms pairs among the batch's embeddings (Hadsell, Chopra and LeCun 2006 train on pairs;
+forming them inside the batch embeds every image once per step). `sample_pairs` draws
+evaluation pairs like LFW's (Huang et al. 2007).
 """
 from __future__ import annotations
-
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from cnnlab.errors import CnnlabError
-
-
-def _as_numpy_labels(labels) -> np.ndarray:
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise CnnlabError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
-    return labels.astype(np.int64)
-
-
-class PKSampler:
-    """Index batches of `p` people x up to `k` images, deterministic per (seed, epoch).
-
-    Only people with at least 2 images are drawn as the P people (a single image gives no
-    same-person pair). A person with fewer than `k` images contributes all of them: images
-    are never repeated within a batch, because a repeated image would be embedded twice and
-    pair with itself at distance 0, a free positive. Batches can therefore be smaller than
-    p * k. Each epoch is a seeded permutation of the eligible people, cut into groups of `p`
-    (the leftover < p people wait for the next epoch's permutation). People with exactly one
-    image can join as extra negatives: `singles_per_batch` of them per batch, cycled.
-    Yields CPU int64 tensors of row indices into `labels`.
-    """
-
-    def __init__(self, labels, p: int, k: int, seed: int = 0, *, singles_per_batch: int = 0):
-        if p < 2:
-            raise CnnlabError(f"PKSampler needs p >= 2 people per batch (for different-person pairs), got {p}")
-        if k < 2:
-            raise CnnlabError(f"PKSampler needs k >= 2 images per person (for same-person pairs), got {k}")
-        if singles_per_batch < 0:
-            raise CnnlabError(f"singles_per_batch must be >= 0, got {singles_per_batch}")
-        self.labels = _as_numpy_labels(labels)
-        self.p, self.k, self.seed = int(p), int(k), int(seed)
-        self.singles_per_batch = int(singles_per_batch)
-        self.epoch = 0
-        order = np.argsort(self.labels, kind="stable")
-        people, starts, counts = np.unique(self.labels[order], return_index=True, return_counts=True)
-        self._rows = {int(person): order[s:s + c] for person, s, c in zip(people, starts, counts)}
-        self.eligible = people[counts >= 2]
-        self.singles = np.array([self._rows[int(q)][0] for q in people[counts == 1]], dtype=np.int64)
-        if len(self.eligible) < self.p:
-            raise CnnlabError(f"PKSampler needs at least p={self.p} people with >= 2 images, "
-                              f"found {len(self.eligible)}")
-
-    def __len__(self) -> int:
-        return len(self.eligible) // self.p
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def batches(self, epoch: int) -> list[torch.Tensor]:
-        rng = np.random.default_rng([self.seed, int(epoch)])
-        people = self.eligible[rng.permutation(len(self.eligible))]
-        singles = self.singles[rng.permutation(len(self.singles))] if len(self.singles) else self.singles
-        out = []
-        for b in range(len(self)):
-            parts = []
-            for person in people[b * self.p:(b + 1) * self.p]:
-                rows = self._rows[int(person)]
-                parts.append(rows if len(rows) <= self.k else rng.choice(rows, self.k, replace=False))
-            if self.singles_per_batch and len(singles):
-                take = np.arange(b * self.singles_per_batch, (b + 1) * self.singles_per_batch) % len(singles)
-                parts.append(singles[np.unique(take)])
-            out.append(torch.from_numpy(np.concatenate(parts).astype(np.int64)))
-        return out
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self.batches(self.epoch))
+from cnnlab.data.samplers import as_label_array
 
 
 def batch_pairs(labels: torch.Tensor, balance: bool = True, generator: torch.Generator | None = None
@@ -114,7 +45,7 @@ def sample_pairs(labels, n_matched: int, n_mismatched: int | None = None, seed: 
     like the LFW protocol's: matched pairs pick a person with >= 2 images then two of their
     images; mismatched pairs pick two different people then one image each. Seeded. Returns
     fewer pairs of a kind only when fewer distinct ones exist."""
-    labels = _as_numpy_labels(labels)
+    labels = as_label_array(labels)
     n_mismatched = n_matched if n_mismatched is None else n_mismatched
     rng = np.random.default_rng(seed)
     people, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)

@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from cnnlab.distances import Distance, EuclideanDistance
 from cnnlab.errors import CnnlabError
 from cnnlab.io import save_torch_atomic
+from cnnlab.metrics.retrieval import nearest_neighbours
 from cnnlab.models.backbones import BACKBONES, DataConfig, create_backbone
+from cnnlab.models.utils import eval_mode, module_device
 from cnnlab.registry import Registry
 
 HEADS = Registry("projection head")
@@ -68,15 +70,20 @@ class SiameseConfig:
 
 
 class SiameseNet(nn.Module):
-    def __init__(self, backbone_name: str = "tf_efficientnet_lite0", embedding_dim: int = 128,
-                 weights: str | Path = "imagenet", normalize: bool = True, head: str = "linear",
-                 dropout: float = 0.0, hidden_dim: int = 512, input_size: int | None = None):
+    """`SiameseNet(SiameseConfig(...))`, or SiameseConfig's fields as keywords; a name as the
+    first argument is the backbone (`SiameseNet("efficientnet_b0", weights="none")`). The
+    defaults are SiameseConfig's, declared there only."""
+
+    def __init__(self, config: SiameseConfig | str | None = None, **options):
         super().__init__()
+        if "backbone_name" in options:  # the keyword of earlier versions
+            options["backbone"] = options.pop("backbone_name")
         try:
-            config = SiameseConfig(backbone=backbone_name, embedding_dim=embedding_dim, weights=str(weights),
-                                   normalize=normalize, head=head, hidden_dim=hidden_dim, dropout=dropout,
-                                   input_size=input_size)
-        except (KeyError, ValueError) as exc:
+            if isinstance(config, SiameseConfig):
+                config = replace(config, **options)
+            else:
+                config = SiameseConfig(**({"backbone": config} if config is not None else {}), **options)
+        except (KeyError, ValueError, TypeError) as exc:
             raise CnnlabError(f"invalid SiameseNet option: {exc.args[0]}") from None
         self.config = config
         self.backbone, backbone_data = create_backbone(config.backbone, config.weights)
@@ -91,9 +98,7 @@ class SiameseNet(nn.Module):
     @classmethod
     def from_config(cls, config: SiameseConfig, **overrides) -> "SiameseNet":
         """`from_config(cfg, weights="none")` rebuilds the architecture for loading a checkpoint."""
-        values = {**config.to_dict(), **overrides}
-        values["backbone_name"] = values.pop("backbone")
-        return cls(**values)
+        return cls(config, **overrides)
 
     @property
     def data_config(self) -> DataConfig:
@@ -118,8 +123,34 @@ class SiameseNet(nn.Module):
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """N x embedding_dim embeddings, L2-normalised when `normalize`."""
-        z = self.head(self.forward_features(images))
+        return self._project(self.forward_features(images))
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        z = self.head(pooled)
         return F.normalize(z, dim=1) if self.config.normalize else z
+
+    # The staged forward pass: `embed_from(k, features_until(images, k)) == embed(images)`
+    # for every k. Training from cached features splits the pass where the frozen prefix
+    # ends, so the split must be the model's own computation, not a copy of it.
+    def features_until(self, images: torch.Tensor, stage: int) -> torch.Tensor:
+        """Output of backbone stages [0, stage) on RGB images (normalised here, as by `embed`)."""
+        return self._run_stages(self.prepare_input(images), 0, stage)
+
+    def embed_from(self, stage: int, features: torch.Tensor) -> torch.Tensor:
+        """Embeddings from `features_until(images, stage)`: the remaining stages, pooling, head
+        and normalisation. Stage 0 takes the images themselves (it is `embed`)."""
+        if stage == 0:
+            return self.embed(features)
+        return self._project(self.backbone.forward_head(self._run_stages(features, stage, None)))
+
+    def _run_stages(self, x: torch.Tensor, start: int, stop: int | None) -> torch.Tensor:
+        for stage in self.backbone_stages()[start:stop]:
+            if isinstance(stage, nn.ModuleList):
+                for layer in stage:
+                    x = layer(x)
+            else:
+                x = stage(x)
+        return x
 
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One pass over both sides: BatchNorm sees a single batch, exactly as for `embed`.
@@ -188,15 +219,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Si
 
 # --- verification and search ------------------------------------------------------------
 
-@torch.no_grad()
 def _embed_eval(model: SiameseNet, images: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        return model.embed(images.to(device))
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        return model.embed(images.to(module_device(model)))
 
 
 def verify(model: SiameseNet, img_a: torch.Tensor, img_b: torch.Tensor, threshold: float,
@@ -219,12 +244,8 @@ def search(model: SiameseNet, gallery_embeddings: torch.Tensor, query: torch.Ten
            distance: Distance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest gallery entries of each query image: (Q x k distances, Q x k gallery
     indices), nearest first. `query` is one image (3 x H x W) or a batch."""
-    distance = distance or EuclideanDistance()
     if query.dim() == 3:
         query = query.unsqueeze(0)
     if not 1 <= k <= gallery_embeddings.shape[0]:
         raise ValueError(f"k must be in [1, {gallery_embeddings.shape[0]}] (gallery size), got {k}")
-    q = _embed_eval(model, query)
-    d = distance.pairwise(q, gallery_embeddings.to(q.device, q.dtype))
-    values, indices = d.topk(k, dim=1, largest=False)
-    return values.cpu(), indices.cpu()
+    return nearest_neighbours(_embed_eval(model, query), gallery_embeddings, k, distance or EuclideanDistance())

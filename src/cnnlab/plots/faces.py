@@ -1,15 +1,18 @@
 """Part 2 figures for face verification: distances of the DevTest pairs (same vs different,
-with the calibrated threshold), ROC curves, a nearest-neighbour retrieval grid and a t-SNE of
-test embeddings. Inputs are the files a training run wrote (`devtest_pairs.npz`,
-`test_embeddings.npz`, `metrics.json`); nothing here touches a model."""
+with the calibrated threshold), ROC curves, a nearest-neighbour retrieval grid and a t-SNE
+(van der Maaten and Hinton 2008) of test embeddings. Inputs are the files a training run wrote
+(`devtest_pairs.npz`, `test_embeddings.npz`, `metrics.json`) and, for the grid's thumbnails,
+the image files they name; nothing here touches a model or a data set loader."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from cnnlab.errors import CnnlabError
+from cnnlab.io import load_yaml, read_json
+from cnnlab.metrics.retrieval import nearest_neighbours
 from cnnlab.plots.common import class_colors, new_figure, save_figure
 
 BOX_SIZE = (6.0, 5.0)
@@ -21,9 +24,8 @@ DIFF_COLOR = "#d62728"
 
 
 def _load_run(run_dir: Path) -> tuple[dict, dict, dict]:
-    from cnnlab.errors import CnnlabError
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = read_json(run_dir / "metrics.json")
         with np.load(run_dir / "devtest_pairs.npz") as p:
             pairs = {k: p[k] for k in p.files}
         with np.load(run_dir / "test_embeddings.npz") as e:
@@ -120,20 +122,16 @@ def plot_tsne(embeddings, labels, people, path, title: str, top: int = 10) -> Pa
     return save_figure(fig, path)
 
 
-def nearest_neighbours(embeddings: np.ndarray, labels: np.ndarray, distance: str, n_queries: int, k: int,
+def retrieval_examples(embeddings: np.ndarray, labels: np.ndarray, distance: str, n_queries: int, k: int,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(queries, neighbours Q x k, distances Q x k): random queries among images whose person
     has another test image, each query's k nearest other test images."""
-    import torch
-    from cnnlab.distances import create_distance
     counts = np.bincount(labels)
     eligible = np.flatnonzero(counts[labels] >= 2)
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(eligible, min(n_queries, len(eligible)), replace=False))
-    z = torch.from_numpy(np.asarray(embeddings, np.float32))
-    d = create_distance(distance).pairwise(z[torch.from_numpy(queries)], z)
-    d[torch.arange(len(queries)), torch.from_numpy(queries)] = float("inf")
-    values, idx = d.topk(min(k, len(labels) - 1), dim=1, largest=False)
+    z = np.asarray(embeddings, np.float32)
+    values, idx = nearest_neighbours(z[queries], z, min(k, len(labels) - 1), distance, query_rows=queries)
     return queries, idx.numpy(), values.numpy()
 
 
@@ -141,17 +139,14 @@ def plot_retrieval_grid(embeddings, labels, people, paths, root, path, *, distan
                         n_queries: int = 6, k: int = 5, seed: int = 0) -> Path:
     """Each row: a random test query, then its k nearest test images (other images only),
     framed green when the same person, red otherwise."""
-    from cnnlab.data.images import open_rgb
     labels = np.asarray(labels)
-    queries, neighbours, dists = nearest_neighbours(embeddings, labels, distance, n_queries, k, seed)
+    queries, neighbours, dists = retrieval_examples(embeddings, labels, distance, n_queries, k, seed)
     rows, cols = len(queries), neighbours.shape[1] + 1
     fig, axes = new_figure(THUMB_IN * cols + 0.4, THUMB_IN * rows * 1.18 + 0.5, nrows=rows, ncols=cols)
     axes = np.atleast_2d(axes)
 
     def show(ax, index, frame, caption):
-        img = open_rgb(Path(str(root)) / str(paths[index]))
-        img.thumbnail((96, 96))
-        ax.imshow(np.asarray(img))
+        ax.imshow(_thumbnail(Path(str(root)) / str(paths[index])))
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
@@ -169,6 +164,15 @@ def plot_retrieval_grid(embeddings, labels, people, paths, root, path, *, distan
         axes[0, c].set_title(f"#{c}", fontsize=9)
     fig.suptitle("Nearest test images (green: same person, red: another person)", fontsize=10)
     return save_figure(fig, path)
+
+
+def _thumbnail(path: Path, side: int = 96) -> np.ndarray:
+    """The image file a run's test embeddings name, upright and RGB, at most side x side."""
+    from PIL import Image, ImageOps
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img).convert("RGB")
+    img.thumbnail((side, side))
+    return np.asarray(img)
 
 
 def _short(name: str, width: int = 16) -> str:
@@ -194,10 +198,9 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def _distance_of(run_dir: Path) -> str:
-    import yaml
     path = run_dir / "faces_config.yaml"
     if path.is_file():
-        return (yaml.safe_load(path.read_text()) or {}).get("distance", "euclidean")
+        return (load_yaml(path) or {}).get("distance", "euclidean")
     return "euclidean"
 
 

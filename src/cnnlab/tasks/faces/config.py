@@ -1,0 +1,166 @@
+"""The face training recipe: one flat dataclass (its fields are the CLI flags, the YAML keys of
+`faces_config.yaml` and the tuner's parameter names), its presets, and the policy of which
+backbone stages train when, which decides where training may start from cached features.
+
+The model's and the engine's own settings are not redeclared here: their defaults come from
+`SiameseConfig` and `TrainConfig` where this recipe agrees with them, and `model_config()` /
+`train_config()` build those configs from the fields they share by name with this one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from cnnlab.data.faces import FacePreprocess
+from cnnlab.distances import DISTANCES
+from cnnlab.engine import TrainConfig
+from cnnlab.errors import CnnlabError
+from cnnlab.models.siamese import SiameseConfig, SiameseNet
+
+CACHE_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class FaceTrainConfig:
+    """Everything a face training run depends on. The field names are also the names of the
+    tuner's search space (lr, batch_size, embedding_dim, margin, weight_decay, freeze_epochs)."""
+    # model
+    backbone: str = SiameseConfig.backbone
+    weights: str = SiameseConfig.weights          # imagenet | none | path to a backbone state dict
+    embedding_dim: int = SiameseConfig.embedding_dim
+    head: str = SiameseConfig.head                # linear | mlp
+    normalize: bool = SiameseConfig.normalize     # L2-normalised embeddings: distances in [0, 2]
+    # loss
+    margin: float = 1.0              # contrastive margin m
+    distance: str = "euclidean"      # euclidean | cosine
+    # data
+    # 192 px beat 160 and 128 on View 1 validation AUC (BENCHMARKS.md), upsampling the crop.
+    input_size: int = 192            # side of the square the network sees
+    crop: int = 150                  # centre crop of the 250 px LFW image (face ~110 px) before resizing
+    flip: bool = True                # random horizontal flip
+    shift: int = 0                   # random translation in pixels (pixel path only)
+    val_fraction: float = 0.1        # share of the training people held out for selection/calibration
+    val_pairs: int = 500             # matched (and as many mismatched) validation pairs
+    # batches: batch_size // k people x k images each
+    batch_size: int = 64
+    k: int = 4
+    balance_pairs: bool = True       # as many different-person pairs as same-person ones per batch
+    # schedule (the engine's optimizer and schedule; this recipe's values, not the engine's CIFAR ones)
+    epochs: int = 15
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    warmup: float = 0.1
+    freeze_epochs: int = 0           # epochs with the whole backbone frozen (head only) first
+    # 4 = the last three block groups + the final 1x1 conv (~3.2M of Lite0's 3.4M weights);
+    # fewer trainable stages gave a lower validation AUC at the same time budget.
+    trainable_stages: int = 4        # backbone stages fine-tuned after that, from the end; -1 = all
+    backbone_lr_scale: float = 1.0   # backbone lr = lr * this (the head gets lr)
+    cache_frozen_features: str = "auto"  # auto | on | off (see cnnlab.tasks.faces.features)
+    select_best: bool = True         # keep the epoch with the best validation AUC
+    eval_batch_size: int = 256
+    seed: int = TrainConfig.seed
+    device: str = TrainConfig.device
+    precision: str = TrainConfig.precision
+    progress: bool | None = TrainConfig.progress
+
+    def __post_init__(self):
+        self.weights = str(self.weights)
+        # embedding_dim and input_size are checked by SiameseConfig, lr, optimizer, schedule...
+        # by TrainConfig: both are built below, so each rule is written once.
+        checks = [
+            (self.margin > 0, f"margin must be > 0, got {self.margin}"),
+            (self.distance in DISTANCES, f"distance must be one of {', '.join(DISTANCES.names())}, got {self.distance!r}"),
+            (self.crop >= 1, f"crop must be >= 1 pixel, got {self.crop}"),
+            (self.shift >= 0, f"shift must be >= 0, got {self.shift}"),
+            (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.val_pairs >= 1, f"val_pairs must be >= 1, got {self.val_pairs}"),
+            (self.k >= 2, f"k (images per person in a batch) must be >= 2, got {self.k}"),
+            (self.batch_size >= 2 * self.k, f"batch_size must hold at least 2 people of k={self.k} images, "
+                                            f"got {self.batch_size}"),
+            (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
+            (self.trainable_stages >= -1, f"trainable_stages must be >= 0 or -1 (all), got {self.trainable_stages}"),
+            (self.backbone_lr_scale >= 0, f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}"),
+            (self.cache_frozen_features in CACHE_MODES,
+             f"cache_frozen_features must be one of {', '.join(CACHE_MODES)}, got {self.cache_frozen_features!r}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.model_config()
+        self.train_config()
+
+    @property
+    def people_per_batch(self) -> int:
+        return self.batch_size // self.k
+
+    def _shared_with(self, cls: type) -> dict:
+        """This recipe's values of the fields `cls` also has; `cls`'s defaults fill the rest."""
+        mine = {f.name for f in dataclasses.fields(self)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(cls) if f.name in mine}
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self._shared_with(TrainConfig))
+
+    def model_config(self) -> SiameseConfig:
+        return SiameseConfig(**self._shared_with(SiameseConfig))
+
+    def preprocess(self) -> FacePreprocess:
+        return FacePreprocess(crop=self.crop, size=self.input_size)
+
+
+# Settings a preset changes from the FaceTrainConfig defaults (flags and --config override them).
+PRESETS = {
+    # The default recipe: the last Lite0 stages fine-tuned on cached early-stage features.
+    "cpu": {},
+    # `make demo`: the same recipe with fewer epochs (about 10 minutes on 2 idle CPU cores).
+    "demo": {"epochs": 6},
+    # End-to-end fine-tuning from pixels (GPU): head alone for one epoch, then the whole backbone.
+    "finetune": {"trainable_stages": -1, "freeze_epochs": 1, "shift": 8, "epochs": 20,
+                 "backbone_lr_scale": 0.3, "batch_size": 128},
+}
+
+
+def preset_config(name: str, **overrides) -> FaceTrainConfig:
+    if name not in PRESETS:
+        raise CnnlabError(f"unknown face preset {name!r}; valid: {', '.join(PRESETS)}")
+    return FaceTrainConfig(**{**PRESETS[name], **overrides})
+
+
+# ---------------------------------------------------------------------------- which stages train
+def frozen_prefix(config: FaceTrainConfig, num_stages: int) -> int:
+    """How many leading backbone stages stay frozen for the whole run (0: none)."""
+    if config.freeze_epochs >= config.epochs:
+        return num_stages                       # the backbone never trains: cache all of it
+    if config.trainable_stages == -1 or config.trainable_stages >= num_stages:
+        return 0
+    return num_stages - config.trainable_stages
+
+
+def cache_stage(config: FaceTrainConfig, num_stages: int) -> int:
+    """Where training starts from cached features (0: from pixels)."""
+    prefix = frozen_prefix(config, num_stages)
+    if config.cache_frozen_features == "off":
+        return 0
+    if config.cache_frozen_features == "on":
+        if prefix == 0:
+            raise CnnlabError("cache_frozen_features=on needs a backbone part that never trains "
+                              "(trainable_stages below the number of stages, or freeze_epochs >= epochs)")
+        if config.shift:
+            raise CnnlabError("cache_frozen_features=on cannot apply a random shift to cached features; "
+                              "use shift=0 or cache_frozen_features=off")
+    if config.shift:
+        return 0
+    return prefix
+
+
+def set_trainable(model: SiameseNet, config: FaceTrainConfig, epoch: int) -> None:
+    """Backbone frozen for the first `freeze_epochs`, then its last `trainable_stages` train."""
+    if epoch < config.freeze_epochs:
+        model.freeze_backbone(True, 0)
+    elif config.trainable_stages == -1:
+        model.freeze_backbone(False)
+    else:
+        model.freeze_backbone(True, min(config.trainable_stages, len(model.backbone_stages())))

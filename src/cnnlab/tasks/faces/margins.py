@@ -1,0 +1,95 @@
+"""The contrastive margin study: one View 1 model per margin m of the loss of Hadsell, Chopra
+and LeCun (2006), everything else equal, compared on DevTest (Huang et al. 2007) by their
+metrics and their outliers: same-person pairs beyond the threshold, different-person pairs
+within it, and images whose nearest other image is another person.
+
+`compare_margins` trains and measures (OUT/margin-M/ and OUT/comparison.json); the figures
+are drawn afterwards from those files by the caller, which then writes the Markdown
+comparison that embeds them (`write_margins_report`)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_text, to_plain, write_json
+from cnnlab.metrics.retrieval import nearest_neighbours
+from cnnlab.tasks.faces.config import FaceTrainConfig
+from cnnlab.tasks.faces.features import FeatureMemo
+from cnnlab.tasks.faces.protocols import TEST_EMBEDDINGS, TEST_PAIRS, train_view1
+
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+
+
+def outlier_counts(distances: np.ndarray, same: np.ndarray, threshold: float, embeddings: np.ndarray,
+                   labels: np.ndarray, distance: str) -> dict:
+    """Same-person pairs beyond the threshold, different-person pairs within it, and queries
+    (images whose person has another image) whose nearest other image is another person."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    queries = np.flatnonzero(counts[labels] >= 2)
+    wrong_nn = 0
+    if len(queries):
+        z = np.asarray(embeddings, np.float32)
+        _, nearest = nearest_neighbours(z[queries], z, 1, distance, query_rows=queries)
+        wrong_nn = int((labels[nearest[:, 0].numpy()] != labels[queries]).sum())
+    return {"same_beyond_threshold": int((same & (distances > threshold)).sum()),
+            "different_within_threshold": int((~same & (distances <= threshold)).sum()),
+            "nn_queries": int(len(queries)), "nn_other_person": wrong_nn,
+            "nn_error_rate": float(wrong_nn / max(len(queries), 1))}
+
+
+def compare_margins(config: FaceTrainConfig, margins: Sequence[float], data_root: str | Path,
+                    out_dir: str | Path, *, log: Callable[[str], None] = print) -> dict:
+    """One View 1 model per margin, everything else equal, in OUT/margin-M/; their metrics
+    and outlier counts in OUT/comparison.json. Returns the comparison."""
+    out_dir = Path(out_dir)
+    if len(margins) < 1:
+        raise CnnlabError("give at least one margin")
+    # The margin changes nothing before the loss: every run trains on the same frozen features.
+    features = FeatureMemo()
+    runs = []
+    for m in margins:
+        run_config = replace(config, margin=float(m))
+        run_dir = out_dir / f"margin-{float(m):g}"
+        log(f"[margin {m:g}]")
+        metrics = train_view1(run_config, data_root, run_dir, evaluate_test=True, log=log, features=features)
+        with np.load(run_dir / TEST_EMBEDDINGS) as e, np.load(run_dir / TEST_PAIRS) as p:
+            outliers = outlier_counts(p["distances"], p["same"], float(p["threshold"]), e["embeddings"],
+                                      e["labels"], config.distance)
+        runs.append({"margin": float(m), "run_dir": str(run_dir), "test": metrics["test"],
+                     "validation": metrics["validation"], "outliers": outliers,
+                     "train_time_s": metrics["train_time_s"]})
+    comparison = {"margins": [float(m) for m in margins], "config": to_plain(config), "runs": runs}
+    write_json(out_dir / COMPARISON_JSON, comparison)
+    return comparison
+
+
+def write_margins_report(out_dir: str | Path, comparison: dict, figures: Sequence[str | Path]) -> dict:
+    """The comparison with its figures: comparison.json lists them, comparison.md embeds them."""
+    out_dir = Path(out_dir)
+    comparison["figures"] = [str(f) for f in figures]
+    write_json(out_dir / COMPARISON_JSON, comparison)
+    atomic_write_text(out_dir / COMPARISON_MD, margins_markdown(comparison))
+    return comparison
+
+
+def margins_markdown(comparison: dict) -> str:
+    lines = ["| margin | DevTest acc (calibrated) | best-threshold acc | AUC | EER | TAR@FAR=0.01 | threshold | "
+             "same beyond threshold | different within | NN is another person | train time (s) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in comparison["runs"]:
+        t, o = r["test"], r["outliers"]
+        lines.append(f"| {r['margin']:g} | {t['accuracy']:.2%} | {t['best_threshold_accuracy']:.2%} | {t['auc']:.4f} | "
+                     f"{t['eer']:.2%} | {t['tar_at_far'].get('0.01', float('nan')):.2%} | {t['threshold']:.3f} | "
+                     f"{o['same_beyond_threshold']} | {o['different_within_threshold']} | "
+                     f"{o['nn_other_person']} / {o['nn_queries']} | {r['train_time_s']:.0f} |")
+    figures = "\n".join(f"![{Path(f).stem}]({Path(f).name})" for f in comparison.get("figures", []))
+    return ("# Contrastive margin comparison (LFW View 1 DevTest)\n\n" + "\n".join(lines)
+            + "\n\nEverything but the margin is the same; thresholds are calibrated on validation people. "
+              "Outliers: same-person DevTest pairs beyond the threshold, different-person pairs within it, "
+              "and test images whose nearest other test image is another person.\n\n" + figures + "\n")

@@ -1,0 +1,319 @@
+"""LFW runs of the Siamese face verifier (Huang et al. 2007, "Labeled Faces in the Wild";
+reporting rules in Huang and Learned-Miller 2014, UM-CS-2014-003).
+
+View 1 trains on DevTrain people, selects the epoch and calibrates the threshold on a seeded
+people-disjoint validation split of them, and scores the 1,000 DevTest pairs once. View 2
+trains ten times, on nine folds' people, and tests on the tenth, whose threshold comes from
+the other nine folds' pairs (`cnnlab.metrics.verification.kfold_accuracy`). The untrained
+baseline scores the pretrained backbone alone the same way. Runs write files; the figures are
+drawn from those files afterwards, by the caller (`cnnlab.plots.faces`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.data.faces import FaceDataset, load_identity_folders
+from cnnlab.data.lfw import LFWProtocol, split_people
+from cnnlab.data.pairs import sample_pairs
+from cnnlab.distances import create_distance
+from cnnlab.engine import Engine, seed_everything
+from cnnlab.env import resolve_device
+from cnnlab.errors import CnnlabError
+from cnnlab.io import save_npz_atomic, save_yaml, to_plain, write_json
+from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate, kfold_accuracy
+from cnnlab.models.siamese import SiameseNet, save_model
+from cnnlab.models.utils import eval_mode, module_device
+from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
+from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
+from cnnlab.tasks.faces.task import FaceVerificationTask
+
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+TEST_EMBEDDINGS = "test_embeddings.npz"
+TEST_PAIRS = "devtest_pairs.npz"
+
+
+# ---------------------------------------------------------------------------- embedding helpers
+def embed_images(model: SiameseNet, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """Embeddings (float32 N x D) of uint8 N x H x W x 3 images, eval mode, from pixels."""
+    device = module_device(model)
+    with eval_mode(model):
+        out = [model.embed(torch.from_numpy(images[s:s + batch_size]).to(device).permute(0, 3, 1, 2)).float().cpu()
+               for s in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.embedding_dim), np.float32)
+
+
+def backbone_features(model: SiameseNet, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """L2-normalised pooled backbone features (no head): what the ImageNet network alone sees."""
+    device = module_device(model)
+    with eval_mode(model):
+        out = [F.normalize(model.forward_features(torch.from_numpy(images[s:s + batch_size]).to(device)
+                                                  .permute(0, 3, 1, 2)).float(), dim=1).cpu()
+               for s in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def pair_distances(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray, distance: str) -> np.ndarray:
+    dist = create_distance(distance)
+    z = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
+    return dist.paired(z[torch.as_tensor(i)], z[torch.as_tensor(j)]).numpy().astype(np.float64)
+
+
+# ---------------------------------------------------------------------------- one training
+@dataclass
+class TrainedVerifier:
+    model: SiameseNet
+    threshold: float                 # calibrated on the validation pairs
+    validation: VerificationReport   # at that threshold (the best one on those pairs)
+    history: list[dict]
+    best_epoch: int
+    train_time_s: float
+    cache_time_s: float
+    start_stage: int
+
+
+def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Sequence[str],
+                   val_people: Sequence[str], run_dir: str | Path, *, report=None,
+                   log: Callable[[str], None] = print, data_info: dict | None = None,
+                   features: FeatureMemo | None = None) -> TrainedVerifier:
+    """Train on `fit_people`, select the epoch and calibrate the threshold on pairs sampled
+    among `val_people` (disjoint from them). Writes the engine's run files into `run_dir`.
+    `features`: a memo shared with other runs of the same study (see `FeatureMemo`)."""
+    overlap = set(fit_people) & set(val_people)
+    if overlap:
+        raise CnnlabError(f"{len(overlap)} people are in both the training and validation split, e.g. {sorted(overlap)[:3]}")
+    engine = Engine(config.train_config(), run_dir, run_config={
+        "faces": to_plain(config), "data": {**(data_info or {}), "fit_people": len(fit_people),
+                                            "val_people": len(val_people)}})
+    seed_everything(config.seed)
+    model = engine.prepare(SiameseNet.from_config(config.model_config()))
+    num_stages = len(model.backbone_stages())
+    if config.trainable_stages > num_stages:
+        raise CnnlabError(f"trainable_stages={config.trainable_stages} but {config.backbone} has {num_stages} stages")
+    set_trainable(model, config, 0)
+    fit_rows = dataset.indices_of_people(fit_people)
+    val_rows = dataset.indices_of_people(val_people)
+    stage = cache_stage(config, num_stages)
+    prefix, cache_time = None, 0.0
+    if stage > 0:
+        start = time.perf_counter()
+        # Only rows a P x K batch can draw (people with >= 2 images) and the validation rows.
+        fit_counts = np.bincount(dataset.labels[fit_rows], minlength=dataset.num_people)
+        drawable = fit_rows[fit_counts[dataset.labels[fit_rows]] >= 2]
+        prefix = cached_prefix(model, dataset, np.concatenate([drawable, val_rows]), stage,
+                               batch_size=config.eval_batch_size, progress=config.progress, log=log, memo=features)
+        cache_time = time.perf_counter() - start
+    task = FaceVerificationTask(config, dataset, fit_rows, val_rows, engine.device, prefix=prefix,
+                                start_stage=stage, report=report, log=log)
+    log(f"training on {len(fit_rows)} images of {len(fit_people)} people "
+        f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k} per epoch, "
+        f"{'from cached stage ' + str(stage) + ' features' if stage else 'from pixels'}); "
+        f"validating on {len(task.val_same)} pairs of {len(val_people)} people")
+    task.started = time.perf_counter()
+    result = engine.fit(model, task)
+    best_epoch = len(result.history)
+    if config.select_best and task.best_state is not None:
+        model.load_state_dict(task.best_state)
+        best_epoch = task.best_epoch
+    model.eval()
+    # The threshold comes from the validation people only; the test pairs never choose it.
+    val_embeddings = embed_images(model, dataset.images[val_rows], batch_size=config.eval_batch_size)
+    vd = pair_distances(val_embeddings, task.val_i.cpu().numpy(), task.val_j.cpu().numpy(), config.distance)
+    threshold, _ = best_threshold(vd, task.val_same)
+    validation = evaluate(vd, task.val_same, threshold=threshold)
+    log(f"kept epoch {best_epoch} (val AUC {validation.auc:.4f}); threshold {threshold:.4f} calibrated on "
+        f"{len(vd)} validation pairs (accuracy {validation.accuracy:.2%} there)")
+    return TrainedVerifier(model, threshold, validation, result.history, best_epoch,
+                           float(result.final["train_time_s"]), cache_time, stage)
+
+
+# ---------------------------------------------------------------------------- shared by the runs
+def default_lfw_root() -> Path:
+    return Path(os.environ.get("CNNLAB_DATA", "../shared/data")) / "lfw"
+
+
+def load_lfw_images(protocol: LFWProtocol, config: FaceTrainConfig, log: Callable[[str], None] = print
+                    ) -> FaceDataset:
+    """Every LFW image, decoded once into the shared uint8 cache (one entry serves View 1,
+    View 2 and tuning alike); splits then select people from it."""
+    start = time.perf_counter()
+    dataset, report = load_identity_folders(protocol.image_root, config.preprocess(), progress=config.progress)
+    log(f"{dataset.summary(report)} ({time.perf_counter() - start:.0f} s)")
+    for path, reason in report.bad[:5]:
+        log(f"  skipped {path}: {reason}")
+    return dataset
+
+
+def _extra(config: FaceTrainConfig, trained: TrainedVerifier, **more) -> dict:
+    return {"threshold": trained.threshold, "distance": config.distance, "margin": config.margin,
+            "crop": config.crop, "input_size": config.input_size, "val_auc": trained.validation.auc,
+            "val_accuracy": trained.validation.accuracy, **more}
+
+
+def test_report(distances: np.ndarray, same: np.ndarray, threshold: float) -> dict:
+    """Test metrics at the calibrated threshold, plus the best-threshold accuracy (an upper
+    bound that peeks at the test labels, reported apart and named so)."""
+    calibrated = evaluate(distances, same, threshold=threshold)
+    best_t, best_acc = best_threshold(distances, same)
+    return {**calibrated.to_dict(), "best_threshold": best_t, "best_threshold_accuracy": best_acc}
+
+
+def format_test(test: dict, name: str) -> str:
+    far = ", ".join(f"TAR@FAR={k} {v:.2%}" for k, v in test["tar_at_far"].items())
+    return (f"{name}: accuracy {test['accuracy']:.2%} at the calibrated threshold {test['threshold']:.3f} "
+            f"(best-threshold accuracy {test['best_threshold_accuracy']:.2%}), AUC {test['auc']:.4f}, "
+            f"EER {test['eer']:.2%}, {far}")
+
+
+def save_test_outputs(out_dir: Path, embeddings: np.ndarray, test: FaceDataset, d: np.ndarray,
+                      same: np.ndarray, threshold: float) -> None:
+    """What the plots and the margin comparison read: test embeddings with who they are,
+    and the DevTest pair distances."""
+    save_npz_atomic(out_dir / TEST_EMBEDDINGS, {
+        "embeddings": embeddings.astype(np.float32), "labels": test.labels,
+        "people": np.array(test.people, dtype=str), "paths": np.array(test.paths, dtype=str),
+        "root": np.array(str(test.root))})
+    save_npz_atomic(out_dir / TEST_PAIRS, {"distances": d, "same": same, "threshold": np.array(threshold)})
+
+
+def record_plots(out_dir: str | Path, metrics: dict, plots: Sequence[str | Path]) -> dict:
+    """The run's metrics with the figures drawn from its files listed under "plots" (saved)."""
+    metrics["plots"] = [str(p) for p in plots]
+    write_json(Path(out_dir) / METRICS_FILE, metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------------------- View 1
+def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,
+                evaluate_test: bool, report: Callable[[int, float], None] | None = None,
+                log: Callable[[str], None] = print, features: FeatureMemo | None = None) -> dict:
+    """Train on View 1's DevTrain people minus a seeded validation split; select and calibrate
+    on validation pairs. Only with `evaluate_test` are the 1,000 DevTest pairs read and scored
+    (once, at the calibrated threshold). Writes metrics.json, model.pt and the engine's files
+    to `out_dir` (plus the test embeddings and pair distances when testing). Returns the metrics."""
+    out_dir = Path(out_dir)
+    protocol = LFWProtocol(data_root)
+    # Only the DevTrain people file is read here: the test pairs stay unread until scoring.
+    fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed)
+    dataset = load_lfw_images(protocol, config, log)
+    known = set(dataset.people)
+    fit_people = [p for p in fit_people if p in known]
+    val_people = [p for p in val_people if p in known]
+    trained = train_verifier(config, dataset, fit_people, val_people, out_dir, report=report, log=log,
+                             data_info={"protocol": "view1", "root": str(protocol.root)}, features=features)
+    metrics = {"protocol": "view1", "validation": trained.validation.to_dict(), "threshold": trained.threshold,
+               "best_epoch": trained.best_epoch, "epochs": config.epochs, "train_time_s": trained.train_time_s,
+               "feature_cache_time_s": trained.cache_time_s, "trained_from_stage": trained.start_stage,
+               "fit_people": len(fit_people), "val_people": len(val_people),
+               "fit_images": int(len(dataset.indices_of_people(fit_people))), "test": None}
+    if evaluate_test:
+        split = protocol.view1()
+        test_rows = dataset.indices_of_people(split.test_people)
+        test = dataset.subset(split.test_people)
+        start = time.perf_counter()
+        embeddings = embed_images(trained.model, test.images, batch_size=config.eval_batch_size)
+        i, j, same = test.pair_indices(split.test_pairs)
+        d = pair_distances(embeddings, i, j, config.distance)
+        metrics["test"] = test_report(d, same, trained.threshold)
+        metrics["test_embed_time_s"] = time.perf_counter() - start
+        metrics["test_images"] = int(len(test_rows))
+        save_test_outputs(out_dir, embeddings, test, d, same, trained.threshold)
+        log(format_test(metrics["test"], "DevTest"))
+    save_model(trained.model, out_dir / MODEL_FILE, extra=_extra(config, trained))
+    write_json(out_dir / METRICS_FILE, metrics)
+    save_yaml(config, out_dir / "faces_config.yaml")
+    return metrics
+
+
+def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path | None = None, *,
+                       log: Callable[[str], None] = print) -> dict:
+    """The reference point a trained model must beat: the backbone with its pretrained
+    weights and no fine-tuning, Euclidean distance between L2-normalised pooled features,
+    threshold calibrated on the same validation people as `train_view1`, DevTest scored once."""
+    protocol = LFWProtocol(data_root)
+    fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed)
+    dataset = load_lfw_images(protocol, config, log)
+    seed_everything(config.seed)
+    model = SiameseNet.from_config(config.model_config()).to(resolve_device(config.device))
+    val = dataset.subset([p for p in val_people if p in set(dataset.people)])
+    vi, vj, vsame = sample_pairs(val.labels, config.val_pairs, seed=config.seed)
+    vd = pair_distances(backbone_features(model, val.images, batch_size=config.eval_batch_size), vi, vj, "euclidean")
+    threshold, _ = best_threshold(vd, vsame)
+    split = protocol.view1()
+    test = dataset.subset(split.test_people)
+    i, j, same = test.pair_indices(split.test_pairs)
+    d = pair_distances(backbone_features(model, test.images, batch_size=config.eval_batch_size), i, j, "euclidean")
+    result = {"protocol": "view1", "model": f"{config.backbone} ({config.weights} weights), no fine-tuning",
+              "input_size": config.input_size, "crop": config.crop,
+              "validation": evaluate(vd, vsame, threshold=threshold).to_dict(), "test": test_report(d, same, threshold)}
+    log(format_test(result["test"], "untrained DevTest"))
+    if out_dir is not None:
+        write_json(Path(out_dir) / "baseline.json", result)
+    return result
+
+
+# ---------------------------------------------------------------------------- View 2
+def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,
+                folds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> dict:
+    """LFW View 2: for each fold, train on the other nine folds' people (a seeded validation
+    split of them selects the epoch), then test on the fold's 600 pairs. As the protocol asks,
+    the fold's threshold is chosen on the other nine folds' pairs (embedded by that fold's
+    model), never on its own; accuracy at the validation-calibrated threshold is also given.
+    Reports mean and standard deviation over the folds that ran."""
+    out_dir = Path(out_dir)
+    protocol = LFWProtocol(data_root)
+    dataset = load_lfw_images(protocol, config, log)
+    all_pairs = protocol.view2_pairs
+    pair_fold = np.array([p.fold for p in all_pairs])
+    folds = list(range(protocol.num_folds)) if folds is None else list(folds)
+    rows = []
+    for fold in folds:
+        split = protocol.view2_fold(fold)
+        counts = [protocol.view2_people[f][n] for f in range(protocol.num_folds) if f != fold
+                  for n in protocol.view2_people[f]]
+        fit_people, val_people = split_people(list(split.train_people), counts, config.val_fraction, config.seed)
+        log(f"[fold {fold + 1}/{protocol.num_folds}]")
+        trained = train_verifier(config, dataset, fit_people, val_people, out_dir / f"fold-{fold + 1:02d}",
+                                 log=log, data_info={"protocol": "view2", "fold": fold, "root": str(protocol.root)})
+        i, j, same = dataset.pair_indices(all_pairs)
+        used = np.unique(np.concatenate([i, j]))
+        z = np.zeros((len(dataset), config.embedding_dim), np.float32)
+        z[used] = embed_images(trained.model, dataset.images[used], batch_size=config.eval_batch_size)
+        d = pair_distances(z, i, j, config.distance)
+        # Every fold's threshold from the other folds; only this fold's model embedded them, so
+        # only this fold's entry is its result.
+        kfold = kfold_accuracy(d, same, pair_fold)
+        threshold = kfold.fold_thresholds[kfold.folds.index(fold)]
+        held = pair_fold == fold
+        test = test_report(d[held], same[held], threshold)
+        row = {"fold": fold + 1, "accuracy": test["accuracy"], "threshold": threshold,
+               "accuracy_val_threshold": evaluate(d[held], same[held], threshold=trained.threshold).accuracy,
+               "val_threshold": trained.threshold, "auc": test["auc"], "eer": test["eer"],
+               "tar_at_far": test["tar_at_far"], "val_auc": trained.validation.auc,
+               "best_epoch": trained.best_epoch, "train_time_s": trained.train_time_s}
+        rows.append(row)
+        save_model(trained.model, out_dir / f"fold-{fold + 1:02d}" / MODEL_FILE,
+                   extra=_extra(config, trained, fold=fold + 1))
+        log(f"fold {fold + 1}: accuracy {row['accuracy']:.2%} (threshold from the other folds), AUC {row['auc']:.4f}")
+        write_json(out_dir / METRICS_FILE, view2_summary(rows, protocol.num_folds))
+    save_yaml(config, out_dir / "faces_config.yaml")
+    summary = view2_summary(rows, protocol.num_folds)
+    write_json(out_dir / METRICS_FILE, summary)
+    return summary
+
+
+def view2_summary(rows: list[dict], num_folds: int) -> dict:
+    def stats(key):
+        v = np.array([r[key] for r in rows], dtype=np.float64)
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return {"protocol": "view2", "folds_run": len(rows), "num_folds": num_folds, "folds": rows,
+            "accuracy": stats("accuracy"), "accuracy_val_threshold": stats("accuracy_val_threshold"),
+            "auc": stats("auc"), "eer": stats("eer"), "complete": len(rows) == num_folds}

@@ -1,0 +1,152 @@
+"""Siamese face verification as an engine task: the contrastive loss of Hadsell, Chopra and
+LeCun (2006) on pairs formed inside P x K batches (Hermans, Beyer and Leibe 2017), from pixels
+or from cached frozen-stage features (`cnnlab.tasks.faces.features`); validation is the AUC
+of seeded pairs among people the model never trains on."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+from cnnlab.data.faces import FaceDataset
+from cnnlab.data.loader import random_crop, random_flip
+from cnnlab.data.pairs import batch_pairs, sample_pairs
+from cnnlab.data.samplers import PKSampler
+from cnnlab.distances import create_distance
+from cnnlab.losses import ContrastiveLoss
+from cnnlab.metrics.verification import evaluate
+from cnnlab.models.siamese import SiameseNet
+from cnnlab.tasks.faces.config import FaceTrainConfig, frozen_prefix, set_trainable
+from cnnlab.tasks.faces.features import PrefixFeatures
+
+
+class FaceBatch(NamedTuple):
+    """One training batch: network inputs, person labels, and the generator that draws this
+    epoch's random choices (flips, shifts, then the negatives of `batch_pairs`), so the pairs
+    a step forms depend on the epoch and the step only."""
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    pair_generator: torch.Generator
+
+
+class _EpochBatches:
+    """One epoch of P x K batches, gathered lazily on the task's device."""
+
+    def __init__(self, task: "FaceVerificationTask", epoch: int):
+        self.task, self.epoch = task, epoch
+        self.index_batches = task.sampler.batches(epoch)
+
+    def __len__(self) -> int:
+        return len(self.index_batches)
+
+    def __iter__(self) -> Iterator[FaceBatch]:
+        t = self.task
+        generator = torch.Generator(device=t.device).manual_seed(t.config.seed * 1000 + self.epoch)
+        for local in self.index_batches:
+            rows = t.train_rows[local.to(t.device)]
+            labels = t.train_labels[local.to(t.device)]
+            if t.prefix is not None:
+                flipped = (torch.rand(len(rows), generator=generator, device=t.device) < 0.5) if t.config.flip else None
+                x = t.prefix.gather(rows, flipped)
+            else:
+                x = t.pixels[rows]
+                if t.config.flip:
+                    x = random_flip(x, generator)
+                if t.config.shift:
+                    x = random_crop(x, t.config.shift, generator)
+            yield FaceBatch(x, labels, generator)
+
+
+class FaceVerificationTask:
+    """Contrastive training on P x K batches; validation = AUC (and best accuracy) on seeded
+    pairs among the validation people. `report(epoch, val_auc)` is called after each epoch
+    (optuna pruning hooks in there), and the best epoch's weights are kept when asked."""
+
+    def __init__(self, config: FaceTrainConfig, dataset: FaceDataset, fit_rows: np.ndarray, val_rows: np.ndarray,
+                 device: torch.device, *, prefix: PrefixFeatures | None, start_stage: int,
+                 report: Callable[[int, float], None] | None = None, log: Callable[[str], None] | None = None):
+        self.config, self.device, self.prefix, self.start_stage = config, device, prefix, start_stage
+        self.report, self.log = report, log
+        self.started = time.perf_counter()
+        self.loss = ContrastiveLoss(config.margin, create_distance(config.distance))
+        fit_labels = dataset.labels[fit_rows]
+        self.sampler = PKSampler(fit_labels, config.people_per_batch, config.k, seed=config.seed)
+        self.train_rows = torch.as_tensor(fit_rows, device=device)
+        self.train_labels = torch.as_tensor(fit_labels, device=device)
+        self.pixels = None
+        if prefix is None:
+            # uint8 NCHW (channels_last in memory) on the device; the model scales and normalises.
+            self.pixels = torch.from_numpy(dataset.images).to(device).permute(0, 3, 1, 2)
+        vi, vj, vsame = sample_pairs(dataset.labels[val_rows], config.val_pairs, seed=config.seed)
+        self.val_rows = torch.as_tensor(val_rows, device=device)
+        self.val_i, self.val_j = torch.as_tensor(vi, device=device), torch.as_tensor(vj, device=device)
+        self.val_same = vsame
+        self.epoch = 0
+        self.best_auc = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict | None = None
+
+    @property
+    def distance(self):
+        """The loss's distance: validation measures what training optimises."""
+        return self.loss.distance
+
+    # hooks the engine calls
+    def on_epoch_start(self, model: SiameseNet, epoch: int) -> None:
+        self.epoch = epoch
+        set_trainable(model, self.config, epoch)
+
+    def param_groups(self, model: SiameseNet) -> list[dict]:
+        """Head at lr, trainable backbone stages at lr * backbone_lr_scale; no weight decay on
+        biases and norm scales. Stages that never train are left out of the optimizer."""
+        stages = model.backbone_stages()
+        never = frozen_prefix(self.config, len(stages))
+        backbone = [p for s in stages[never:] for p in s.parameters()]
+        groups = []
+        for params, scale in ((backbone, self.config.backbone_lr_scale), (list(model.head.parameters()), 1.0)):
+            groups.append({"params": [p for p in params if p.ndim > 1], "lr_scale": scale})
+            groups.append({"params": [p for p in params if p.ndim <= 1], "lr_scale": scale, "weight_decay": 0.0})
+        return groups
+
+    def train_batches(self, epoch: int) -> _EpochBatches:
+        return _EpochBatches(self, epoch)
+
+    def embed(self, model: SiameseNet, x: torch.Tensor) -> torch.Tensor:
+        return model.embed_from(self.start_stage, x)
+
+    def training_step(self, model: SiameseNet, batch: FaceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, labels, generator = batch
+        z = self.embed(model, x).float()
+        i, j, same = batch_pairs(labels, balance=self.config.balance_pairs, generator=generator)
+        per_pair, d = self.loss.per_pair_and_distances(z[i], z[j], same)
+        with torch.no_grad():
+            d, pos = d.detach(), same.float()
+            metrics = {"pos_dist": (d * pos).sum() / pos.sum().clamp(min=1),
+                       "neg_dist": (d * (1 - pos)).sum() / (1 - pos).sum().clamp(min=1)}
+        return per_pair.mean(), metrics
+
+    def val_embeddings(self, model: SiameseNet) -> torch.Tensor:
+        out = []
+        for s in range(0, len(self.val_rows), self.config.eval_batch_size):
+            rows = self.val_rows[s:s + self.config.eval_batch_size]
+            x = self.prefix.gather(rows) if self.prefix is not None else self.pixels[rows]
+            out.append(self.embed(model, x).float())
+        return torch.cat(out)
+
+    def evaluate(self, model: SiameseNet) -> dict[str, float]:
+        z = self.val_embeddings(model)
+        d = self.distance.paired(z[self.val_i], z[self.val_j]).cpu().numpy()
+        rep = evaluate(d, self.val_same)
+        if self.config.select_best and rep.auc > self.best_auc:
+            self.best_auc, self.best_epoch = rep.auc, self.epoch + 1
+            self.best_state = copy.deepcopy(model.state_dict())
+        if self.log is not None:
+            self.log(f"epoch {self.epoch + 1}/{self.config.epochs}: val AUC {rep.auc:.4f}, val accuracy "
+                     f"{rep.accuracy:.2%} ({time.perf_counter() - self.started:.0f} s)")
+        if self.report is not None:
+            self.report(self.epoch, rep.auc)
+        return {"auc": rep.auc, "acc": rep.accuracy, "eer": rep.eer}
