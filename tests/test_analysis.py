@@ -5,9 +5,10 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from sklearn.metrics import silhouette_score
 
-from cnnlab.analysis import analyse_embeddings, load_embeddings, save_embeddings, stratified_sample, tsne_2d
+from cnnlab.analysis import analyse_embeddings, load_embeddings, stratified_sample, tsne_2d
 from cnnlab.metrics import confusion_matrix, knn_accuracy, silhouette, top_confused_pairs
 from cnnlab.models import create_model
+from cnnlab.tasks.classification import save_embeddings
 
 
 def test_confusion_matrix_equals_sklearn():

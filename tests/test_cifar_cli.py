@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -6,8 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnlab.cli import main
-from cnnlab.tasks import count_macs
+from cnnlab.cli import build_parser, main
+from cnnlab.cli.cifar import _recipe
+from cnnlab.engine import TrainConfig
+from cnnlab.tasks import ClassificationConfig, count_macs
 from cnnlab.tasks.cifar import ROW_FIELDS, resolve_recipe
 
 # Synthetic data, tiny network, two epochs: the whole comparison path in seconds.
@@ -67,6 +70,16 @@ def test_rerun_reuses_finished_blocks_and_keeps_their_rows(compared, capsys):
     assert sorted(r["block"] for r in rows) == ["A", "C"]  # C's earlier row is not lost
 
 
+def test_rerun_with_other_run_only_settings_reuses_finished_blocks(compared, capsys):
+    # Where and how visibly a run happens (device, progress, compile) is not part of the
+    # recipe: changing it neither refuses the folder nor retrains.
+    before = (compared / "A" / "checkpoint.pt").stat().st_mtime_ns
+    args = [*TINY[:-3], "--device", "auto", "--progress", "--compile"]
+    assert main(["cifar", "compare", "--blocks", "A", "--out", str(compared), "--no-report", *args]) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert (compared / "A" / "checkpoint.pt").stat().st_mtime_ns == before
+
+
 def test_changed_recipe_on_same_out_is_refused_without_touching_results(compared, capsys):
     before = (compared / "results.json").read_text()
     args = ["cifar", "compare", "--blocks", "A", "--out", str(compared), "--no-report", *TINY, "--epochs", "3"]
@@ -81,6 +94,16 @@ def test_eval_rescores_the_checkpoint(compared, capsys):
     final = json.loads((compared / "A" / "final.json").read_text())
     assert scores["val_acc"] == pytest.approx(final["val_acc"])
     assert scores["test_acc"] == pytest.approx(final["test_acc"])
+
+
+def test_compare_writes_the_report_from_its_files_and_prints_its_path_last(compared, capsys):
+    assert main(["cifar", "compare", "--blocks", "A", "--out", str(compared), *TINY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"report: {compared / 'report.html'}"
+    assert lines[-2].startswith("Preset `full`: 2 epochs") and "| A |" in "\n".join(lines)
+    for name in ("report.html", "report.md", "analysis.json"):
+        assert (compared / name).stat().st_size > 0, name
+    assert set(json.loads((compared / "analysis.json").read_text())["blocks"]) == {"A", "C"}
 
 
 def test_unknown_block_exits_2_before_any_training(tmp_path, capsys):
@@ -109,6 +132,52 @@ def test_bad_values_are_one_line_errors(tmp_path, capsys):
     config.write_text("train:\n  epoch: 3\n")
     assert main(["cifar", "compare", "--out", str(tmp_path / "x"), "--config", str(config), *TINY]) == 2
     assert "unknown TrainConfig option 'epoch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--optimizer", "bogus", "optimizer must be sgd or adamw, got 'bogus'"),
+    ("--schedule", "linear", "schedule must be one of onecycle, cosine, constant, got 'linear'"),
+    ("--precision", "fp16", "precision must be auto, fp32 or bf16, got 'fp16'"),
+])
+def test_bad_choice_is_the_dataclass_one_line_error(tmp_path, capsys, flag, value, message):
+    # Valid values are checked once, by TrainConfig, not again by argparse.
+    out = tmp_path / "never"
+    assert main(["cifar", "compare", "--blocks", "A", "--out", str(out), *TINY, flag, value]) == 2
+    assert capsys.readouterr().err == f"cnnlab: error: invalid TrainConfig: {message}\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, section, field, value", [
+    (["--data", "synthetic"], "data", "root", "synthetic"),
+    (["--download"], "data", "download", True),
+    (["--val-size", "300"], "data", "val_size", 300),
+    (["--train-subset", "500"], "data", "train_subset", 500),
+    (["--epochs", "7"], "train", "epochs", 7),
+    (["--no-channels-last"], "train", "channels_last", False),
+    (["--compile"], "train", "compile", True),
+    (["--device", "cpu"], "train", "device", "cpu"),
+    (["--progress"], "train", "progress", True),
+    (["--cutout", "8"], "task", "cutout", 8),
+    (["--no-flip"], "task", "flip", False),
+    (["--width-multiplier", "0.5"], "model", "width_multiplier", 0.5),
+    (["--dropout", "0.1"], "model", "dropout", 0.1),
+])
+def test_a_recipe_flag_sets_its_field_and_leaves_the_preset_otherwise(flags, section, field, value):
+    args = build_parser().parse_args(["cifar", "train", "--block", "A", "--out", "unused", "--preset", "quick", *flags])
+    recipe, expected = _recipe(args).to_dict(), resolve_recipe("quick").to_dict()
+    assert recipe[section][field] == value
+    expected[section][field] = value
+    assert recipe == expected
+
+
+def test_every_train_and_task_setting_is_a_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["cifar", "compare", "--help"])
+    text = capsys.readouterr().out
+    names = [f.name for cls in (TrainConfig, ClassificationConfig) for f in dataclasses.fields(cls)]
+    names += ["data", "download", "val_size", "train_subset", "width_multiplier", "dropout", "preset", "config"]
+    missing = [n for n in names if f"--{n.replace('_', '-')}" not in text]
+    assert not missing
 
 
 def test_mac_counter_matches_a_hand_count():

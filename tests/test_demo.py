@@ -24,3 +24,26 @@ def test_demo_stops_with_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "STEPS", [("broken", broken)])
     assert demo.main(["--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "cnnlab: error: CIFAR-10 not found\n"
+
+
+def test_cifar_step_draws_the_report_after_the_comparison_and_prints_its_path(tmp_path, monkeypatch, capsys):
+    import cnnlab.report
+    import cnnlab.tasks.cifar as cifar
+
+    calls = []
+
+    def compare(blocks, recipe, out, **options):
+        calls.append(("compare", out, recipe.preset, options))
+        return {"rows": []}
+
+    def write_report(out, **options):
+        calls.append(("report", out))
+        return out / "report.html"
+
+    monkeypatch.setattr(cifar, "compare", compare)
+    monkeypatch.setattr(cifar, "results_markdown", lambda results: "TABLE\n")
+    monkeypatch.setattr(cnnlab.report, "write_report", write_report)
+    demo.cifar_comparison(tmp_path)
+    assert calls == [("compare", tmp_path / "cifar", "quick", {}), ("report", tmp_path / "cifar")]
+    assert capsys.readouterr().out.splitlines() == [
+        "", "TABLE", f"results: {tmp_path / 'cifar' / 'results.md'}", f"report: {tmp_path / 'cifar' / 'report.html'}"]

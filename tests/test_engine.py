@@ -7,9 +7,10 @@ import yaml
 
 from cnnlab.config import build_config
 from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.engine import Engine, LRSchedule, TrainConfig, load_checkpoint, seed_everything
+from cnnlab.engine import Engine, TrainConfig, load_checkpoint, seed_everything
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
+from cnnlab.optim import LRSchedule
 from cnnlab.tasks import ClassificationConfig, ClassificationTask
 
 
@@ -126,6 +127,22 @@ def test_resume_refuses_a_changed_recipe(splits, tmp_path):
     Engine(small_config(epochs=1), tmp_path).fit(tiny_model(), make_task(splits))
     with pytest.raises(CnnlabError, match="train.lr"):
         Engine(small_config(epochs=1, lr=0.1), tmp_path).fit(tiny_model(), make_task(splits), resume=True)
+
+
+def test_resume_ignores_exactly_the_run_only_settings():
+    from dataclasses import fields
+
+    from cnnlab.config import RUN_ONLY_FIELDS
+    from cnnlab.io import to_plain
+
+    engine = Engine(small_config(), run_config={"task": {"cutout": 0}})
+    names = [f.name for f in fields(TrainConfig)]
+    assert set(RUN_ONLY_FIELDS) <= set(names)  # a renamed field must not drop out silently
+    for name in names:
+        saved = {"train": {**to_plain(engine.config), name: "changed"}, "task": {"cutout": 0}}
+        assert engine.config_diff(saved) == ([] if name in RUN_ONLY_FIELDS else [f"train.{name}"]), name
+    # Only the train section's run-only settings are free; a task option never is.
+    assert engine.config_diff({"train": to_plain(engine.config), "task": {"cutout": 8}}) == ["task.cutout"]
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(splits, tmp_path):

@@ -10,13 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.analysis import EMBEDDINGS_FILE, analyse_embeddings, save_embeddings
+from cnnlab.analysis import EMBEDDINGS_FILE, analyse_embeddings
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.models import count_parameters, create_model
 from cnnlab.plots.cifar import CONFUSION_SIZE, CURVES_SIZE, SCATTER_SIZE, TSNE_SIZE
 from cnnlab.plots.common import DPI
 from cnnlab.report import write_report
+from cnnlab.tasks.classification import save_embeddings
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]
 BLOCKS = {"A": 6, "C": 3}  # block -> epochs (lr 0.1: learns on seeds 0-2, measured)

@@ -1,5 +1,6 @@
-"""Embedding analysis of trained classifiers: save test-set embeddings once, then measure
-from the file how well classes separate and which ones the model confuses.
+"""Embedding analysis of trained classifiers, from the saved test-set embeddings file alone
+(written once by `cnnlab.tasks.classification.save_embeddings`): how well classes separate
+and which ones the model confuses. Nothing here runs a model.
 
 - t-SNE: van der Maaten & Hinton, "Visualizing Data using t-SNE", JMLR 2008 (scikit-learn's
   Barnes-Hut implementation, PCA initialisation as recommended by Kobak & Berens, "The art of
@@ -10,52 +11,13 @@ from the file how well classes separate and which ones the model confuses.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
-import torch
 
-from cnnlab.io import save_npz_atomic
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics.classification import confusion_matrix, knn_accuracy, silhouette, top_confused_pairs
 
 EMBEDDINGS_FILE = "embeddings_test.npz"
-
-
-@torch.no_grad()
-def save_embeddings(model: torch.nn.Module, batches: Iterable, path: str | Path,
-                    class_names: Sequence[str]) -> Path:
-    """Run `model` over `batches` of (x, y) (already on the model's device) and write an npz
-    with `features` (float32 N x D, from `forward_features`), `labels` (int64), `logits`
-    (float32 N x C, the head applied to those features) and `class_names`.
-
-    The model is put in eval mode (dropout off, BatchNorm running statistics), and its
-    previous mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    features, labels, logits = [], [], []
-    try:
-        for x, y in batches:
-            f = model.forward_features(x)
-            # In eval mode dropout is the identity, so head(features) equals model(x).
-            z = model.head(f)
-            features.append(f.float().cpu())
-            logits.append(z.float().cpu())
-            labels.append(torch.as_tensor(y).long().cpu())
-    finally:
-        model.train(was_training)
-    if not features:
-        raise CnnlabError("save_embeddings got no batches")
-    arrays = {
-        "features": torch.cat(features).numpy().astype(np.float32),
-        "labels": torch.cat(labels).numpy().astype(np.int64),
-        "logits": torch.cat(logits).numpy().astype(np.float32),
-        "class_names": np.asarray([str(c) for c in class_names], dtype=str),
-    }
-    if arrays["logits"].shape[1] != len(class_names):
-        raise ValueError(f"model has {arrays['logits'].shape[1]} outputs but {len(class_names)} class names")
-    return save_npz_atomic(path, arrays)
 
 
 def load_embeddings(npz_path: str | Path) -> dict[str, np.ndarray]:

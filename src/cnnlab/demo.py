@@ -21,23 +21,26 @@ from cnnlab.errors import CnnlabError
 
 def cifar_comparison(out: Path) -> None:
     from cnnlab.blocks import BLOCKS
+    from cnnlab.report import write_report
     from cnnlab.tasks.cifar import compare, resolve_recipe, results_markdown
 
-    results = compare(BLOCKS.names(), resolve_recipe("quick"), out / "cifar", report=True)
+    recipe = resolve_recipe("quick")
+    results = compare(BLOCKS.default_names(), recipe, out / "cifar")
+    # The report is drawn from the files the comparison wrote, after it.
+    report = write_report(out / "cifar", progress=recipe.train.progress)
     print()
     print(results_markdown(results), end="")
     print(f"results: {out / 'cifar' / 'results.md'}")
-    print(f"report: {results['report']}")
+    print(f"report: {report}")
 
 
 # ---------------------------------------------------------------------------- faces (Part 2)
 def faces_view1(out: Path) -> None:
     """LFW View 1 with the `demo` face preset: Lite0's last stages fine-tuned on cached
     early-stage features; DevTest scored once at the threshold calibrated on validation people."""
-    from cnnlab.tasks.faces import default_lfw_root, format_test, preset_config, train_view1
-
-    from cnnlab.io import load_yaml, to_plain
-    from cnnlab.io import read_json
+    from cnnlab.cli.faces import view1_with_plots
+    from cnnlab.io import load_yaml, read_json, to_plain
+    from cnnlab.tasks.faces import default_lfw_root, format_test, preset_config
 
     run_dir = out / "faces-view1"
     config = preset_config("demo")
@@ -47,7 +50,7 @@ def faces_view1(out: Path) -> None:
         print(f"finished earlier, reusing {run_dir}")
         metrics = read_json(done)
     else:
-        metrics = train_view1(config, default_lfw_root(), run_dir, evaluate_test=True)
+        metrics = view1_with_plots(config, default_lfw_root(), run_dir, evaluate_test=True)
     print()
     print(format_test(metrics["test"], "LFW View 1 DevTest (1,000 pairs)"))
     print(f"training {metrics['train_time_s']:.0f} s (+ {metrics['feature_cache_time_s']:.0f} s caching frozen "

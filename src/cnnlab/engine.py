@@ -4,10 +4,9 @@ A `Task` says what differs between jobs (CIFAR classification, Siamese face veri
 which batches make an epoch, the loss of one batch, how to evaluate. The `Engine` owns what
 does not differ: device placement, bf16 autocast, channels_last, optional `torch.compile`,
 the optimizer (SGD with Nesterov momentum, or AdamW -- Loshchilov & Hutter 2019), the per-step
-learning-rate schedule (one-cycle, Smith & Topin 2017; cosine, Loshchilov & Hutter 2017), an
-optional exponential moving average of the weights (Polyak & Juditsky 1992), gradient-norm and
-non-finite checks, the progress bar, `metrics.jsonl`, an atomic checkpoint each epoch and exact
-resume. The shape follows the torchvision classification reference and Lightning's
+learning-rate schedule and an optional moving average of the weights (small objects in
+`cnnlab.optim`), gradient-norm and non-finite checks, the progress bar, `metrics.jsonl`, an
+atomic checkpoint each epoch and exact resume. The shape follows the torchvision classification reference and Lightning's
 module/trainer split, without either's weight.
 
 A run directory holds:
@@ -20,30 +19,29 @@ A run directory holds:
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sized, runtime_checkable
+from typing import Any, Iterable, Protocol, Sized
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnlab.io import atomic_write_text, read_json, save_torch_atomic, save_yaml, to_plain, write_json
+from cnnlab.config import RUN_ONLY_FIELDS
 from cnnlab.env import environment, resolve_device
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_text, read_json, save_torch_atomic, save_yaml, to_plain, write_json
 from cnnlab.models.utils import eval_mode
+from cnnlab.optim import SCHEDULES, LRSchedule, ModelEma
 from cnnlab.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 FINAL = "final.json"
-# Settings that may change between an interrupted run and its resume without changing the result.
-_RESUME_FREE = ("device", "progress", "compile")
 
 
 @dataclass
@@ -84,32 +82,6 @@ class TrainConfig:
                 raise ValueError(message)
 
 
-SCHEDULES = ("onecycle", "cosine", "constant")
-
-
-@dataclass
-class LRSchedule:
-    """Multiplier of the peak lr at optimizer step `step` (a callable object, so LambdaLR's
-    state_dict saves it). Linear warmup to 1.0, then: linear to ~0 (one-cycle, as in
-    Page's DAWNBench ResNet and airbench), half-cosine to ~0, or constant."""
-    kind: str
-    total_steps: int
-    warmup_steps: int
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "constant":
-            return 1.0
-        remaining = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / remaining)
-        if self.kind == "onecycle":
-            # Never exactly 0: the last step still learns a little.
-            return max(1.0 - progress, 1.0 / remaining)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@runtime_checkable
 class Task(Protocol):
     """What a job supplies to the engine. Optional hooks, called when present:
     `on_epoch_start(model, epoch)` (e.g. unfreeze a backbone), `param_groups(model)` ->
@@ -124,36 +96,6 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Validation metrics (e.g. {"loss":..., "acc":...}); runs in eval mode, no_grad, autocast."""
-
-
-class ModelEma:
-    """Exponential moving average of parameters and float buffers (BN statistics too),
-    with timm's warmup (decay grows as (1+t)/(10+t)) so early averages are not dominated
-    by the random initialisation on short runs."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.updates = 0
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema_value, value in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if ema_value.is_floating_point():
-                ema_value.lerp_(value.detach(), 1.0 - decay)
-            else:
-                ema_value.copy_(value)
-
-    def state_dict(self) -> dict:
-        return {"updates": self.updates, "module": self.module.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.updates = int(state["updates"])
-        self.module.load_state_dict(state["module"])
 
 
 @dataclass
@@ -211,7 +153,8 @@ class Engine:
 
     def config_diff(self, saved: dict) -> list[str]:
         """Sections/keys where a saved config.yaml differs from this engine's resolved config,
-        ignoring settings that do not change the result (device, progress, compile)."""
+        ignoring the train settings that do not change the result (`RUN_ONLY_FIELDS`): they
+        may differ between an interrupted run and its resume."""
         saved, current = _comparable(to_plain(saved)), _comparable(self._resolved_config())
         return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
@@ -409,7 +352,7 @@ def _comparable(config: dict) -> dict:
     flat = {}
     for section, values in config.items():
         for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
-            if not (section == "train" and key in _RESUME_FREE):
+            if not (section == "train" and key in RUN_ONLY_FIELDS):
                 flat[f"{section}.{key}" if key else section] = value
     return flat
 

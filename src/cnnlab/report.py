@@ -16,9 +16,7 @@ embeddings file's size and modification time and the analysis settings.
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import json
 import re
@@ -30,8 +28,9 @@ import numpy as np
 import yaml
 
 from cnnlab.analysis import EMBEDDINGS_FILE, analyse_embeddings
-from cnnlab.io import atomic_write_text, save_npz_atomic, write_json
+from cnnlab.document import render_html, render_markdown
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_text, save_npz_atomic, write_json
 from cnnlab.progress import progress_bar
 
 FIGURES_DIR = "figures"
@@ -152,8 +151,8 @@ def shared_confusions(analyses: dict[str, dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- document model
-# A report is a list of elements rendered twice, as Markdown and as HTML, so the two
-# never drift apart.
+# A report is a list of elements rendered twice (`cnnlab.document`), as Markdown and as
+# HTML, so the two never drift apart.
 
 
 def _pct(x: Any) -> str:
@@ -165,11 +164,15 @@ def _num(x: Any, fmt: str = "{:,.0f}") -> str:
 
 
 def _results_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    headers = ["block", "params", "MACs (M)", "val acc %", "test acc %", "train acc %",
-               "train time (s)", "images/s", "device"]
-    body = [[str(r.get("block")), _num(r.get("params")),
+    from cnnlab.blocks.reference import REPORT_PARAMS, REPORT_VAL_ACC
+
+    # The reference report's figures sit beside ours so the two read side by side.
+    headers = ["block", "params", "report params", "MACs (M)", "val acc %", "report val acc %", "test acc %",
+               "train acc %", "train time (s)", "images/s", "device"]
+    body = [[str(r.get("block")), _num(r.get("params")), _num(REPORT_PARAMS.get(r.get("block"))),
              _num(None if r.get("macs") is None else r["macs"] / 1e6, "{:,.1f}"),
-             _pct(r.get("val_acc")), _pct(r.get("test_acc")), _pct(r.get("train_acc")),
+             _pct(r.get("val_acc")), _pct(REPORT_VAL_ACC.get(r.get("block"))), _pct(r.get("test_acc")),
+             _pct(r.get("train_acc")),
              _num(r.get("train_time_s"), "{:,.1f}"), _num(r.get("images_per_s"), "{:,.0f}"),
              str(r.get("device", "-"))] for r in rows]
     return headers, body
@@ -181,7 +184,9 @@ def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared:
     doc.append(("p", f"Run folder: {out.resolve()}. Preset: {results.get('preset', '-')}. "
                      f"Report written {time.strftime('%Y-%m-%d %H:%M:%S')}."))
     doc.append(("h", 2, "Results"))
-    doc.append(("p", "Accuracies in %, MACs per 32x32 image, training images/s over the whole training run."))
+    from cnnlab.blocks.reference import reference_note
+    doc.append(("p", "Accuracies in %, MACs per 32x32 image, training images/s over the whole training run. "
+                     + reference_note()))
     doc.append(("table", *_results_table(results["rows"])))
 
     doc.append(("h", 2, "How well each embedding separates the classes"))
@@ -251,84 +256,6 @@ def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared:
                 break
     doc.append(("pre", yaml.safe_dump(env or {}, sort_keys=False, default_flow_style=None).strip() or "(not recorded)"))
     return doc
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(doc: list[tuple]) -> str:
-    parts = []
-    for el in doc:
-        kind = el[0]
-        if kind == "h":
-            parts.append("#" * el[1] + " " + el[2])
-        elif kind == "p":
-            parts.append(el[1])
-        elif kind == "table":
-            headers, rows = el[1], el[2]
-            lines = ["| " + " | ".join(map(_md_cell, headers)) + " |",
-                     "| " + " | ".join("---" for _ in headers) + " |"]
-            lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
-            parts.append("\n".join(lines))
-        elif kind == "img":
-            parts.append(f"![{el[2]}]({el[1]})")
-        elif kind == "imgrow":
-            parts.append("\n".join(f"![{cap}]({src})" for src, cap in el[1]))
-        elif kind == "pre":
-            parts.append("```yaml\n" + el[1] + "\n```")
-        elif kind == "details":
-            parts.append(f"<details><summary>{el[1]}</summary>\n\n```yaml\n{el[2]}\n```\n\n</details>")
-    return "\n\n".join(parts) + "\n"
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1250px;
-margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
-pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.85em}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
-figcaption{font-size:.9em;color:#555}.row{display:flex;flex-wrap:wrap;gap:1em}
-.row figure{flex:1 1 480px}
-"""
-
-
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def render_html(doc: list[tuple], out: Path) -> str:
-    esc = html.escape
-    title = next((el[2] for el in doc if el[0] == "h"), "cnnlab report")
-    parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"]
-
-    def figure(src: str, cap: str) -> str:
-        return (f"<figure><img src=\"{_data_uri(out / src)}\" alt=\"{esc(cap)}\" data-file=\"{esc(src)}\">"
-                f"<figcaption>{esc(cap)}</figcaption></figure>")
-
-    for el in doc:
-        kind = el[0]
-        if kind == "h":
-            parts.append(f"<h{el[1]}>{esc(el[2])}</h{el[1]}>")
-        elif kind == "p":
-            parts.append(f"<p>{esc(el[1])}</p>")
-        elif kind == "table":
-            head = "".join(f"<th>{esc(h)}</th>" for h in el[1])
-            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in el[2])
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "img":
-            parts.append(figure(el[1], el[2]))
-        elif kind == "imgrow":
-            parts.append("<div class=\"row\">" + "".join(figure(s, c) for s, c in el[1]) + "</div>")
-        elif kind == "pre":
-            parts.append(f"<pre>{esc(el[1])}</pre>")
-        elif kind == "details":
-            parts.append(f"<details><summary>{esc(el[1])}</summary><pre>{esc(el[2])}</pre></details>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 # ---------------------------------------------------------------- entry point

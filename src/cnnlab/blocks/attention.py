@@ -3,6 +3,10 @@
 B: spatial attention, a 1x1 conv to one channel -> sigmoid -> multiply (a per-pixel gate,
    the single-map form of the spatial branch in CBAM, Woo et al. 2018).
 C: squeeze-and-excitation channel attention (Hu et al. 2018), reduction ratio 16 by default.
+
+The reference report's counts fix the details: B's network is exactly `out_channels` larger
+than A's per block (a bias-free 1x1 conv to one channel), C's exactly one SE with biases on
+both layers per block (2*c*c/16 + c/16 + c).
 """
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from cnnlab.blocks.registry import BLOCKS
 class SpatialGate(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.score = nn.Conv2d(channels, 1, kernel_size=1)
+        # No bias: a constant added before the sigmoid only rescales every gate alike, and
+        # the report's B count (A + c per block) has none.
+        self.score = nn.Conv2d(channels, 1, kernel_size=1, bias=False)
 
     def forward(self, x):
         return x * self.score(x).sigmoid()

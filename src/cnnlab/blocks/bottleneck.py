@@ -1,5 +1,11 @@
 """Block E: the ResNeXt bottleneck (Xie et al. 2017): 1x1 reduce -> grouped 3x3 with
-`cardinality` groups -> 1x1 expand, plus shortcut."""
+`cardinality` groups -> 1x1 expand, plus the 1x1 conv shortcut D uses.
+
+The bottleneck width is out/4 (ResNet's expansion 4) and the cardinality 32. On the report's
+base network this gives 1,443,050 parameters against the report's 1,422,378 (+20,672,
++1.5%); no natural bottleneck on that base matches exactly, so the report's E was probably
+built differently (README, "BlockNet", the open point).
+"""
 from __future__ import annotations
 
 import math
@@ -8,15 +14,15 @@ import torch.nn as nn
 
 from cnnlab.blocks.plain import conv_bn
 from cnnlab.blocks.registry import BLOCKS
-from cnnlab.blocks.residual import _Residual, shortcut
+from cnnlab.blocks.residual import _Residual, projection
 
 
 @BLOCKS.register("E", aliases=("bottleneck",))
 class BottleneckBlock(_Residual):
-    """1x1 reduce -> grouped 3x3 (cardinality 32) -> 1x1 expand, plus shortcut, then ReLU."""
+    """1x1 reduce -> grouped 3x3 (cardinality 32) -> 1x1 expand, plus 1x1 conv shortcut, then ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 cardinality: int = 32, bottleneck_ratio: float = 0.5):
+                 cardinality: int = 32, bottleneck_ratio: float = 0.25):
         if cardinality < 1 or bottleneck_ratio <= 0:
             raise ValueError("cardinality must be >= 1 and bottleneck_ratio > 0")
         width = max(int(out_channels * bottleneck_ratio), 1)
@@ -28,5 +34,5 @@ class BottleneckBlock(_Residual):
             conv_bn(width, width, 3, stride, groups=groups),
             conv_bn(width, out_channels, 1, relu=False),
         )
-        super().__init__(body, shortcut(in_channels, out_channels, stride))
+        super().__init__(body, projection(in_channels, out_channels, stride))
         self.groups = groups

@@ -8,7 +8,8 @@ from cnnlab.blocks.registry import BLOCKS
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
             groups: int = 1, relu: bool = True) -> nn.Sequential:
-    # bias=False: BatchNorm right after makes a conv bias redundant.
+    # bias=False: BatchNorm right after makes a conv bias redundant. The reference report's
+    # parameter counts agree: they add up only without conv biases (README, "BlockNet").
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
                   groups=groups, bias=False),

@@ -1,4 +1,5 @@
-"""`cnnlab blocks`: every registered block with its base network's size."""
+"""`cnnlab blocks`: every registered block with its base network's size, beside the
+reference report's count for the same block."""
 from __future__ import annotations
 
 
@@ -10,16 +11,29 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.blocks import BLOCKS
+    from cnnlab.blocks import BLOCKS, REPORT_PARAMS
     from cnnlab.errors import CnnlabError
     from cnnlab.models import count_parameters, create_model
 
     if args.width_multiplier <= 0:
         raise CnnlabError(f"--width-multiplier must be > 0, got {args.width_multiplier}")
-    print(f"{'block':<6} {'alias':<11} {'parameters':>12}  description")
+    # The report's counts are for its full-width network: a difference at another width
+    # would only measure the multiplier.
+    full_width = args.width_multiplier == 1.0
+    print(f"{'block':<6} {'alias':<11} {'parameters':>12} {'report':>12} {'difference':>11}  description")
     for name in BLOCKS:
         cls = BLOCKS.get(name)
-        model = create_model(name, width_multiplier=args.width_multiplier)
+        params = count_parameters(create_model(name, width_multiplier=args.width_multiplier))
+        reference = REPORT_PARAMS.get(name)
+        report = "-" if reference is None else f"{reference:,}"
+        if reference is None or not full_width:
+            diff = "-"
+        else:
+            diff = "0" if params == reference else f"{params - reference:+,}"
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"{name:<6} {'/'.join(BLOCKS.aliases(name)):<11} {count_parameters(model):>12,}  {doc}")
+        if BLOCKS.is_extra(name):
+            doc += " [extra: not in the default comparison]"
+        print(f"{name:<6} {'/'.join(BLOCKS.aliases(name)):<11} {params:>12,} {report:>12} {diff:>11}  {doc}")
+    if not full_width:
+        print(f"(width multiplier {args.width_multiplier:g}: the report's counts are for width 1.0)")
     return 0

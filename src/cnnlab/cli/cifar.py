@@ -4,54 +4,57 @@ from __future__ import annotations
 
 import argparse
 
-# flag dest -> (recipe section, option name)
-_RECIPE_FLAGS = {
-    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "optimizer": ("train", "optimizer"), "momentum": ("train", "momentum"),
-    "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
-    "warmup": ("train", "warmup"), "ema": ("train", "ema"), "grad_clip": ("train", "grad_clip"),
-    "device": ("train", "device"), "precision": ("train", "precision"),
-    "channels_last": ("train", "channels_last"), "compile": ("train", "compile"), "seed": ("train", "seed"),
-    "progress": ("train", "progress"),
-    "label_smoothing": ("task", "label_smoothing"), "cutout": ("task", "cutout"),
-    "width_multiplier": ("model", "width_multiplier"), "dropout": ("model", "dropout"),
-    "data": ("data", "root"), "val_size": ("data", "val_size"), "train_subset": ("data", "train_subset"),
-    "download": ("data", "download"),
+# Help texts of the recipe flags. Names, types and validation come from the dataclasses, so a
+# bad value is the same one-line error from a flag, a --config file or Python.
+_HELP = {
+    "lr": "peak learning rate",
+    "optimizer": "sgd (Nesterov momentum) or adamw",
+    "schedule": "onecycle, cosine or constant (after the warmup)",
+    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+    "warmup": "fraction of steps warming up to the peak lr",
+    "ema": "EMA decay of the weights (0 = off)",
+    "grad_clip": "max gradient norm (0 = off)",
+    "compile": "torch.compile the model (worth it on a GPU)",
+    "cutout": "Cutout square side in pixels (0 = off)",
+    "crop_padding": "zero padding before the random crop, in pixels (0 = off)",
+    "flip": "random horizontal flips",
+    "eval_batch_size": "batch size of validation and test scoring",
+    "root": "CIFAR-10 folder (default: $CNNLAB_DATA), or 'synthetic'",
+    "train_subset": "stratified subset of training images",
+    "download": "download the official CIFAR-10 when no copy is found (needs internet)",
+    "device": "auto (default), cpu or cuda",
+    "progress": "progress bars (default: only on a terminal)",
 }
+# What the data section exposes: its seed and the synthetic sizes stay in --config files
+# (a second --seed would be ambiguous next to the training seed).
+_DATA_FLAGS = ("root", "val_size", "train_subset", "download")
+_MODEL_FLAGS = ("width_multiplier", "dropout")
 
 
 def _recipe_flags(p: argparse.ArgumentParser) -> None:
+    """--preset, --config, then one flag per recipe setting, generated from the dataclasses.
+    Flags default to None ("not given"), so they override the preset and the file only when
+    given; a bad value is the dataclass's one-line error."""
+    from cnnlab.config import RUN_ONLY_FIELDS, add_config_flags
+    from cnnlab.engine import TrainConfig
+    from cnnlab.models import BlockNetConfig
+    from cnnlab.tasks.cifar import PRESETS, CifarDataConfig
+    from cnnlab.tasks.classification import ClassificationConfig
+
     g = p.add_argument_group("recipe (defaults come from --preset, then --config)")
-    g.add_argument("--preset", choices=["full", "quick"], default="full",
+    g.add_argument("--preset", choices=sorted(PRESETS), default="full",
                    help="full: the 30-epoch reference recipe; quick: sized for ~10 min on a 2-core CPU")
     g.add_argument("--config", metavar="FILE", help="YAML with train:/task:/model:/data: sections")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--optimizer", choices=["sgd", "adamw"])
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--schedule", choices=["onecycle", "cosine", "constant"])
-    g.add_argument("--warmup", type=float, help="fraction of steps warming up to the peak lr")
-    g.add_argument("--ema", type=float, help="EMA decay of the weights (0 = off)")
-    g.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (worth it on a GPU)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--cutout", type=int, help="Cutout square side in pixels (0 = off)")
-    g.add_argument("--width-multiplier", type=float)
-    g.add_argument("--dropout", type=float)
-    g.add_argument("--data", metavar="PATH", help="CIFAR-10 folder (default: $CNNLAB_DATA), or 'synthetic'")
-    g.add_argument("--val-size", type=int)
-    g.add_argument("--train-subset", type=int, help="stratified subset of training images")
-    g.add_argument("--download", action="store_true", default=None,
-                   help="download the official CIFAR-10 when no copy is found (needs internet)")
-    g.add_argument("--device", help="auto (default), cpu or cuda")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: only on a terminal)")
+    # The dataclass defaults are not the recipe's (the preset's are), so they are not shown.
+    common = dict(help=_HELP, show_default=False)
+    flags = add_config_flags(g, TrainConfig, section="train", exclude=RUN_ONLY_FIELDS, **common)
+    flags |= add_config_flags(g, ClassificationConfig, section="task", **common)
+    flags |= add_config_flags(g, BlockNetConfig, section="model", only=_MODEL_FLAGS, **common)
+    flags |= add_config_flags(g, CifarDataConfig, section="data", only=_DATA_FLAGS, rename={"root": "data"},
+                              **common)
+    run = p.add_argument_group("where and how visibly it runs (never changes the result)")
+    flags |= add_config_flags(run, TrainConfig, section="train", only=RUN_ONLY_FIELDS, **common)
+    p.set_defaults(recipe_flags=flags)
 
 
 def register(sub) -> None:
@@ -81,20 +84,24 @@ def register(sub) -> None:
 
 
 def _recipe(args):
+    from cnnlab.config import flag_values
     from cnnlab.tasks.cifar import resolve_recipe
-    overrides: dict[str, dict] = {}
-    for dest, (section, key) in _RECIPE_FLAGS.items():
-        overrides.setdefault(section, {})[key] = getattr(args, dest, None)
-    return resolve_recipe(args.preset, args.config, overrides)
+    return resolve_recipe(args.preset, args.config, flag_values(args, args.recipe_flags))
 
 
 def run_compare(args) -> int:
     from cnnlab.tasks.cifar import check_blocks, compare, results_markdown
     check_blocks(args.blocks)  # an unknown name fails here, before data or training
-    results = compare(args.blocks, _recipe(args), args.out, report=not args.no_report)
+    recipe = _recipe(args)
+    results = compare(args.blocks, recipe, args.out)
+    # Training first, then the report, which reads only the files the training wrote.
+    report = None
+    if not args.no_report:
+        from cnnlab.report import write_report
+        report = write_report(args.out, progress=recipe.train.progress)
     print(results_markdown(results), end="")
-    if "report" in results:
-        print(f"report: {results['report']}")
+    if report is not None:
+        print(f"report: {report}")
     return 0
 
 

@@ -13,6 +13,9 @@ Layout of `compare --out OUT`:
     OUT/results.json  {"preset", "recipe", "data", "environment", "rows": [...]}  (accuracies 0..1)
     OUT/results.csv   the rows;  OUT/results.md  a markdown table in percent + the recipe line
     OUT/<block>/      an engine run directory + embeddings_test.npz (test features and logits)
+
+The figures and report.{md,html} are drawn from these files afterwards (`cnnlab.report`, run
+by the CLI and the demo): this module trains and scores, it never draws.
 """
 from __future__ import annotations
 
@@ -25,16 +28,17 @@ from typing import Callable
 
 import numpy as np
 
+from cnnlab.analysis import EMBEDDINGS_FILE as EMBEDDINGS
 from cnnlab.blocks import BLOCKS
-from cnnlab.config import build_config
-from cnnlab.io import atomic_write_text, load_yaml, read_json, to_plain, write_json
+from cnnlab.config import RUN_ONLY_FIELDS, build_config
 from cnnlab.engine import FINAL, Engine, TrainConfig, load_weights, seed_everything
 from cnnlab.env import device_name, environment, resolve_device
 from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_text, load_yaml, read_json, to_plain, write_json
 from cnnlab.models import BlockNet, BlockNetConfig, count_parameters
-from cnnlab.tasks.classification import ClassificationConfig, ClassificationTask, count_macs, eval_loader, score
+from cnnlab.tasks.classification import (ClassificationConfig, ClassificationTask, count_macs, eval_loader,
+                                         save_embeddings, score)
 
-EMBEDDINGS = "embeddings_test.npz"
 ROW_FIELDS = ["block", "params", "macs", "val_acc", "test_acc", "train_acc", "train_time_s",
               "images_per_s", "device", "run_dir"]
 TRAIN_ACC_NOTE = ("train acc = running accuracy over the final epoch's augmented training batches "
@@ -42,7 +46,7 @@ TRAIN_ACC_NOTE = ("train acc = running accuracy over the final epoch's augmented
 
 
 @dataclass
-class DataConfig:
+class CifarDataConfig:
     root: str | None = None        # a folder, "synthetic", or None: $CNNLAB_DATA, then the download folder
     val_size: int = 5000           # held out of the official training set, stratified
     train_subset: int | None = None  # stratified subset of the remaining training images; None = all
@@ -82,7 +86,7 @@ PRESETS: dict[str, dict] = {
 }
 SECTIONS = ("train", "task", "model", "data")
 # Model options a recipe may set; the block itself is chosen per run.
-MODEL_OPTIONS = ("widths", "depths", "stem_width", "width_multiplier", "dropout", "block_options")
+MODEL_OPTIONS = ("widths", "depths", "stem_widths", "width_multiplier", "dropout", "block_options")
 
 
 @dataclass
@@ -91,7 +95,7 @@ class Recipe:
     train: TrainConfig
     task: ClassificationConfig
     model: dict
-    data: DataConfig
+    data: CifarDataConfig
 
     def model_config(self, block: str) -> BlockNetConfig:
         return BlockNetConfig(block=block, **copy.deepcopy(self.model))
@@ -123,7 +127,7 @@ def resolve_recipe(preset: str = "full", config_file: str | Path | None = None,
     model.pop("block")
     return Recipe(preset, build_config(TrainConfig, *layers["train"]),
                   build_config(ClassificationConfig, *layers["task"]), model,
-                  build_config(DataConfig, *layers["data"]))
+                  build_config(CifarDataConfig, *layers["data"]))
 
 
 def check_blocks(blocks: list[str]) -> list[str]:
@@ -139,7 +143,7 @@ def check_blocks(blocks: list[str]) -> list[str]:
     return names
 
 
-def load_data(config: DataConfig, progress: bool | None = None):
+def load_data(config: CifarDataConfig, progress: bool | None = None):
     from cnnlab.data.cifar import load_cifar10, synthetic_cifar
     if config.root == "synthetic":
         return synthetic_cifar(config.synthetic_train, config.synthetic_test,
@@ -148,7 +152,7 @@ def load_data(config: DataConfig, progress: bool | None = None):
                         train_subset=config.train_subset, download=config.download, progress=progress)
 
 
-def data_summary(splits, config: DataConfig) -> dict:
+def data_summary(splits, config: CifarDataConfig) -> dict:
     return {"source": splits.source, "train": len(splits.train_labels), "val": len(splits.val_labels),
             "test": len(splits.test_labels), "train_subset": config.train_subset, "val_size": config.val_size,
             "seed": config.seed, "class_names": list(splits.class_names)}
@@ -192,7 +196,6 @@ def train_block(block: str, recipe: Recipe, splits, run_dir: str | Path, *,
 def score_test(engine: Engine, model, splits, recipe: Recipe, run_dir: Path) -> dict:
     """The one test-set pass: embeddings and logits are saved for the analysis, and the test
     loss and accuracy are computed from those same logits."""
-    from cnnlab.analysis import save_embeddings
     loader = eval_loader(splits.test_images, splits.test_labels, recipe.task.eval_batch_size,
                          device=engine.device, channels_last=recipe.train.channels_last)
     path = save_embeddings(model, loader, run_dir / EMBEDDINGS, splits.class_names)
@@ -212,12 +215,11 @@ def _row(final: dict, block: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- the comparison
-def compare(blocks: list[str], recipe: Recipe, out: str | Path, *, report: bool = True,
+def compare(blocks: list[str], recipe: Recipe, out: str | Path, *,
             log: Callable[[str], None] = print) -> dict:
     """Train every block with the same recipe into OUT/<block>/, writing the results files
     after each block, so an interruption never loses finished rows; a rerun reuses them.
-    With `report`, writes OUT/report.{md,html} at the end; its path is in the returned
-    dict under "report"."""
+    Returns the results (the contents of results.json)."""
     blocks = check_blocks(blocks)
     out = Path(out)
     results_path = out / "results.json"
@@ -235,17 +237,13 @@ def compare(blocks: list[str], recipe: Recipe, out: str | Path, *, report: bool 
         log(f"{block}: val {row['val_acc']:.2%}  test {row['test_acc']:.2%}  "
             f"{row['train_time_s']:.1f} s  {row['images_per_s']:.0f} img/s")
         write_results(results, out)
-    if report:
-        from cnnlab.report import write_report
-        # Returned to the caller (printed after the table), not saved: results.json is data only.
-        results = {**results, "report": str(write_report(out, progress=recipe.train.progress))}
     return results
 
 
 def _comparable_recipe(recipe: Recipe) -> dict:
     plain = recipe.to_dict()
     # Where and how visibly it ran does not change what was trained.
-    plain["train"] = {k: v for k, v in plain["train"].items() if k not in ("device", "progress", "compile")}
+    plain["train"] = {k: v for k, v in plain["train"].items() if k not in RUN_ONLY_FIELDS}
     return plain
 
 
@@ -260,13 +258,18 @@ def write_results(results: dict, out: Path) -> None:
 
 
 def results_markdown(results: dict) -> str:
-    lines = ["| block | params | MACs/image | val acc | test acc | train acc | train time (s) | images/s | device |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    from cnnlab.blocks.reference import REPORT_PARAMS, REPORT_VAL_ACC, reference_note
+
+    lines = ["| block | params | report params | MACs/image | val acc | report val acc | test acc | train acc "
+             "| train time (s) | images/s | device |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results["rows"]:
-        lines.append(f"| {r['block']} | {r['params']:,} | {r['macs'] / 1e6:,.1f}M | {r['val_acc']:.2%} | "
+        ref_params, ref_val = REPORT_PARAMS.get(r["block"]), REPORT_VAL_ACC.get(r["block"])
+        lines.append(f"| {r['block']} | {r['params']:,} | {'-' if ref_params is None else f'{ref_params:,}'} | "
+                     f"{r['macs'] / 1e6:,.1f}M | {r['val_acc']:.2%} | {'-' if ref_val is None else f'{ref_val:.2%}'} | "
                      f"{r['test_acc']:.2%} | {r['train_acc']:.2%} | {r['train_time_s']:.1f} | "
                      f"{r['images_per_s']:,.0f} | {r['device']} |")
-    return "\n".join(lines) + "\n\n" + recipe_line(results) + "\n"
+    return "\n".join(lines) + "\n\n" + reference_note() + "\n\n" + recipe_line(results) + "\n"
 
 
 def recipe_line(results: dict) -> str:
@@ -295,7 +298,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, device: str | 
         data_plain = {k: v for k, v in saved["data"].items() if k != "source"}
     except KeyError as exc:
         raise CnnlabError(f"{run_dir}/config.yaml is not a cifar run config (missing {exc.args[0]!r})") from None
-    data_config = build_config(DataConfig, data_plain, {"root": data})
+    data_config = build_config(CifarDataConfig, data_plain, {"root": data})
     engine = Engine(train)
     splits = load_data(data_config)
     model = engine.prepare(load_weights(run_dir, BlockNet(model_config)))

@@ -1,16 +1,22 @@
 """Image classification as an engine task: cross-entropy with label smoothing (Szegedy et al.
 2016, "Rethinking the Inception Architecture"), accuracy, and device-resident batches from
-`cnnlab.data.loader.DeviceLoader`. Also the MAC counter used in the comparison table."""
+`cnnlab.data.loader.DeviceLoader`. Also what a trained classifier leaves for the analysis
+(`save_embeddings`: the one pass that runs the model over the test set) and the MAC counter
+used in the comparison table."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader
+from cnnlab.errors import CnnlabError
+from cnnlab.io import save_npz_atomic
 from cnnlab.models.utils import eval_mode, module_device
 
 
@@ -88,6 +94,38 @@ def score(model: nn.Module, batches: Iterable) -> dict[str, float]:
     if count == 0:
         raise ValueError("score() got no batches")
     return {"loss": float(loss_sum) / count, "acc": float(correct) / count}
+
+
+def save_embeddings(model: nn.Module, batches: Iterable, path: str | Path,
+                    class_names: Sequence[str]) -> Path:
+    """Run `model` over `batches` of (x, y) (already on the model's device) and write an npz
+    with `features` (float32 N x D, from `forward_features`), `labels` (int64), `logits`
+    (float32 N x C, the head applied to those features) and `class_names`: the file
+    `cnnlab.analysis` and the report read, so they never run a model.
+
+    Runs in eval mode (dropout off, BatchNorm running statistics); the model's previous
+    mode comes back afterwards.
+    """
+    features, labels, logits = [], [], []
+    with eval_mode(model):
+        for x, y in batches:
+            f = model.forward_features(x)
+            # In eval mode dropout is the identity, so head(features) equals model(x).
+            z = model.head(f)
+            features.append(f.float().cpu())
+            logits.append(z.float().cpu())
+            labels.append(torch.as_tensor(y).long().cpu())
+    if not features:
+        raise CnnlabError("save_embeddings got no batches")
+    arrays = {
+        "features": torch.cat(features).numpy().astype(np.float32),
+        "labels": torch.cat(labels).numpy().astype(np.int64),
+        "logits": torch.cat(logits).numpy().astype(np.float32),
+        "class_names": np.asarray([str(c) for c in class_names], dtype=str),
+    }
+    if arrays["logits"].shape[1] != len(class_names):
+        raise ValueError(f"model has {arrays['logits'].shape[1]} outputs but {len(class_names)} class names")
+    return save_npz_atomic(path, arrays)
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:

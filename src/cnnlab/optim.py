@@ -1,0 +1,71 @@
+"""The two step-wise policies the engine applies to a training run, each a small object:
+
+- `LRSchedule`: the learning-rate multiplier per optimizer step (one-cycle, Smith & Topin
+  2017; cosine, Loshchilov & Hutter 2017; constant), after a linear warmup.
+- `ModelEma`: an exponential moving average of the weights (Polyak & Juditsky 1992), the
+  model that gets evaluated when it is on.
+
+Both save and load their state, so a resumed run continues them exactly.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass
+class LRSchedule:
+    """Multiplier of the peak lr at optimizer step `step` (a callable object, so LambdaLR's
+    state_dict saves it). Linear warmup to 1.0, then: linear to ~0 (one-cycle, as in
+    Page's DAWNBench ResNet and airbench), half-cosine to ~0, or constant."""
+    kind: str
+    total_steps: int
+    warmup_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        remaining = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / remaining)
+        if self.kind == "onecycle":
+            # Never exactly 0: the last step still learns a little.
+            return max(1.0 - progress, 1.0 / remaining)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class ModelEma:
+    """Exponential moving average of parameters and float buffers (BN statistics too),
+    with timm's warmup (decay grows as (1+t)/(10+t)) so early averages are not dominated
+    by the random initialisation on short runs."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema_value, value in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if ema_value.is_floating_point():
+                ema_value.lerp_(value.detach(), 1.0 - decay)
+            else:
+                ema_value.copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "module": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.module.load_state_dict(state["module"])

@@ -1,0 +1,49 @@
+"""The results tables carry the reference report's figures beside cnnlab's own."""
+from cnnlab.blocks import REPORT_PARAMS, REPORT_VAL_ACC
+from cnnlab.blocks.reference import reference_note
+
+
+def _results(blocks):
+    rows = [{"block": b, "params": 1000 + i, "macs": 2e6, "val_acc": 0.5, "test_acc": 0.4, "train_acc": 0.3,
+             "train_time_s": 1.0, "images_per_s": 10.0, "device": "cpu", "run_dir": b} for i, b in enumerate(blocks)]
+    return {"preset": "quick", "rows": rows,
+            "recipe": {"train": {"epochs": 1, "batch_size": 8, "optimizer": "sgd", "lr": 0.1, "schedule": "onecycle"},
+                       "task": {"label_smoothing": 0.1}, "model": {"width_multiplier": 0.25}},
+            "data": {"train": 100, "train_subset": 100, "val": 20, "test": 30, "source": "synthetic"}}
+
+
+def _table(text):
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_results_markdown_puts_the_reports_figures_beside_ours():
+    from cnnlab.tasks.cifar import results_markdown
+
+    text = results_markdown(_results(["A", "E", "D2"]))
+    rows = {r["block"]: r for r in _table(text)}
+    assert rows["A"]["report params"] == f"{REPORT_PARAMS['A']:,}" and rows["A"]["params"] == "1,000"
+    assert rows["E"]["report params"] == "1,422,378"
+    assert rows["D2"]["report params"] == "-"  # not one of the report's blocks
+    for row in rows.values():
+        expected = REPORT_VAL_ACC.get(row["block"])
+        assert row["report val acc"] == ("-" if expected is None else f"{expected:.2%}")
+    assert reference_note() in text
+
+
+def test_report_results_table_has_the_same_columns():
+    from cnnlab.report import _results_table
+
+    headers, body = _results_table(_results(["C", "D2"])["rows"])
+    rows = {r[0]: dict(zip(headers, r)) for r in body}
+    assert headers.index("report params") == headers.index("params") + 1
+    assert headers.index("report val acc %") == headers.index("val acc %") + 1
+    assert rows["C"]["report params"] == "7,901,130" and rows["D2"]["report params"] == "-"
+
+
+def test_note_names_the_blocks_without_a_report_accuracy():
+    note = reference_note()
+    assert "width multiplier 1.0" in note
+    for block in REPORT_PARAMS:
+        assert (block in note.split("not on record for")[-1]) == (block not in REPORT_VAL_ACC)
