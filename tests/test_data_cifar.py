@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import cnnlab.data.cifar as cifar
+import cnnlab.data.images as images
 from cnnlab.data.cifar import (CIFAR10_CLASSES, find_cifar_root, load_cifar10, stratified_split,
                                synthetic_cifar)
 from cnnlab.errors import CnnlabError
@@ -161,7 +162,8 @@ def test_imagefolder_reader_uses_sorted_class_folders(tmp_path):
         colours = np.array([COLOURS[n] for n in s.class_names])
         # PNGs are exact; the one JPEG is within compression error.
         assert np.abs(images.mean((1, 2)) - colours[labels]).max() < 4
-    assert len(s.info["bad_files"]) == 1 and s.info["bad_files"][0][0].endswith("broken.jpg")
+    assert len(s.report.bad) == 1 and s.report.bad[0][0].endswith("broken.jpg")
+    assert s.info["skipped_files"] == 1 and s.report.total == 26
 
 
 def test_imagefolder_with_different_train_and_test_classes_is_an_error(tmp_path):
@@ -175,17 +177,17 @@ def test_imagefolder_with_different_train_and_test_classes_is_an_error(tmp_path)
 def test_second_load_hits_the_cache_and_a_changed_file_misses(tmp_path, monkeypatch):
     _write_imagefolder(tmp_path)
     calls = []
-    real_decode = cifar.decode_images
+    real_decode = images.decode_images
 
     def counting_decode(*args, **kwargs):
         calls.append(len(args[0]))
         return real_decode(*args, **kwargs)
-    monkeypatch.setattr(cifar, "decode_images", counting_decode)
+    monkeypatch.setattr(images, "decode_images", counting_decode)
     first = load_cifar10(tmp_path, val_size=3)
     second = load_cifar10(tmp_path, val_size=3)
     assert len(calls) == 1 and first.info["cache_hit"] is False and second.info["cache_hit"] is True
     assert np.array_equal(first.train_images, second.train_images)
-    assert second.info["bad_files"] == first.info["bad_files"]
+    assert second.report == first.report and len(second.report.bad) == 1
     path = tmp_path / "train" / "bird" / "0000.png"
     later = time.time() + 5
     os.utime(path, (later, later))
@@ -237,7 +239,7 @@ def test_real_cifar10_jpg():
     pixels = s.train_images.reshape(-1, 3) / 255.0
     assert np.allclose(pixels.mean(0), (0.49, 0.48, 0.45), atol=0.02)
     assert np.allclose(pixels.std(0), (0.247, 0.243, 0.261), atol=0.02)
-    assert s.info["bad_files"] == []
+    assert s.report.bad == []
     assert s.info["cache_hit"] or seconds < 60
     again = load_cifar10(root)
     assert again.info["cache_hit"] is True

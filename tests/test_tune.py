@@ -266,6 +266,10 @@ def test_interrupted_trial_is_replaced_on_rerun(tmp_path):
     result = run_study(objective, SearchSpace.default(), trials=3, out_dir=tmp_path, plots=False)
     assert result.ran_here == [2, 3]
     assert result.counts["complete"] == 3 and result.counts["fail"] == 1
+    # The interrupted configuration is not lost: the resumed study runs it first.
+    trials = load_study(tmp_path).trials
+    assert calls[2] == calls[1] and trials[2].params == trials[1].params
+    assert trials[1].user_attrs["abandoned"] and trials[2].system_attrs["retry_history"] == [1]
 
 
 def test_trial_of_a_dead_local_worker_is_failed_and_replaced(tmp_path):
@@ -275,9 +279,13 @@ def test_trial_of_a_dead_local_worker_is_failed_and_replaced(tmp_path):
     orphan = study.ask()
     orphan.set_user_attr("worker", worker_id().rsplit(":", 1)[0] + f":{dead_pid}")
 
-    result = run_study(cheap_objective, SearchSpace.default(), trials=2, out_dir=tmp_path, plots=False)
+    messages = []
+    result = run_study(cheap_objective, SearchSpace.default(), trials=2, out_dir=tmp_path, plots=False,
+                       log=messages.append)
     assert result.counts["complete"] == 2 and result.counts["fail"] == 1 and result.counts["running"] == 0
     assert "died during the trial" in next(r for r in result.rows if r["trial"] == 0)["error"]
+    assert len(messages) == 1 and messages[0].startswith("trial 0: worker ") and "run again" in messages[0]
+    assert load_study(tmp_path).trials[1].system_attrs["retry_history"] == [0]  # its re-run
 
 
 def test_workers_of_one_study_must_share_the_space(tmp_path):
@@ -467,7 +475,7 @@ def test_library_messages_go_to_the_log_callable_not_to_print(tmp_path, capsys):
 
     messages = []
     result = run_study(objective, SearchSpace.default(), trials=1, out_dir=tmp_path, plots=False,
-                       log=messages.append)
+                       log=messages.append, progress=False)
     assert result.counts["fail"] == 1
     assert messages == ["trial 0 failed: RuntimeError: no such device"]
     assert capsys.readouterr() == ("", "")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path
+from cnnlab.io import atomic_path, check_output_dir, first_line
 from cnnlab.models.utils import eval_mode
 
 
@@ -66,6 +66,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = Non
     import onnx
 
     path = Path(path)
+    if path.is_dir():
+        raise CnnlabError(f"{path} is a folder; give the name of the .onnx file to write")
+    check_output_dir(path.parent, what="output folder")
     size = int(input_size or model.data_config.input_size)
     wrapper = _EmbedModule(model)
     device = next(model.parameters()).device
@@ -78,9 +81,12 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = Non
             wrapper.eval()  # the exporter restores the mode it finds: let that be eval
             # The TorchScript exporter's deprecation notice is not the user's concern.
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (trace_input.to(device),), str(tmp), input_names=["images"],
-                              output_names=["embeddings"], opset_version=opset, dynamo=False,
-                              dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
+            try:
+                torch.onnx.export(wrapper, (trace_input.to(device),), str(tmp), input_names=["images"],
+                                  output_names=["embeddings"], opset_version=opset, dynamo=False,
+                                  dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
+            except Exception as exc:  # e.g. an operator this opset lacks: the exporter's own words, one line
+                raise CnnlabError(f"cannot export to ONNX opset {opset}: {first_line(exc)}") from None
             expected = wrapper(check_input.to(device)).cpu().numpy()
         onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
         actual, runtime = run_onnx(tmp, check_input.numpy())

@@ -1,10 +1,12 @@
-"""Options several commands share: the face training recipe (`faces train|margins|baseline|tune`)
-and the LFW folder. Flags come from the dataclass through `cnnlab.config.add_config_flags`,
-the one dataclass-to-flags generator of every CLI."""
+"""Options several commands share: the face training recipe (`faces train|margins|baseline|tune`),
+the LFW folder, and checked flag value types (`distance_threshold`, `onnx_opset`). Recipe flags
+come from the dataclass through `cnnlab.config.add_config_flags`, the one dataclass-to-flags
+generator of every CLI."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 
@@ -43,3 +45,39 @@ def add_lfw_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str
 def lfw_root_from_args(args: argparse.Namespace) -> Path:
     from cnnlab.tasks.faces import default_lfw_root
     return Path(args.data) if args.data else default_lfw_root()
+
+
+# ---------------------------------------------------------------------------- flag value types
+# argparse `type=` functions: a bad value is argparse's one-line usage error (exit 2) before
+# any file is read, never a traceback or a silently meaningless result.
+def distance_threshold(text: str) -> float:
+    """A verification threshold: a distance, so finite and >= 0. nan compares false with
+    every distance (everyone would be "different people"), inf true (everyone the same)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"a distance threshold must be a finite number >= 0, got {text}")
+    return value
+
+
+def onnx_opset_range() -> tuple[int, int]:
+    """The ONNX opsets the installed PyTorch's TorchScript exporter (what `cnnlab.export`
+    uses) can write; torch keeps the bounds in a private module, so fall back to torch 2.x's."""
+    try:
+        from torch.onnx import _constants
+        return int(_constants.ONNX_MIN_OPSET), int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 7, 20
+
+
+def onnx_opset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    low, high = onnx_opset_range()
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"this PyTorch exports ONNX opsets {low}-{high}, got {value}")
+    return value

@@ -15,8 +15,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from cnnlab.io import check_output_dir
     from cnnlab.report import write_report
 
+    check_output_dir(args.run_dir, what="run folder")  # the report is written into it; check before the analysis
     path = write_report(args.run_dir, tsne_points=args.tsne_points, seed=args.seed,
                         knn_k=args.knn_k, top_k=args.top_k)
     print(path)

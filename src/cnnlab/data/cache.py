@@ -22,12 +22,19 @@ def cache_root() -> Path:
 
 
 def fingerprint(paths: Iterable[str | Path], spec: dict | None = None) -> str:
-    """A hash of every source file's path, size and mtime, and of the preprocessing spec."""
+    """A hash of every source file's path, size and mtime (or why it cannot be read), and of
+    the preprocessing spec."""
     h = hashlib.sha256()
     h.update(json.dumps(spec or {}, sort_keys=True, default=str).encode())
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = os.stat(p)
+            state = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError as exc:
+            # A symlink loop or broken link is keyed by its error: the decoder names it, and
+            # the entry is rebuilt once the file is fixed.
+            state = f"error {exc.errno}"
+        h.update(f"{os.path.abspath(p)}\0{state}\n".encode())
     return h.hexdigest()[:20]
 
 

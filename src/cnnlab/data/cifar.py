@@ -3,9 +3,10 @@ forms users keep it: the official pickled `cifar-10-batches-py` (what
 `torchvision.datasets.CIFAR10(download=True)` writes), an ImageFolder tree
 `train/<class>/*` + `test/<class>/*`, and a synthetic stand-in for tests.
 
-Every source is decoded once into uint8 arrays through the shared `ArrayCache`; a
-validation split is then held out of the training set (stratified, seeded), so model
-selection never looks at the test set.
+Every source is decoded once into uint8 arrays through the shared `ArrayCache` (image
+folders by the one decoder, `cnnlab.data.images`, the same code face folders use: unreadable
+files are skipped and named in the splits' `report`); a validation split is then held out
+of the training set (stratified, seeded), so model selection never looks at the test set.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from cnnlab.data.cache import ArrayCache, cache_root, fingerprint
-from cnnlab.data.images import IMAGE_EXTENSIONS, decode_images
+from cnnlab.data.images import DecodeReport, decode_cached, list_folders, list_images
 from cnnlab.errors import CnnlabError
 
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
@@ -30,7 +31,7 @@ PICKLE_NAME = "cifar-10-batches-py"
 PICKLE_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 PICKLE_TEST_FILE = "test_batch"
 PICKLE_META_FILE = "batches.meta"
-# Bump when decoding changes, so old cache entries are not reused.
+# Bump when the reading code changes pixels (the decoder's own version is in every key too).
 _CACHE_VERSION = 1
 
 
@@ -47,6 +48,7 @@ class ImageSplits:
     class_names: tuple[str, ...]
     source: str
     info: dict = field(default_factory=dict)
+    report: DecodeReport = field(default_factory=DecodeReport)  # files skipped as unreadable
 
     @property
     def num_classes(self) -> int:
@@ -166,22 +168,27 @@ def _read_pickles(folder: Path) -> dict[str, np.ndarray]:
     return {"train_images": np.concatenate([t[0] for t in train]),
             "train_labels": np.concatenate([t[1] for t in train]),
             "test_images": test_images, "test_labels": test_labels,
-            "class_names": np.array(class_names), "bad": np.array([], dtype=str)}
+            "class_names": np.array(class_names)}
 
 
 def _list_imagefolder(split_dir: Path) -> tuple[list[str], list[Path], np.ndarray]:
-    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    """(classes, image paths, labels) of `split_dir/<class>/*`. A class folder without image
+    files is an error here, before anything is decoded or written: a model would otherwise
+    get an output per folder but never see the empty class."""
+    classes = list_folders(split_dir)
     if not classes:
         raise CnnlabError(f"no class folders in {split_dir} (expected {split_dir}/<class>/<image>)")
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for index, name in enumerate(classes):
-        files = sorted(e.name for e in os.scandir(split_dir / name)
-                       if e.is_file() and not e.name.startswith(".")
-                       and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
-        paths += [split_dir / name / f for f in files]
+        files = list_images(split_dir / name)
+        if not files:
+            empty.append(name)
+        paths += files
         labels += [index] * len(files)
-    if not paths:
-        raise CnnlabError(f"no images found under {split_dir}")
+    if empty:
+        others = f" (and {len(empty) - 1} more: {', '.join(empty[1:4])})" if len(empty) > 1 else ""
+        raise CnnlabError(f"class folder {split_dir / empty[0]} has no image files{others}; every class "
+                          "needs images in both train/ and test/: add images or remove the folder")
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 
@@ -193,27 +200,27 @@ def _resize_to(size: int) -> Callable:
     return transform
 
 
-def _read_imagefolder(train_paths, train_labels, test_paths, test_labels, class_names,
-                      size: int, progress: bool | None) -> dict[str, np.ndarray]:
-    paths = list(train_paths) + list(test_paths)
-    images, ok, report = decode_images(paths, _resize_to(size), (size, size), strict=False, progress=progress)
-    labels = np.concatenate([train_labels, test_labels])[ok]
-    is_train = ok < len(train_paths)
-    return {"train_images": images[is_train], "train_labels": labels[is_train],
-            "test_images": images[~is_train], "test_labels": labels[~is_train],
-            "class_names": np.array(class_names),
-            "bad": np.array([f"{p}\t{reason}" for p, reason in report.bad], dtype=str)}
+def _check_every_class_decoded(labels: np.ndarray, paths: list[Path], ok: np.ndarray, folder: Path,
+                               classes: list[str], report: DecodeReport) -> None:
+    """A class folder whose every file was unreadable is as empty as one without files."""
+    counts = np.bincount(labels[ok], minlength=len(classes))
+    for c in np.flatnonzero(counts == 0):
+        tried = {str(p) for p, label in zip(paths, labels) if label == c}
+        first = next(f"{p}: {reason}" for p, reason in report.bad if p in tried)
+        raise CnnlabError(f"class folder {folder / classes[c]} has no readable image: all {len(tried)} "
+                          f"file(s) failed to decode (first {first})")
 
 
 def _load_source(kind: str, folder: Path, size: int, progress: bool | None,
-                 cache: ArrayCache) -> dict[str, np.ndarray]:
+                 cache: ArrayCache) -> tuple[dict[str, np.ndarray], DecodeReport]:
     spec = {"format": kind, "size": size, "version": _CACHE_VERSION}
     if kind == "pickle":
         files = [folder / n for n in (*PICKLE_TRAIN_FILES, PICKLE_TEST_FILE, PICKLE_META_FILE)
                  if (folder / n).is_file()]
         if size != 32:
             raise CnnlabError(f"the pickled CIFAR-10 is 32x32; size={size} is not supported for it")
-        return cache.load_or_build("cifar10-pickle", fingerprint(files, spec), lambda: _read_pickles(folder))
+        arrays = cache.load_or_build("cifar10-pickle", fingerprint(files, spec), lambda: _read_pickles(folder))
+        return arrays, DecodeReport()
     train_classes, train_paths, train_labels = _list_imagefolder(folder / "train")
     test_classes, test_paths, test_labels = _list_imagefolder(folder / "test")
     if test_classes != train_classes:
@@ -221,9 +228,18 @@ def _load_source(kind: str, folder: Path, size: int, progress: bool | None,
                           f"only in train {sorted(set(train_classes) - set(test_classes))}, "
                           f"only in test {sorted(set(test_classes) - set(train_classes))}")
     spec["classes"] = train_classes
-    key = fingerprint([*train_paths, *test_paths], spec)
-    return cache.load_or_build("cifar10-imagefolder", key, lambda: _read_imagefolder(
-        train_paths, train_labels, test_paths, test_labels, train_classes, size, progress))
+    paths = [*train_paths, *test_paths]
+    images, ok, report = decode_cached(paths, _resize_to(size), (size, size), name="cifar10-imagefolder",
+                                       spec=spec, cache=cache, progress=progress)
+    n_train = len(train_paths)
+    for split, lo, hi, labels in (("train", 0, n_train, train_labels), ("test", n_train, len(paths), test_labels)):
+        split_ok = ok[(ok >= lo) & (ok < hi)] - lo
+        _check_every_class_decoded(labels, paths[lo:hi], split_ok, folder / split, train_classes, report)
+    labels = np.concatenate([train_labels, test_labels])[ok]
+    is_train = ok < n_train
+    return {"train_images": images[is_train], "train_labels": labels[is_train],
+            "test_images": images[~is_train], "test_labels": labels[~is_train],
+            "class_names": np.array(train_classes)}, report
 
 
 # ---------------------------------------------------------------------------- splits
@@ -296,14 +312,15 @@ def load_cifar10(data: str | Path | None = None, *, val_size: int = 5000, seed: 
             target = default_download_root()
         kind, folder = "pickle", download_cifar10(target).resolve()
     cache = cache if cache is not None else ArrayCache()
-    arrays = _load_source(kind, folder, size, progress, cache)
-    bad = [tuple(b.split("\t", 1)) for b in arrays["bad"].tolist()]
+    arrays, report = _load_source(kind, folder, size, progress, cache)
     info = {"format": kind, "path": str(folder), "cache_hit": bool(cache.last_hit),
-            "bad_files": bad, "load_seconds": round(time.perf_counter() - start, 3)}
-    return _make_splits(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                        arrays["test_labels"], tuple(arrays["class_names"].tolist()),
-                        source=f"{kind}:{folder}", val_size=val_size, seed=seed,
-                        train_subset=train_subset, info=info)
+            "skipped_files": len(report.bad), "load_seconds": round(time.perf_counter() - start, 3)}
+    splits = _make_splits(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                          arrays["test_labels"], tuple(arrays["class_names"].tolist()),
+                          source=f"{kind}:{folder}", val_size=val_size, seed=seed,
+                          train_subset=train_subset, info=info)
+    splits.report = report
+    return splits
 
 
 # ---------------------------------------------------------------------------- synthetic
@@ -340,4 +357,4 @@ def synthetic_cifar(n_train: int = 1000, n_test: int = 200, *, val_size: int = 2
     names = CIFAR10_CLASSES if num_classes == 10 else tuple(f"class{i}" for i in range(num_classes))
     return _make_splits(train_images, train_labels, test_images, test_labels, names, source="synthetic",
                         val_size=val_size, seed=seed, train_subset=None,
-                        info={"format": "synthetic", "path": None, "cache_hit": False, "bad_files": []})
+                        info={"format": "synthetic", "path": None, "cache_hit": False, "skipped_files": 0})

@@ -2,10 +2,11 @@
 
 Layouts: LFW's `<Name>/<Name>_0001.jpg` (Huang et al. 2007, "Labeled Faces in the Wild") and
 any `person/*.ext` tree such as AT&T/ORL's `sN/M.pgm` (Samaria and Harter 1994). Files are
-decoded by the shared `decode_images` (EXIF orientation, greyscale/RGBA/CMYK -> RGB, bad files
-reported by path) and cached by the shared `ArrayCache`, keyed by the files and the crop/size
-spec. Normalisation is not cached: it runs on the device, so changing backbone statistics
-never re-decodes.
+decoded by the one decoder CIFAR folders use too (`cnnlab.data.images`: EXIF orientation,
+16-bit/greyscale/alpha/CMYK -> 8-bit RGB, bad files named in one `DecodeReport`) and cached by
+the shared `ArrayCache`, keyed by the files, the crop/size spec and the decoder version.
+Normalisation is not cached: it runs on the device, so changing backbone statistics never
+re-decodes.
 """
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from cnnlab.data.cache import ArrayCache, fingerprint
-from cnnlab.data.images import IMAGE_EXTENSIONS, DecodeReport, decode_images
+from cnnlab.data.cache import ArrayCache
+from cnnlab.data.images import DecodeReport, decode_cached, decode_images, list_folders, list_images, path_problem
 from cnnlab.errors import CnnlabError
 
 # Bump when the decode/crop code changes in a way that changes pixels: old cache entries die.
@@ -100,6 +101,10 @@ class FaceDataset:
                 index[(self.people[label], int(m.group(1)))] = i
         return index
 
+    def has_image(self, name: str, image_number: int) -> bool:
+        """Whether image `image_number` of `name` decoded (see `index_of`)."""
+        return (name, int(image_number)) in self._number_index
+
     def index_of(self, name: str, image_number: int) -> int:
         """Row of image `image_number` of `name` (LFW `Name_0007.jpg` -> 7; AT&T `s3/7.pgm` -> 7)."""
         try:
@@ -145,11 +150,12 @@ class FaceDataset:
 def scan_identity_folders(root: str | Path, people: Sequence[str] | None = None
                           ) -> tuple[list[str], list[tuple[str, str]]]:
     """(people, [(person, relative path)]) for `root/<person>/<image>`, sorted; hidden files
-    and files without an image extension are ignored (a README beside the images is fine)."""
+    and files without an image extension are ignored (a README beside the images is fine).
+    A broken link or symlink loop with an image name is listed, so the decoder names it."""
     root = Path(root)
     if not root.is_dir():
         raise CnnlabError(f"face folder not found: {root}")
-    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = list_folders(root)
     if people is not None:
         missing = sorted(set(people).difference(folders))
         if missing:
@@ -158,9 +164,7 @@ def scan_identity_folders(root: str | Path, people: Sequence[str] | None = None
         folders = [f for f in folders if f in wanted]
     files = []
     for person in folders:
-        for f in sorted((root / person).iterdir()):
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append((person, f"{person}/{f.name}"))
+        files += [(person, f"{person}/{f.name}") for f in list_images(root / person)]
     if not files:
         raise CnnlabError(f"no image files found under {root} (expected {root}/<person>/<image>)")
     return folders, files
@@ -178,33 +182,17 @@ def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, 
     """
     root = Path(root)
     spec = spec or FacePreprocess()
-    cache = cache or ArrayCache()
     _, files = scan_identity_folders(root, people)
     abs_paths = [str(root / rel) for _, rel in files]
-    key = fingerprint(abs_paths, spec.cache_spec())
-
-    def build() -> dict[str, np.ndarray]:
-        images, ok, report = decode_images(abs_paths, spec.transform, (spec.size, spec.size),
-                                           strict=strict, progress=progress)
-        bad_paths = [p for p, _ in report.bad]
-        bad_reasons = [r for _, r in report.bad]
-        return {"images": images, "ok_index": ok.astype(np.int64),
-                "bad_paths": np.array(bad_paths, dtype=str), "bad_reasons": np.array(bad_reasons, dtype=str)}
-
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", root.name) or "faces"
-    arrays = cache.load_or_build(f"faces-{safe_name}", key, build)
-    report = DecodeReport(bad=[(str(p), str(r)) for p, r in zip(arrays["bad_paths"], arrays["bad_reasons"])])
-    if strict and report.bad:
-        path, reason = report.bad[0]
-        raise CnnlabError(f"unreadable image {path}: {reason} ({len(report.bad)} bad file(s) in {root})")
-
-    ok = arrays["ok_index"]
+    images, ok, report = decode_cached(abs_paths, spec.transform, (spec.size, spec.size), name=f"faces-{safe_name}",
+                                       spec=spec.cache_spec(), cache=cache, strict=strict, progress=progress)
     persons = [files[i][0] for i in ok]
     kept_people = sorted(set(persons))
     label_of = {p: k for k, p in enumerate(kept_people)}
     if not kept_people:
         raise CnnlabError(f"no readable images under {root}; {report.summary()}")
-    dataset = FaceDataset(images=arrays["images"], labels=np.array([label_of[p] for p in persons], dtype=np.int64),
+    dataset = FaceDataset(images=images, labels=np.array([label_of[p] for p in persons], dtype=np.int64),
                           people=kept_people, paths=[files[i][1] for i in ok], root=root, spec=spec)
     return dataset, report
 
@@ -213,8 +201,11 @@ def decode_faces(paths: Sequence[str | Path], spec: FacePreprocess) -> np.ndarra
     """N x S x S x 3 uint8 faces of the given files, preprocessed as a model was trained;
     a missing or unreadable file is an error naming it (these are images a user asked about)."""
     for p in paths:
-        if not Path(p).is_file():
+        problem = path_problem(p)
+        if problem == "does not exist":
             raise CnnlabError(f"image not found: {p}")
+        if problem is not None:
+            raise CnnlabError(f"unreadable image {p}: {problem}")
     images, _, _ = decode_images([str(p) for p in paths], spec.transform, (spec.size, spec.size), strict=True)
     return images
 
@@ -235,7 +226,7 @@ def load_gallery(folder: str | Path, spec: FacePreprocess) -> Gallery:
     folder = Path(folder)
     if not folder.is_dir():
         raise CnnlabError(f"gallery folder not found: {folder}")
-    flat = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    flat = list_images(folder)
     if flat:
         images, ok, report = decode_images([str(f) for f in flat], spec.transform, (spec.size, spec.size))
         names = [flat[i].name for i in ok]

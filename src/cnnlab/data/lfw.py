@@ -11,7 +11,6 @@ Image `n` of `name` is `<name>/<name>_<nnnn>.jpg`. Splits are by identity, never
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cnnlab.data.images import path_problem
 from cnnlab.errors import CnnlabError
 
 IMAGE_DIR_CANDIDATES = ("lfw-deepfunneled", "lfw_funneled", "lfw-funneled", "lfw")
@@ -117,12 +117,15 @@ def parse_pairs(path: str | Path, image_root: str | Path | None = None) -> list[
 
 
 def validate_pairs(pairs: Sequence[Pair], image_root: str | Path, source: str | Path = "pairs") -> None:
-    """Raise a CnnlabError naming the pairs file, line and path of the first missing image."""
+    """Raise a CnnlabError naming the pairs file, line and path of the first image that is
+    missing (or a broken link, a symlink loop, a folder). Contents are the decoder's business:
+    `cnnlab.tasks.faces` checks that every scored pair's images decoded before training."""
     image_root = Path(image_root)
     for pair in pairs:
         for rel in pair.relpaths:
-            if not os.path.isfile(image_root / rel):
-                raise CnnlabError(f"{source}:{pair.line}: image {image_root / rel} does not exist")
+            problem = path_problem(image_root / rel)
+            if problem is not None:
+                raise CnnlabError(f"{source}:{pair.line}: image {image_root / rel} {problem}")
 
 
 def parse_people(path: str | Path) -> list[dict[str, int]]:

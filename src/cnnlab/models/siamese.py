@@ -10,16 +10,17 @@ never have to know a backbone's mean and std.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import math
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.distances import Distance, EuclideanDistance
+from cnnlab.distances import DISTANCES, Distance, EuclideanDistance
 from cnnlab.errors import CnnlabError
-from cnnlab.io import save_torch_atomic
+from cnnlab.io import load_state_dict_checked, load_torch_file, save_torch_atomic
 from cnnlab.metrics.retrieval import nearest_neighbours
 from cnnlab.models.backbones import BACKBONES, DataConfig, create_backbone
 from cnnlab.models.utils import eval_mode, module_device
@@ -200,21 +201,60 @@ def save_model(model: SiameseNet, path: str | Path, extra: dict | None = None) -
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[SiameseNet, dict]:
-    """(model in eval mode, extra) from a `save_model` file; no download is ever needed."""
+    """(model in eval mode, extra) from a `save_model` file; no download is ever needed.
+
+    The file is read with `weights_only=True` (a file holding code is refused, never run), and
+    everything in it is checked before use, so a malformed file is one line naming it and what
+    is wrong: not a model file, no or an unknown config, tensors that do not fit, bad extras."""
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"model file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, or holding pickled objects
-        raise CnnlabError(f"cannot read model file {path}: {type(exc).__name__}") from None
+    blob = load_torch_file(path, "model file")
     if not isinstance(blob, dict) or blob.get("kind") != "cnnlab.siamese":
-        raise CnnlabError(f"{path} is not a cnnlab Siamese model file")
-    config = SiameseConfig(**blob["config"])
+        hint = " (it is a training checkpoint; use the model.pt of a finished run)" \
+            if isinstance(blob, dict) and "optimizer" in blob else ""
+        raise CnnlabError(f"{path} is not a cnnlab Siamese model file{hint}")
+    config = _config_from_file(path, blob.get("config"))
+    extra = blob.get("extra", {})
+    _check_extra(path, extra)
     model = SiameseNet.from_config(config, weights="none")
     model.config.weights = config.weights  # record where the weights originally came from
-    model.load_state_dict(blob["state_dict"])
-    return model.to(device).eval(), blob.get("extra", {})
+    load_state_dict_checked(model, blob.get("state_dict"), f"model file {path}")
+    return model.to(device).eval(), extra
+
+
+def _config_from_file(path: Path, values) -> SiameseConfig:
+    if not isinstance(values, dict):
+        raise CnnlabError(f"model file {path} holds no model config")
+    known = {f.name for f in fields(SiameseConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise CnnlabError(f"model file {path} has an unknown config key {unknown[0]!r} "
+                          "(written by another cnnlab version?)")
+    try:
+        return SiameseConfig(**values)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CnnlabError(f"model file {path} has an invalid config: {exc.args[0] if exc.args else exc}") from None
+
+
+def _check_extra(path: Path, extra) -> None:
+    """The preprocessing and decision values verify/search/export read from `extra`: wrong
+    types would fail deep inside decoding or comparisons, far from the file that caused them."""
+    if not isinstance(extra, dict):
+        raise CnnlabError(f"model file {path}: 'extra' is not a mapping")
+    sizes = {k: extra[k] for k in ("crop", "input_size") if k in extra}
+    for key, value in sizes.items():
+        if key == "crop" and value is None:  # None: the largest centred square (FacePreprocess)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CnnlabError(f"model file {path}: {key} must be a positive integer, got {value!r}")
+    threshold = extra.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold) or threshold < 0):
+        raise CnnlabError(f"model file {path}: threshold must be a finite number >= 0, got {threshold!r}")
+    distance = extra.get("distance")
+    if distance is not None and (not isinstance(distance, str) or distance not in DISTANCES):
+        raise CnnlabError(f"model file {path}: unknown distance {distance!r}")
 
 
 # --- verification and search ------------------------------------------------------------

@@ -12,6 +12,7 @@ computed once, after the study (`final_test`), and reported apart from validatio
     space.py     distributions and the search space (default: cnnlab/tune_space.yaml)
     samplers.py  seeded random search, TPE, pruners, by name
     storage.py   the shared storage, the lock workers claim trials under, worker ids
+    recovery.py  a trial whose worker died or was interrupted: its parameters run again
     study.py     run_study (the workers' loop) and final_test (the test score, once)
     results.py   the study read back: trials table, best trial, StudyResult
     report.py    the report files and figures of a study

@@ -16,6 +16,9 @@ from cnnlab.tune.results import trial_config
 from cnnlab.tune.space import SearchSpace
 from cnnlab.tune.study import Report
 
+# What a trial's run directory must not keep: the weights (checkpoint each epoch, final model).
+WEIGHT_FILES = ("checkpoint.pt", "model.pt")
+
 
 def face_base_config(space: SearchSpace, explicit: Iterable[str], resolve: Callable[[], dict]) -> dict:
     """The recipe every trial shares: the resolved face train config minus the tuned fields
@@ -49,7 +52,8 @@ class FaceTrainer:
     validation AUC of its selected epoch, reporting it after every epoch for the pruner; it is
     called with `evaluate_test=False`, so the DevTest pairs are never read while tuning. Trial
     run directories keep their metrics and config; their weights are deleted (the best
-    configuration is retrained for the test, and trials may run on other machines anyway).
+    configuration is retrained for the test, and trials may run on other machines anyway), also
+    when the worker dies mid-trial (the trial registers them as scratch, `TrialReporter.scratch`).
     Trainers log to a `log.txt` in their run directory (the study's progress bar owns the
     terminal); the test of the best configuration also passes its lines to `echo`.
     """
@@ -81,14 +85,17 @@ class FaceTrainer:
         from cnnlab.tasks.faces import train_view1
         config = self._config(trial_config(self.base_config, params))
         run_dir = self.out_dir / "trials" / f"trial-{getattr(report, 'number', 0):04d}"
+        weights = [run_dir / name for name in WEIGHT_FILES]
+        if hasattr(report, "scratch"):
+            report.scratch(*weights)  # deleted by another worker if this process dies mid-trial
         with _RunLog(run_dir / "log.txt") as log:
             try:
                 # evaluate_test=False: no test pairs are read, and no figures are drawn.
                 metrics = train_view1(config, self.data_root, run_dir, evaluate_test=False, report=report, log=log,
                                       features=self._memo())
             finally:
-                for name in ("checkpoint.pt", "model.pt"):
-                    (run_dir / name).unlink(missing_ok=True)
+                for path in weights:
+                    path.unlink(missing_ok=True)
         return float(metrics["validation"]["auc"])
 
     def test_best(self, config: dict, run_dir: Path) -> dict:

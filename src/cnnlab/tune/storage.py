@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from cnnlab.errors import CnnlabError
 
@@ -118,22 +118,17 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def fail_dead_local_trials(study: optuna.Study) -> None:
-    """A RUNNING trial of a process on this host that no longer exists can never finish:
-    mark it failed and abandoned, so the study is not stuck and a rerun replaces it."""
+def dead_local_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """RUNNING trials of a process on this host that no longer exists: they can never finish
+    (`cnnlab.tune.recovery` fails them and runs their parameters again)."""
     host = socket.gethostname()
+    dead = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ""))
         name, _, pid = worker.rpartition(":")
-        if name != host or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
-            continue
-        try:
-            # optuna has no public setter for another process's trial attributes.
-            study._storage.set_trial_user_attr(trial._trial_id, "abandoned", True)
-            study._storage.set_trial_user_attr(trial._trial_id, "error", f"worker {worker} died during the trial")
-            study.tell(trial.number, state=TrialState.FAIL)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
-            pass  # it finished after all
+        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            dead.append(trial)
+    return dead
 
 
 def _pid_alive(pid: int) -> bool:
@@ -143,4 +138,10 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process whose parent has not reaped it yet (a zombie) still answers kill(0),
+    # but will never run again; Linux says so in /proc.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2:stat.rfind(")") + 3] not in ("Z", "X")

@@ -5,7 +5,8 @@ Every worker runs `run_study` with the same `storage` URL and `study_name`. `tri
 TOTAL number of trials the study should hold, across all workers and earlier runs: each worker
 claims one trial at a time under a lock kept in the storage itself, so N workers together run
 exactly `trials` trials, each trial once, and re-running a finished command runs nothing and
-only rewrites the report (a resumed study continues where it stopped).
+only rewrites the report (a resumed study continues where it stopped). A trial whose worker
+died, or that was interrupted, does not count: its parameters run again (`recovery`).
 
 Nothing here prints: messages for the user go to the `log` callable the caller passes (the CLI
 prints them); without one they go to the `cnnlab.tune` logger as warnings.
@@ -28,11 +29,12 @@ from optuna.trial import TrialState
 from cnnlab.errors import CnnlabError
 from cnnlab.io import to_plain, write_json
 from cnnlab.progress import progress_bar
+from cnnlab.tune.recovery import SCRATCH, abandon_interrupted, recover_dead_local_trials
 from cnnlab.tune.report import write_study_report
 from cnnlab.tune.results import StudyResult, best_trial, counted, finished_count, summarize_study
 from cnnlab.tune.samplers import make_pruner, make_sampler
 from cnnlab.tune.space import SearchSpace
-from cnnlab.tune.storage import StudyLock, default_storage, fail_dead_local_trials, open_storage, redact, worker_id
+from cnnlab.tune.storage import StudyLock, default_storage, open_storage, redact, worker_id
 
 Report = Callable[[int, float], None]
 Objective = Callable[[dict, Report], float]
@@ -56,11 +58,14 @@ def _leaf_paths(mapping: dict, prefix: str = "") -> list[str]:
     return paths
 
 
-def _claim(study: optuna.Study, lock: StudyLock, space: SearchSpace, total: int) -> optuna.Trial | None:
-    """The next trial of the study, or None when it already holds `total` counted trials."""
+def _claim(study: optuna.Study, lock: StudyLock, space: SearchSpace, total: int, log: Log) -> optuna.Trial | None:
+    """The next trial of the study, or None when it already holds `total` counted trials
+    (finished or running). A queued re-run of an abandoned trial's parameters (`recovery`)
+    is taken first: it replaces the abandoned trial, so it is not yet among the held ones."""
     with lock:
-        fail_dead_local_trials(study)
-        held = sum(counted(t) for t in study.get_trials(deepcopy=False))
+        for message in recover_dead_local_trials(study):
+            log(message)
+        held = sum(counted(t) and t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
         if held >= total:
             return None
         trial = study.ask(space.distributions())
@@ -71,11 +76,18 @@ def _claim(study: optuna.Study, lock: StudyLock, space: SearchSpace, total: int)
 class TrialReporter:
     """The `report` an objective receives: `report(step, value)` records an intermediate
     validation score and raises `optuna.TrialPruned` when the pruner stops the trial.
-    `report.number` is the trial number (e.g. to name the trial's run directory)."""
+    `report.number` is the trial number (e.g. to name the trial's run directory), and
+    `report.scratch(paths)` names files the trial deletes when it ends (weights)."""
 
     def __init__(self, trial: optuna.Trial):
         self._trial = trial
         self.number = trial.number
+
+    def scratch(self, *paths: str | Path) -> None:
+        """Files the objective writes for itself and deletes when it ends (checkpoints, weights).
+        Recorded in the storage: when its worker dies mid-trial, the worker on the same host
+        that finds it dead deletes them."""
+        self._trial.set_user_attr(SCRATCH, [str(Path(p).resolve()) for p in paths])
 
     def __call__(self, step: int, value: float) -> None:
         self._trial.report(float(value), int(step))
@@ -95,9 +107,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, l
         study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED, ""
     except KeyboardInterrupt:
-        trial.set_user_attr("error", "interrupted")
-        trial.set_user_attr("abandoned", True)
-        study.tell(trial, state=TrialState.FAIL)
+        abandon_interrupted(study, trial)
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -156,7 +166,7 @@ def run_study(objective: Objective, space: SearchSpace, *, trials: int, out_dir:
                            desc=f"study {study_name}", unit="trial")
         try:
             while True:
-                trial = _claim(study, lock, space, trials)
+                trial = _claim(study, lock, space, trials, log)
                 if trial is None:
                     break
                 state, error = _run_trial(study, trial, objective, log)
