@@ -92,6 +92,7 @@ def test_run_directory_holds_config_environment_metrics_final(splits, tmp_path):
     assert config["train"]["lr"] == 0.2 and config["task"]["label_smoothing"] == 0.1
     env = json.loads((tmp_path / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["cpu_count"] >= 1
+    assert (env["world_size"], env["backend"]) == (1, None)  # one plain process, no torchrun
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for row in rows:

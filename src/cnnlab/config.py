@@ -20,7 +20,8 @@ T = TypeVar("T")
 
 # Settings that say where and how visibly a run happens, not what it computes: they may differ
 # between a run and its resume, between tuning workers, and are left out of comparisons.
-RUN_ONLY_FIELDS = ("device", "progress", "compile")
+# sync_bn belongs here with the process count it depends on (neither is part of a recipe).
+RUN_ONLY_FIELDS = ("device", "progress", "compile", "sync_bn", "tensorboard")
 
 
 def build_config(cls: type[T], *sources: dict | None) -> T:

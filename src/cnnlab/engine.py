@@ -9,35 +9,44 @@ learning-rate schedule and an optional moving average of the weights (small obje
 atomic checkpoint each epoch and exact resume. The shape follows the torchvision classification reference and Lightning's
 module/trainer split, without either's weight.
 
+Under `torchrun` the same loop trains data-parallel (`cnnlab.distributed`): the model in DDP,
+metrics summed over the ranks, rank 0's checkpoint resuming every rank, and only rank 0
+writing the run directory. `tensorboard` adds event files beside metrics.jsonl.
+
 A run directory holds:
     config.yaml        resolved configs: train (this module) + whatever the caller adds (task, model, data)
-    environment.json   versions, device name, CPU count (`cnnlab.env.environment`)
+    environment.json   versions, device name, CPU count, world_size and backend (`cnnlab.env.environment`)
     metrics.jsonl      one JSON object per epoch: epoch, train_*, val_*, lr, epoch_time_s, images_per_s
     checkpoint.pt      model, optimizer, scheduler, EMA, epoch, history, RNG states (weights_only-loadable)
     final.json         the last epoch's metrics plus totals; callers may add fields (test scores)
+    events.out.tfevents.*  with `tensorboard`: lr per step, the metrics.jsonl scalars per epoch
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sized
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from cnnlab import distributed
 from cnnlab.config import RUN_ONLY_FIELDS
 from cnnlab.env import environment, resolve_device
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_write_text, read_json, save_torch_atomic, save_yaml, to_plain, write_json
+from cnnlab.io import (atomic_write_text, load_entries, load_state_dict_checked, load_torch_file, read_json,
+                       save_torch_atomic, save_yaml, to_plain, write_json)
 from cnnlab.models.utils import eval_mode
 from cnnlab.optim import SCHEDULES, LRSchedule, ModelEma
 from cnnlab.progress import progress_bar
+from cnnlab.rng import seed_everything
+from cnnlab.rng import rng_state as _rng_state
+from cnnlab.rng import set_rng_state as _set_rng_state
+from cnnlab.tensorboard_log import TensorBoardLog, remove_event_files
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -60,8 +69,10 @@ class TrainConfig:
     precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: bool = True
     compile: bool = False           # torch.compile the training model (opt-in: compile time is minutes on CPU)
+    sync_bn: bool = False           # under torchrun: BatchNorm statistics over the global batch (CUDA only)
+    tensorboard: bool = False       # TensorBoard event files beside metrics.jsonl (needs the tensorboard package)
     seed: int = 0
-    progress: bool | None = None    # None: progress bar only on a TTY
+    progress: bool | None = None    # None: a bar on a TTY, else plain lines (`cnnlab.progress`)
 
     def __post_init__(self):
         checks = [
@@ -86,7 +97,9 @@ class Task(Protocol):
     """What a job supplies to the engine. Optional hooks, called when present:
     `on_epoch_start(model, epoch)` (e.g. unfreeze a backbone), `param_groups(model)` ->
     list of optimizer groups (dicts with "params" and optional "lr_scale", "weight_decay"),
-    `batch_size(batch)` -> number of images in a batch (default: len of its first tensor)."""
+    `batch_size(batch)` -> number of images in a batch (default: len of its first tensor),
+    `training_module(model)` -> the module `training_step` calls (default: the model), for a
+    task whose training pass is not the model's `forward`: DDP synchronises what runs there."""
 
     def train_batches(self, epoch: int) -> Iterable[Any] | Sized:
         """The batches of epoch `epoch` (0-based), already on the engine's device; has len()."""
@@ -115,27 +128,26 @@ class _EpochState:
     first_bad_step: torch.Tensor | None = None
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices); call before building the model so the
-    initial weights are repeatable too."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 class Engine:
     def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, *,
                  run_config: dict | None = None):
         """`run_config`: extra resolved configs saved beside `train` in config.yaml and
         checked on resume (e.g. {"task": ..., "model": ..., "data": ...})."""
         self.config = config
-        self.device = resolve_device(config.device)
+        # Under torchrun: join the process group; on CUDA this process's GPU is LOCAL_RANK's.
+        self.dist, self.device = distributed.setup(resolve_device(config.device))
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.writes = self.run_dir is not None and self.dist.is_main  # only rank 0 writes files
         self.run_config = to_plain(run_config or {})
         bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if bf16 else None
 
     # ------------------------------------------------------------------ public helpers
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or not distributed): the process that writes and reports."""
+        return self.dist.is_main
+
     def autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -163,6 +175,8 @@ class Engine:
         cfg = self.config
         seed_everything(cfg.seed)
         model = self.prepare(model)
+        if cfg.sync_bn:
+            model = distributed.sync_batchnorm(model, self.dist, self.device)
         steps_per_epoch = len(task.train_batches(0))
         if steps_per_epoch == 0:
             raise CnnlabError("the task yields no training batches (data smaller than one batch?)")
@@ -172,27 +186,38 @@ class Engine:
             optimizer, LRSchedule(cfg.schedule, cfg.epochs * steps_per_epoch, warmup))
         ema = ModelEma(model, cfg.ema) if cfg.ema > 0 else None
         history: list[dict] = []
-        if resume and self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
+        # Rank 0 decides and reads; every rank continues from what it read.
+        found = resume and self.run_dir is not None and distributed.broadcast_object(
+            self.dist.is_main and (self.run_dir / CHECKPOINT).is_file(), self.dist)
+        if found:
             history = self._load_checkpoint(model, optimizer, scheduler, ema)
         else:
             self._start_run_dir()
         start_epoch = len(history)
-        # Compiling wraps the same parameters, so checkpoints and EMA keep using `model`.
-        train_model = torch.compile(model) if cfg.compile else model
+        # What training runs: the task's training module (default the model), in DDP under
+        # torchrun, compiled when asked; checkpoints and EMA keep using the plain `model`.
+        trained = distributed.TrainingModule(
+            task.training_module(model) if hasattr(task, "training_module") else model,
+            self.dist, self.device, compile=cfg.compile)
         eval_model = ema.module if ema is not None else model
-        for epoch in range(start_epoch, cfg.epochs):
-            if hasattr(task, "on_epoch_start"):
-                task.on_epoch_start(model, epoch)
-            record = self._train_epoch(train_model, task, optimizer, scheduler, ema, epoch)
-            val = self.evaluate(eval_model, task.evaluate)
-            record.update({f"val_{k}": v for k, v in val.items()})
-            history.append(record)
-            # Checkpoint after the epoch's metrics are known: a crash later never loses it.
-            self._save_checkpoint(model, optimizer, scheduler, ema, history)
+        with TensorBoardLog(self.run_dir if cfg.tensorboard and self.writes else None,
+                            steps_done=start_epoch * steps_per_epoch) as board:
+            for epoch in range(start_epoch, cfg.epochs):
+                if hasattr(task, "on_epoch_start"):
+                    task.on_epoch_start(model, epoch)
+                distributed.seed_rank(self.dist, cfg.seed, epoch)
+                record = self._train_epoch(trained.current(), task, optimizer, scheduler, ema, epoch, board)
+                distributed.broadcast_buffers(self.dist, model, eval_model)
+                val = self.evaluate(eval_model, task.evaluate)
+                record.update({f"val_{k}": v for k, v in val.items()})
+                history.append(record)
+                # Checkpoint after the epoch's metrics are known: a crash later never loses it.
+                self._save_checkpoint(model, optimizer, scheduler, ema, history)
+                board.epoch(record, (epoch + 1) * steps_per_epoch)
         final = self._finish(history)
         return FitResult(model, eval_model, history, final, self.run_dir, start_epoch)
 
-    def _train_epoch(self, model, task, optimizer, scheduler, ema, epoch) -> dict:
+    def _train_epoch(self, model, task, optimizer, scheduler, ema, epoch, board: TensorBoardLog) -> dict:
         cfg = self.config
         model.train()
         batches = task.train_batches(epoch)
@@ -211,6 +236,8 @@ class Engine:
             finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
             state.first_bad_step = torch.where(finite | (state.first_bad_step >= 0),
                                                state.first_bad_step, step)
+            # The lr this step uses, against the count of steps done (TensorBoard's x axis).
+            board.step(epoch * len(batches) + step + 1, optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -222,6 +249,8 @@ class Engine:
                     elapsed = time.perf_counter() - start
                     bar.set_postfix({k: f"{v:.3f}" for k, v in self._means(state).items()}
                                     | {"img/s": f"{state.images / max(elapsed, 1e-9):.0f}"})
+        # The epoch's metrics over every rank's samples, not just this one's.
+        state.sums, state.images = distributed.sum_over_ranks(state.sums, state.images, self.dist, self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
@@ -283,16 +312,17 @@ class Engine:
         return {"train": to_plain(self.config), **self.run_config}
 
     def _start_run_dir(self) -> None:
-        if self.run_dir is None:
+        if not self.writes:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (METRICS, FINAL, CHECKPOINT):
             (self.run_dir / stale).unlink(missing_ok=True)
+        remove_event_files(self.run_dir)  # an earlier run's curves must not mix with this one's
         save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
         write_json(self.run_dir / "environment.json", environment(self.device))
 
     def _save_checkpoint(self, model, optimizer, scheduler, ema, history) -> None:
-        if self.run_dir is None:
+        if not self.writes:
             return
         state = {"epoch": len(history), "history": history, "config": self._resolved_config(),
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -300,19 +330,22 @@ class Engine:
                  "rng": _rng_state()}
         save_torch_atomic(state, self.run_dir / CHECKPOINT)
         atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        # A run folder deleted mid-run was remade by the writes above (atomic_path): refill it.
+        if not (self.run_dir / "config.yaml").is_file():
+            save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
+            write_json(self.run_dir / "environment.json", environment(self.device))
 
     def _load_checkpoint(self, model, optimizer, scheduler, ema) -> list[dict]:
-        state = load_checkpoint(self.run_dir)
+        # Rank 0's checkpoint on every rank: other machines need not see rank 0's disk.
+        state = distributed.broadcast_object(load_checkpoint(self.run_dir) if self.is_main else None, self.dist)
         diff = self.config_diff(state["config"])
         if diff:
             raise CnnlabError(f"cannot resume {self.run_dir}: its config differs in {', '.join(diff)}; "
                               "use the same settings or a new output directory")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        _set_rng_state(state["rng"])
+        origin = f"checkpoint {self.run_dir / CHECKPOINT}"  # each entry checked: a misfit is one line naming it
+        load_state_dict_checked(model, state["model"], origin)
+        load_entries(state, {"optimizer": optimizer.load_state_dict, "scheduler": scheduler.load_state_dict,
+                             "ema": ema.load_state_dict if ema else None, "rng": _set_rng_state}, origin)
         return list(state["history"])
 
     def _finish(self, history: list[dict]) -> dict:
@@ -320,8 +353,8 @@ class Engine:
         images = sum(r["images_per_s"] * r["epoch_time_s"] for r in history)
         final = {**history[-1], "epochs": len(history), "train_time_s": train_time,
                  "images_per_s": images / max(train_time, 1e-9), "device": str(self.device),
-                 "ema": self.config.ema > 0}
-        if self.run_dir is not None:
+                 "ema": self.config.ema > 0, "world_size": self.dist.world_size}
+        if self.writes:
             old = read_json(self.run_dir / FINAL) if (self.run_dir / FINAL).is_file() else {}
             # Keep fields callers added (test scores) when a finished run is resumed again.
             write_json(self.run_dir / FINAL, {**old, **final})
@@ -333,17 +366,16 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise CnnlabError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which, on one line
-        raise CnnlabError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    # weights_only: a file holding code is refused, never run; a malformed one is one line.
+    return load_torch_file(path, "training checkpoint", required={"config": dict, "model": dict, "history": list})
 
 
 def load_weights(run_dir: str | Path, model: nn.Module, *, prefer_ema: bool = True) -> nn.Module:
     """Load a run's trained weights into `model` (the EMA weights when the run kept them)."""
     state = load_checkpoint(run_dir)
-    weights = state["ema"]["module"] if prefer_ema and state.get("ema") else state["model"]
-    model.load_state_dict(weights)
+    ema = state.get("ema") if prefer_ema else None
+    weights = (ema.get("module") if isinstance(ema, dict) else ema) if ema else state["model"]
+    load_state_dict_checked(model, weights, f"checkpoint {Path(run_dir) / CHECKPOINT}")
     return model
 
 
@@ -355,21 +387,3 @@ def _comparable(config: dict) -> dict:
             if not (section == "train" and key in RUN_ONLY_FIELDS):
                 flat[f"{section}.{key}" if key else section] = value
     return flat
-
-
-def _rng_state() -> dict:
-    # Tensors and plain numbers only, so torch.load(weights_only=True) can read it back.
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
-            "python": torch.tensor(py_state[1], dtype=torch.int64)}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(int(v) for v in state["python"]), None))

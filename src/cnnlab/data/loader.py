@@ -90,6 +90,19 @@ def normalize(x_uint8: torch.Tensor, mean: Sequence[float] | torch.Tensor,
     return x_uint8.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)
 
 
+def shard_slice(n: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s contiguous part of n rows split over `world_size` processes: sizes differ
+    by at most one, and the parts, in rank order, are the rows once each."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    return slice(n * rank // world_size, n * (rank + 1) // world_size)
+
+
+def shard_sizes(n: int, world_size: int) -> tuple[int, ...]:
+    """How many of n rows each rank's `shard_slice` holds, in rank order."""
+    return tuple(n * (r + 1) // world_size - n * r // world_size for r in range(world_size))
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     # SeedSequence mixes (seed, epoch) so neighbouring epochs get unrelated streams.
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
@@ -102,12 +115,19 @@ class DeviceLoader:
     The shuffling permutation and augmentation randomness derive from (seed, epoch). Each
     pass uses the current epoch and then advances it, so a loop that never calls
     `set_epoch` still reshuffles; call `set_epoch(e)` to pin a pass (resume does).
+
+    Sharded (`rank`, `world_size` > 1, for data-parallel training): `batch_size` is the global
+    batch, and each rank yields only its `shard_slice` of every batch. All ranks draw the same
+    permutation and the same augmentation of the whole batch, so together they see each sample
+    once per epoch, augmented exactly as one process would; augmenting the whole batch costs
+    each rank a few gathers, small beside the forward and backward pass.
     """
 
     def __init__(self, images, labels, batch_size: int, *, device: str | torch.device = "cpu",
                  mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
                  shuffle: bool = False, augment: AugmentConfig | None = None,
-                 drop_last: bool = False, seed: int = 0, channels_last: bool = True):
+                 drop_last: bool = False, seed: int = 0, channels_last: bool = True,
+                 rank: int = 0, world_size: int = 1):
         images = torch.as_tensor(images)
         labels = torch.as_tensor(labels)
         if images.dtype != torch.uint8 or images.ndim != 4:
@@ -116,8 +136,11 @@ class DeviceLoader:
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world_size {world_size} is not a process of the run")
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.shuffle = shuffle
         self.augment = augment
         self.drop_last = drop_last
@@ -155,17 +178,21 @@ class DeviceLoader:
                  if self.shuffle else None)
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)
-            if order is None:
-                x, y = self.images[lo:hi], self.labels[lo:hi]
-            else:
-                idx = order[lo:hi]
-                x, y = self.images[idx], self.labels[idx]
+            rows = slice(lo, hi) if order is None else order[lo:hi]
+            mine = shard_slice(hi - lo, self.rank, self.world_size)
             aug = self.augment
+            if aug is None:
+                # Nothing random per image: gather only this rank's rows.
+                rows = slice(lo + mine.start, lo + mine.stop) if order is None else rows[mine]
+            x, y = self.images[rows], self.labels[rows]
             if aug is not None:
                 x = random_crop(x, aug.crop_padding, generator)
                 if aug.flip:
                     x = random_flip(x, generator)
             x = normalize(x, self.mean, self.std)
-            if aug is not None and aug.cutout:
-                x = cutout(x, aug.cutout, generator)
+            if aug is not None:
+                if aug.cutout:
+                    x = cutout(x, aug.cutout, generator)
+                # Every rank drew the randomness of the whole batch; now it keeps its rows.
+                x, y = x[mine], y[mine]
             yield x.contiguous(memory_format=self.memory_format), y

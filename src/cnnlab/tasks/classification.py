@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader
+from cnnlab.distributed import DistContext
 from cnnlab.errors import CnnlabError
 from cnnlab.io import save_npz_atomic
 from cnnlab.models.utils import eval_mode, module_device
@@ -50,12 +51,20 @@ class ClassificationTask:
     @classmethod
     def from_arrays(cls, train_images, train_labels, val_images, val_labels, config: ClassificationConfig,
                     *, batch_size: int, device, seed: int = 0, channels_last: bool = True,
-                    mean=CIFAR10_MEAN, std=CIFAR10_STD) -> "ClassificationTask":
+                    mean=CIFAR10_MEAN, std=CIFAR10_STD, dist: DistContext | None = None) -> "ClassificationTask":
+        """`dist` (the engine's, under torchrun): each rank trains on its share of every global
+        batch of `batch_size`; validation is the whole split on every rank."""
+        dist = dist or DistContext()
+        batch_size = min(batch_size, len(train_labels))
+        if batch_size % dist.world_size:
+            # DDP averages the ranks' mean losses: that is the batch's mean only for equal shares.
+            raise CnnlabError(f"batch_size {batch_size} is not divisible by the {dist.world_size} processes "
+                              "of the run; choose a multiple of the process count")
         # drop_last: every step sees a full batch, so the schedule and BatchNorm statistics
         # behave the same each epoch (and a compiled graph keeps one shape).
-        train = DeviceLoader(train_images, train_labels, min(batch_size, len(train_labels)), device=device,
+        train = DeviceLoader(train_images, train_labels, batch_size, device=device,
                              mean=mean, std=std, shuffle=True, augment=config.augment(), drop_last=True,
-                             seed=seed, channels_last=channels_last)
+                             seed=seed, channels_last=channels_last, rank=dist.rank, world_size=dist.world_size)
         val = eval_loader(val_images, val_labels, config.eval_batch_size, device=device,
                           channels_last=channels_last, mean=mean, std=std)
         return cls(train, val, config)

@@ -1,7 +1,11 @@
 """Siamese face verification as an engine task: the contrastive loss of Hadsell, Chopra and
 LeCun (2006) on pairs formed inside P x K batches (Hermans, Beyer and Leibe 2017), from pixels
 or from cached frozen-stage features (`cnnlab.tasks.faces.features`); validation is the AUC
-of seeded pairs among people the model never trains on."""
+of seeded pairs among people the model never trains on.
+
+Under torchrun each rank embeds its share of every P x K batch; the embeddings of the whole
+batch are then gathered on every rank (`cnnlab.distributed.gather_rows`), so the pairs, the
+negatives and the loss are those of one process training on the whole batch."""
 from __future__ import annotations
 
 import copy
@@ -11,12 +15,14 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 from cnnlab.data.faces import FaceDataset
-from cnnlab.data.loader import random_crop, random_flip
+from cnnlab.data.loader import random_crop, random_flip, shard_sizes, shard_slice
 from cnnlab.data.pairs import batch_pairs, sample_pairs
 from cnnlab.data.samplers import PKSampler
 from cnnlab.distances import create_distance
+from cnnlab.distributed import DistContext, gather_rows
 from cnnlab.losses import ContrastiveLoss
 from cnnlab.metrics.verification import evaluate
 from cnnlab.models.siamese import SiameseNet
@@ -27,10 +33,25 @@ from cnnlab.tasks.faces.features import PrefixFeatures
 class FaceBatch(NamedTuple):
     """One training batch: network inputs, person labels, and the generator that draws this
     epoch's random choices (flips, shifts, then the negatives of `batch_pairs`), so the pairs
-    a step forms depend on the epoch and the step only."""
+    a step forms depend on the epoch and the step only. Under torchrun `inputs` are this
+    rank's share of the batch, `labels` those of the whole batch, and `shares` how many
+    images each rank holds."""
     inputs: torch.Tensor
     labels: torch.Tensor
     pair_generator: torch.Generator
+    shares: tuple[int, ...] = ()
+
+
+class EmbedFrom(nn.Module):
+    """The face model's training pass, `embed_from(stage, x)`, as a module's forward: DDP
+    synchronises the gradients of what runs through its wrapper's forward call."""
+
+    def __init__(self, model: SiameseNet, stage: int):
+        super().__init__()
+        self.model, self.stage = model, stage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_from(self.stage, x)
 
 
 class _EpochBatches:
@@ -46,19 +67,25 @@ class _EpochBatches:
     def __iter__(self) -> Iterator[FaceBatch]:
         t = self.task
         generator = torch.Generator(device=t.device).manual_seed(t.config.seed * 1000 + self.epoch)
+        rank, world_size = t.dist.rank, t.dist.world_size
         for local in self.index_batches:
             rows = t.train_rows[local.to(t.device)]
             labels = t.train_labels[local.to(t.device)]
+            # Every rank draws the flips and shifts of the whole batch from the same generator,
+            # then keeps its share of the images: one process would have drawn the same.
+            mine = shard_slice(len(rows), rank, world_size)
+            shares = shard_sizes(len(rows), world_size)
             if t.prefix is not None:
                 flipped = (torch.rand(len(rows), generator=generator, device=t.device) < 0.5) if t.config.flip else None
-                x = t.prefix.gather(rows, flipped)
+                x = t.prefix.gather(rows[mine], None if flipped is None else flipped[mine])
             else:
                 x = t.pixels[rows]
                 if t.config.flip:
                     x = random_flip(x, generator)
                 if t.config.shift:
                     x = random_crop(x, t.config.shift, generator)
-            yield FaceBatch(x, labels, generator)
+                x = x[mine]
+            yield FaceBatch(x, labels, generator, shares)
 
 
 class FaceVerificationTask:
@@ -68,8 +95,10 @@ class FaceVerificationTask:
 
     def __init__(self, config: FaceTrainConfig, dataset: FaceDataset, fit_rows: np.ndarray, val_rows: np.ndarray,
                  device: torch.device, *, prefix: PrefixFeatures | None, start_stage: int,
-                 report: Callable[[int, float], None] | None = None, log: Callable[[str], None] | None = None):
+                 report: Callable[[int, float], None] | None = None, log: Callable[[str], None] | None = None,
+                 dist: DistContext | None = None):
         self.config, self.device, self.prefix, self.start_stage = config, device, prefix, start_stage
+        self.dist = dist or DistContext()  # the engine's: which share of each batch this rank embeds
         self.report, self.log = report, log
         self.started = time.perf_counter()
         self.loss = ContrastiveLoss(config.margin, create_distance(config.distance))
@@ -115,12 +144,19 @@ class FaceVerificationTask:
     def train_batches(self, epoch: int) -> _EpochBatches:
         return _EpochBatches(self, epoch)
 
+    def training_module(self, model: SiameseNet) -> EmbedFrom:
+        return EmbedFrom(model, self.start_stage)
+
     def embed(self, model: SiameseNet, x: torch.Tensor) -> torch.Tensor:
         return model.embed_from(self.start_stage, x)
 
-    def training_step(self, model: SiameseNet, batch: FaceBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, labels, generator = batch
-        z = self.embed(model, x).float()
+    def training_step(self, model: EmbedFrom | SiameseNet, batch: FaceBatch
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`model`: what the engine trains, `training_module(...)` (in DDP under torchrun), or
+        the SiameseNet itself when called directly."""
+        x, labels, generator = batch.inputs, batch.labels, batch.pair_generator
+        z = (self.embed(model, x) if isinstance(model, SiameseNet) else model(x)).float()
+        z = gather_rows(z, batch.shares, self.dist)  # the whole batch's embeddings on every rank
         i, j, same = batch_pairs(labels, balance=self.config.balance_pairs, generator=generator)
         per_pair, d = self.loss.per_pair_and_distances(z[i], z[j], same)
         with torch.no_grad():
