@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cnnlab.errors import CnnlabError
-
 
 def cifar_comparison(out: Path) -> None:
     from cnnlab.blocks import BLOCKS
@@ -67,20 +65,27 @@ STEPS: list[tuple[str, Callable[[Path], None]]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cnnlab.cli import DEBUG_HELP, run_guarded
+    from cnnlab.io import check_output_dir
+
     parser = argparse.ArgumentParser(prog="python -m cnnlab.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.perf_counter()
-    try:
-        for number, (title, step) in enumerate(STEPS, 1):
-            print(f"== step {number}/{len(STEPS)}: {title}", flush=True)
-            step_start = time.perf_counter()
-            step(out)
-            print(f"== step {number} done in {time.perf_counter() - step_start:.0f} s", flush=True)
-    except CnnlabError as exc:
-        print(f"cnnlab: error: {exc}", file=sys.stderr)
-        return 2
+    # The CLI's error boundary, per step: a user error is one line (exit 2), anything else one
+    # line naming the step (exit 1), the traceback only with --debug or CNNLAB_DEBUG=1.
+    code = run_guarded(lambda: check_output_dir(out) and 0, "cnnlab demo", debug=args.debug)  # before any data
+    if code:
+        return code
+    for number, (title, step) in enumerate(STEPS, 1):
+        print(f"== step {number}/{len(STEPS)}: {title}", flush=True)
+        step_start = time.perf_counter()
+        code = run_guarded(lambda: step(out), f"cnnlab demo step {number} ({title})", debug=args.debug)
+        if code:
+            return code
+        print(f"== step {number} done in {time.perf_counter() - step_start:.0f} s", flush=True)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; outputs in {out}")
     report = out / "cifar" / "report.html"
     if report.is_file():

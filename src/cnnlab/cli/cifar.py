@@ -23,7 +23,9 @@ _HELP = {
     "train_subset": "stratified subset of training images",
     "download": "download the official CIFAR-10 when no copy is found (needs internet)",
     "device": "auto (default), cpu or cuda",
-    "progress": "progress bars (default: only on a terminal)",
+    "progress": "progress bars (default: a bar on a terminal, else a plain line every 30 s and per epoch)",
+    "sync_bn": "under torchrun: BatchNorm statistics over the global batch (CUDA only)",
+    "tensorboard": "TensorBoard event files beside metrics.jsonl (needs the tensorboard package)",
 }
 # What the data section exposes: its seed and the synthetic sizes stay in --config files
 # (a second --seed would be ambiguous next to the training seed).
@@ -90,13 +92,16 @@ def _recipe(args):
 
 
 def run_compare(args) -> int:
+    from cnnlab.io import check_output_dir
     from cnnlab.tasks.cifar import check_blocks, compare, results_markdown
     check_blocks(args.blocks)  # an unknown name fails here, before data or training
     recipe = _recipe(args)
+    check_output_dir(args.out)  # so does an --out that cannot be written
     results = compare(args.blocks, recipe, args.out)
     # Training first, then the report, which reads only the files the training wrote.
     report = None
-    if not args.no_report:
+    from cnnlab.distributed import is_main_process
+    if not args.no_report and is_main_process():  # under torchrun rank 0 writes the report
         from cnnlab.report import write_report
         report = write_report(args.out, progress=recipe.train.progress)
     print(results_markdown(results), end="")
@@ -106,18 +111,23 @@ def run_compare(args) -> int:
 
 
 def run_train(args) -> int:
-    from pathlib import Path
-
-    from cnnlab.engine import CHECKPOINT
+    from cnnlab.engine import CHECKPOINT, load_checkpoint
     from cnnlab.errors import CnnlabError
+    from cnnlab.io import check_output_dir
     from cnnlab.tasks.cifar import check_blocks, load_data, train_block
 
     (block,) = check_blocks([args.block])
     recipe = _recipe(args)
-    out = Path(args.out)
+    out = check_output_dir(args.out)  # before the data is loaded
     if (out / CHECKPOINT).is_file() and not args.resume:
         raise CnnlabError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    row = train_block(block, recipe, load_data(recipe.data, recipe.train.progress), out)
+    if (out / CHECKPOINT).is_file():
+        load_checkpoint(out)  # a malformed checkpoint is one line now, not after the data is loaded
+    from cnnlab.distributed import is_main_process
+    main = is_main_process()  # under torchrun rank 0 writes and reports; the others only train
+    row = train_block(block, recipe, load_data(recipe.data, recipe.train.progress, out=out if main else None), out)
+    if not main:
+        return 0
     print(f"{block}: val {row['val_acc']:.2%}  test {row['test_acc']:.2%}  train {row['train_acc']:.2%}  "
           f"{row['train_time_s']:.1f} s  {row['images_per_s']:.0f} img/s  -> {out}")
     return 0

@@ -1,4 +1,4 @@
-"""`cnnlab faces train|margins|verify|search|export|baseline|plot|tune`: Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
+"""`cnnlab faces train|margins|verify|search|export|baseline|plot|tune|index|serve`: Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
 `cnnlab.tasks.faces.FaceTrainConfig`; every field is a flag of the same name."""
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from pathlib import Path
 
 from cnnlab.cli.options import add_face_recipe_flags as add_config_flags
 from cnnlab.cli.options import face_config_from_args as config_from_args
+from cnnlab.cli.options import distance_threshold, onnx_opset
 from cnnlab.cli.options import lfw_root_from_args as data_root_from_args
+from cnnlab.cli.faces_use import add_model_flags, positive_int, run_search, run_verify
+from cnnlab.cli.faces_use import register as register_use
+from cnnlab.io import check_output_dir
 
 
 def register(sub) -> None:
@@ -35,23 +39,28 @@ def register(sub) -> None:
     p.add_argument("model", help="model.pt written by `faces train`")
     p.add_argument("image1")
     p.add_argument("image2")
-    p.add_argument("--threshold", type=float, help="override the calibrated threshold stored in the model")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--threshold", type=distance_threshold, help="override the calibrated threshold stored in the model")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_flags(p)
     p.set_defaults(func=run_verify)
 
-    p = commands.add_parser("search", help="the k gallery images nearest to a query face")
-    p.add_argument("model")
-    p.add_argument("--gallery", required=True, metavar="DIR",
-                   help="images, flat or one folder per person (person/image.jpg)")
-    p.add_argument("--query", required=True, metavar="IMG")
-    p.add_argument("-k", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p = commands.add_parser("search", help="the k gallery faces nearest to each query: INDEX QUERY... "
+                                           "(or MODEL --gallery DIR --query IMG, embedding the folder now)")
+    p.add_argument("target", metavar="INDEX", help="index folder from `faces index build` (or a model, with --gallery)")
+    p.add_argument("queries", nargs="*", metavar="QUERY", help="query images")
+    p.add_argument("--query", action="append", default=[], metavar="IMG", help="a query image (repeatable)")
+    p.add_argument("--gallery", metavar="DIR", help="embed this folder for this search instead of reading an index "
+                   "(images, and/or one folder per person); the first argument is then the model")
+    p.add_argument("--model", help="with an INDEX: the model to search with (default: the one that built it)")
+    p.add_argument("-k", type=positive_int, default=5)
+    p.add_argument("--json", action="store_true", help="print the matches as JSON")
+    add_model_flags(p)
     p.set_defaults(func=run_search)
 
     p = commands.add_parser("export", help="write the model's embedding network as ONNX (checked against PyTorch)")
     p.add_argument("model")
     p.add_argument("out", help="output .onnx file (a .json with the threshold and input spec goes beside it)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=onnx_opset, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=run_export)
 
     p = commands.add_parser("baseline", help="score the pretrained backbone without fine-tuning on View 1 DevTest")
@@ -63,6 +72,8 @@ def register(sub) -> None:
     p = commands.add_parser("plot", help="redraw a tested run's figures from its files")
     p.add_argument("run_dir")
     p.set_defaults(func=run_plot)
+
+    register_use(commands)  # faces index build|add, faces serve
 
     # optuna is a dependency: a tuner that fails to import is an error, never a missing command.
     from cnnlab.cli.tune import register as register_tune
@@ -102,7 +113,7 @@ def run_train(args) -> int:
     from cnnlab.errors import CnnlabError
     from cnnlab.tasks.faces import train_view2
     config = config_from_args(args)
-    out = Path(args.out or f"runs/faces-{args.protocol}")
+    out = check_output_dir(args.out or f"runs/faces-{args.protocol}")  # before any image is read
     if args.protocol == "view1":
         if args.folds:
             raise CnnlabError("--folds applies to --protocol view2 only")
@@ -117,6 +128,9 @@ def run_train(args) -> int:
                 raise CnnlabError(f"--folds are numbered 1-10, got {args.folds}")
             folds = [f - 1 for f in args.folds]
         summary = train_view2(config, data_root_from_args(args), out, folds=folds)
+        from cnnlab.distributed import is_main_process
+        if not is_main_process():
+            return 0  # the other ranks of a torchrun run only trained; rank 0 reports
         print(f"View 2 ({summary['folds_run']} of {summary['num_folds']} folds): accuracy "
               f"{summary['accuracy']['mean']:.2%} ± {summary['accuracy']['std']:.2%}, "
               f"AUC {summary['auc']['mean']:.4f} ± {summary['auc']['std']:.4f}")
@@ -126,79 +140,21 @@ def run_train(args) -> int:
 
 def run_margins(args) -> int:
     from cnnlab.tasks.faces import margins_markdown
-    out = Path(args.out)
+    out = check_output_dir(args.out)  # before any image is read
     comparison = margins_with_report(config_from_args(args), args.margins, data_root_from_args(args), out)
     print(margins_markdown(comparison))
     print(f"comparison: {out / 'comparison.md'}")
     return 0 if comparison["runs"] else 1
 
 
-def _load(path, device):
-    from cnnlab.env import resolve_device
-    from cnnlab.models.siamese import load_model
-    model, extra = load_model(path, resolve_device(device))
-    for key in ("crop", "input_size"):
-        if key not in extra:
-            from cnnlab.errors import CnnlabError
-            raise CnnlabError(f"{path} lacks the preprocessing it was trained with ({key}); "
-                              "use a model.pt written by `cnnlab faces train`")
-    return model, extra
-
-
-def _decode(paths, extra) -> "torch.Tensor":
-    import torch
-    from cnnlab.data.faces import FacePreprocess, decode_faces
-    images = decode_faces(paths, FacePreprocess(crop=extra["crop"], size=extra["input_size"]))
-    return torch.from_numpy(images).permute(0, 3, 1, 2)
-
-
-def run_verify(args) -> int:
-    from cnnlab.distances import create_distance
-    from cnnlab.models.siamese import verify
-    model, extra = _load(args.model, args.device)
-    threshold = args.threshold if args.threshold is not None else extra.get("threshold")
-    if threshold is None:
-        from cnnlab.errors import CnnlabError
-        raise CnnlabError(f"{args.model} holds no calibrated threshold; pass --threshold")
-    images = _decode([args.image1, args.image2], extra)
-    d, same = verify(model, images[0], images[1], float(threshold), create_distance(extra.get("distance", "euclidean")))
-    print(f"distance {d:.4f}  threshold {float(threshold):.4f}  {'same person' if same else 'different people'}")
-    return 0
-
-
-def run_search(args) -> int:
-    import torch
-    from cnnlab.data.faces import FacePreprocess, load_gallery
-    from cnnlab.distances import create_distance
-    from cnnlab.errors import CnnlabError
-    from cnnlab.models.siamese import search
-    from cnnlab.tasks.faces import embed_images
-    model, extra = _load(args.model, args.device)
-    gallery = load_gallery(args.gallery, FacePreprocess(crop=extra["crop"], size=extra["input_size"]))
-    for path, reason in gallery.report.bad:
-        print(f"skipped {path}: {reason}")
-    if len(gallery.names) == 0:
-        raise CnnlabError(f"no readable images in {Path(args.gallery)}")
-    if not 1 <= args.k <= len(gallery.names):
-        raise CnnlabError(f"-k must be in 1..{len(gallery.names)} (gallery size), got {args.k}")
-    z = torch.from_numpy(embed_images(model, gallery.images))
-    query = _decode([args.query], extra)
-    dist, idx = search(model, z, query, k=args.k, distance=create_distance(extra.get("distance", "euclidean")))
-    threshold = extra.get("threshold")
-    print(f"{'rank':>4}  {'distance':>8}  {'match':<5}  image")
-    for rank, (d, i) in enumerate(zip(dist[0].tolist(), idx[0].tolist()), start=1):
-        match = "" if threshold is None else ("yes" if d <= threshold else "no")
-        who = f"  ({gallery.people[i]})" if gallery.people[i] is not None else ""
-        print(f"{rank:>4}  {d:>8.4f}  {match:<5}  {gallery.names[i]}{who}")
-    return 0
-
-
 def run_export(args) -> int:
     from cnnlab.export import export_onnx, write_export_metadata
-    model, extra = _load(args.model, "cpu")
-    report = export_onnx(model, args.out, input_size=extra["input_size"], opset=args.opset)
-    meta = write_export_metadata(report, model, extra={"threshold": extra.get("threshold"),
-                                                        "distance": extra.get("distance"), "crop": extra["crop"]})
+    from cnnlab.verifier import FaceVerifier
+    verifier = FaceVerifier.load(args.model, device="cpu", runtime="torch")
+    report = export_onnx(verifier.model, args.out, input_size=verifier.input_size, opset=args.opset)
+    meta = write_export_metadata(report, verifier.model, extra={
+        "threshold": verifier.extra.get("threshold"), "distance": verifier.distance_name,
+        "crop": verifier.extra.get("crop"), "preprocess": verifier.face.spec(), "fingerprint": verifier.fingerprint})
     print(f"wrote {report.path} (opset {report.opset}, {report.input_size} px; max |onnx - torch| "
           f"{report.max_abs_diff:.1e} with {report.runtime}); metadata {meta}")
     return 0
@@ -206,7 +162,10 @@ def run_export(args) -> int:
 
 def run_baseline(args) -> int:
     from cnnlab.tasks.faces import untrained_baseline
-    untrained_baseline(config_from_args(args), data_root_from_args(args), args.out)
+    config = config_from_args(args)
+    if args.out is not None:
+        check_output_dir(args.out)  # before any image is read
+    untrained_baseline(config, data_root_from_args(args), args.out)
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from cnnlab.cli.options import (add_face_recipe_flags, add_lfw_flag, explicit_face_fields, face_config_from_args,
                                 lfw_root_from_args)
 from cnnlab.errors import CnnlabError
-from cnnlab.io import load_yaml, to_plain
+from cnnlab.io import check_output_dir, load_yaml, to_plain
 from cnnlab.tune import (DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, FaceTrainer, SearchSpace, default_storage,
                          face_base_config, final_test, run_study)
 from cnnlab.tune.space import DEFAULT_SPACE_FILE
@@ -65,7 +65,7 @@ def _warn(message: str) -> None:
 def run_tune(args: argparse.Namespace) -> int:
     space = SearchSpace.from_yaml(args.space) if args.space else SearchSpace.default()
     base = base_config_from_args(args, space)
-    out_dir = Path(args.out)
+    out_dir = check_output_dir(args.out)  # before the study opens or any image is read
     trainer = FaceTrainer(base, lfw_root_from_args(args), out_dir, device=args.device or "auto",
                           progress=args.progress, echo=print)
     storage = args.storage or default_storage(out_dir)

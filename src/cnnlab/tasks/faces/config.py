@@ -64,6 +64,8 @@ class FaceTrainConfig:
     device: str = TrainConfig.device
     precision: str = TrainConfig.precision
     progress: bool | None = TrainConfig.progress
+    sync_bn: bool = TrainConfig.sync_bn          # under torchrun: BatchNorm over the global batch (CUDA)
+    tensorboard: bool = TrainConfig.tensorboard  # TensorBoard event files beside metrics.jsonl
 
     def __post_init__(self):
         self.weights = str(self.weights)

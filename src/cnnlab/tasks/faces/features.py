@@ -46,13 +46,15 @@ class PrefixFeatures:
                 batch_size: int = 256, progress: bool | None = None) -> torch.Tensor:
         device = module_device(model)
         chunks = []
-        with eval_mode(model):
-            for s in progress_bar(range(0, len(rows), batch_size), enable=progress,
-                                  desc="cache frozen features", unit="batch"):
+        # Counted in images, so the progress line says images/s (the last batch is smaller).
+        with eval_mode(model), progress_bar(total=len(rows), enable=progress, desc="cache frozen features",
+                                            unit="img") as bar:
+            for s in range(0, len(rows), batch_size):
                 x = torch.from_numpy(images[rows[s:s + batch_size]]).to(device).permute(0, 3, 1, 2)
                 x = x.contiguous(memory_format=torch.channels_last)
                 chunks.append(torch.stack([model.features_until(v, stage) for v in (x, x.flip(3))], dim=1)
                               .contiguous())
+                bar.update(len(x))
         return torch.cat(chunks)
 
     def __len__(self) -> int:

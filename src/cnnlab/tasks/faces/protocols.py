@@ -7,6 +7,11 @@ trains ten times, on nine folds' people, and tests on the tenth, whose threshold
 the other nine folds' pairs (`cnnlab.metrics.verification.kfold_accuracy`). The untrained
 baseline scores the pretrained backbone alone the same way. Runs write files; the figures are
 drawn from those files afterwards, by the caller (`cnnlab.plots.faces`).
+
+Unreadable images are skipped (named on screen, all of them in the run's bad_files.json), but
+one used by a pair that will be scored stops the run before training, in one line: the
+protocols score every pair, and an accuracy over fewer pairs would read as comparable to
+published results without being so (and training first would waste the whole run).
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.data.faces import FaceDataset, load_identity_folders
-from cnnlab.data.lfw import LFWProtocol, split_people
+from cnnlab.data.images import DecodeReport
+from cnnlab.data.lfw import LFWProtocol, Pair, split_people
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.distances import create_distance
+from cnnlab.distributed import is_main_process
 from cnnlab.engine import Engine, seed_everything
 from cnnlab.env import resolve_device
 from cnnlab.errors import CnnlabError
@@ -112,7 +119,7 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
                                batch_size=config.eval_batch_size, progress=config.progress, log=log, memo=features)
         cache_time = time.perf_counter() - start
     task = FaceVerificationTask(config, dataset, fit_rows, val_rows, engine.device, prefix=prefix,
-                                start_stage=stage, report=report, log=log)
+                                start_stage=stage, report=report, log=log, dist=engine.dist)
     log(f"training on {len(fit_rows)} images of {len(fit_people)} people "
         f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k} per epoch, "
         f"{'from cached stage ' + str(stage) + ' features' if stage else 'from pixels'}); "
@@ -141,15 +148,40 @@ def default_lfw_root() -> Path:
 
 
 def load_lfw_images(protocol: LFWProtocol, config: FaceTrainConfig, log: Callable[[str], None] = print
-                    ) -> FaceDataset:
+                    ) -> tuple[FaceDataset, DecodeReport]:
     """Every LFW image, decoded once into the shared uint8 cache (one entry serves View 1,
-    View 2 and tuning alike); splits then select people from it."""
+    View 2 and tuning alike); splits then select people from it. Returns the bad-file report
+    too: `record_bad_files` names them once the run is known to go ahead."""
     start = time.perf_counter()
     dataset, report = load_identity_folders(protocol.image_root, config.preprocess(), progress=config.progress)
     log(f"{dataset.summary(report)} ({time.perf_counter() - start:.0f} s)")
-    for path, reason in report.bad[:5]:
-        log(f"  skipped {path}: {reason}")
-    return dataset
+    return dataset, report
+
+
+def check_scored_pairs(dataset: FaceDataset, report: DecodeReport, pairs: Sequence[Pair], source: Path) -> None:
+    """Raise one CnnlabError, before any training, when a pair to be scored uses an image
+    that did not decode (see the module docstring for why this fails rather than drops pairs)."""
+    reasons = dict(report.bad)
+    broken = [(pair, rel) for pair in pairs for rel, name, n in ((pair.relpaths[0], pair.name1, pair.n1),
+                                                                 (pair.relpaths[1], pair.name2, pair.n2))
+              if not dataset.has_image(name, n)]
+    if broken:
+        pair, rel = broken[0]
+        path = str(dataset.root / rel)
+        files = {r for _, r in broken}
+        pairs_hit = len({id(p) for p, _ in broken})
+        raise CnnlabError(f"{source}:{pair.line}: image {path} is unreadable ({reasons.get(path, 'not decoded')}); "
+                          f"{pairs_hit} of {len(pairs)} pairs to be scored use {len(files)} unreadable image(s): "
+                          "replace them before training (the protocol scores every pair)")
+
+
+def record_bad_files(report: DecodeReport, out_dir: Path, log: Callable[[str], None]) -> int:
+    """Name the skipped files (the first few on screen, all of them in out_dir/bad_files.json);
+    returns how many were skipped, for the run's metrics."""
+    listed = report.write(out_dir)
+    for line in report.preview(listed_in=listed):
+        log(f"  {line}")
+    return len(report.bad)
 
 
 def _extra(config: FaceTrainConfig, trained: TrainedVerifier, **more) -> dict:
@@ -201,23 +233,32 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     to `out_dir` (plus the test embeddings and pair distances when testing). Returns the metrics."""
     out_dir = Path(out_dir)
     protocol = LFWProtocol(data_root)
-    # Only the DevTrain people file is read here: the test pairs stay unread until scoring.
+    # Only the DevTrain people file chooses anything; the DevTest pairs are read before
+    # training only with `evaluate_test`, to check that their images decoded.
     fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed)
-    dataset = load_lfw_images(protocol, config, log)
+    dataset, bad = load_lfw_images(protocol, config, log)
     known = set(dataset.people)
     fit_people = [p for p in fit_people if p in known]
     val_people = [p for p in val_people if p in known]
+    if evaluate_test:
+        split = protocol.view1()
+        check_scored_pairs(dataset, bad, split.test_pairs, protocol.root / "pairsDevTest.txt")
+    main = is_main_process()  # under torchrun rank 0 scores and writes; the other ranks only train
+    skipped = record_bad_files(bad, out_dir, log) if main else len(bad.bad)
     trained = train_verifier(config, dataset, fit_people, val_people, out_dir, report=report, log=log,
                              data_info={"protocol": "view1", "root": str(protocol.root)}, features=features)
     metrics = {"protocol": "view1", "validation": trained.validation.to_dict(), "threshold": trained.threshold,
                "best_epoch": trained.best_epoch, "epochs": config.epochs, "train_time_s": trained.train_time_s,
                "feature_cache_time_s": trained.cache_time_s, "trained_from_stage": trained.start_stage,
                "fit_people": len(fit_people), "val_people": len(val_people),
-               "fit_images": int(len(dataset.indices_of_people(fit_people))), "test": None}
+               "fit_images": int(len(dataset.indices_of_people(fit_people))), "skipped_files": skipped,
+               "test": None}
+    if not main:
+        return metrics
     if evaluate_test:
-        split = protocol.view1()
-        test_rows = dataset.indices_of_people(split.test_people)
-        test = dataset.subset(split.test_people)
+        test_people = [p for p in split.test_people if p in known]  # all of whose images failed: none to embed
+        test_rows = dataset.indices_of_people(test_people)
+        test = dataset.subset(test_people)
         start = time.perf_counter()
         embeddings = embed_images(trained.model, test.images, batch_size=config.eval_batch_size)
         i, j, same = test.pair_indices(split.test_pairs)
@@ -240,20 +281,23 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
     threshold calibrated on the same validation people as `train_view1`, DevTest scored once."""
     protocol = LFWProtocol(data_root)
     fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed)
-    dataset = load_lfw_images(protocol, config, log)
+    dataset, bad = load_lfw_images(protocol, config, log)
+    split = protocol.view1()
+    check_scored_pairs(dataset, bad, split.test_pairs, protocol.root / "pairsDevTest.txt")
+    skipped = record_bad_files(bad, Path(out_dir), log) if out_dir is not None else len(bad.bad)
     seed_everything(config.seed)
     model = SiameseNet.from_config(config.model_config()).to(resolve_device(config.device))
     val = dataset.subset([p for p in val_people if p in set(dataset.people)])
     vi, vj, vsame = sample_pairs(val.labels, config.val_pairs, seed=config.seed)
     vd = pair_distances(backbone_features(model, val.images, batch_size=config.eval_batch_size), vi, vj, "euclidean")
     threshold, _ = best_threshold(vd, vsame)
-    split = protocol.view1()
-    test = dataset.subset(split.test_people)
+    test = dataset.subset([p for p in split.test_people if p in set(dataset.people)])
     i, j, same = test.pair_indices(split.test_pairs)
     d = pair_distances(backbone_features(model, test.images, batch_size=config.eval_batch_size), i, j, "euclidean")
     result = {"protocol": "view1", "model": f"{config.backbone} ({config.weights} weights), no fine-tuning",
               "input_size": config.input_size, "crop": config.crop,
-              "validation": evaluate(vd, vsame, threshold=threshold).to_dict(), "test": test_report(d, same, threshold)}
+              "validation": evaluate(vd, vsame, threshold=threshold).to_dict(), "test": test_report(d, same, threshold),
+              "skipped_files": skipped}
     log(format_test(result["test"], "untrained DevTest"))
     if out_dir is not None:
         write_json(Path(out_dir) / "baseline.json", result)
@@ -270,8 +314,12 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     Reports mean and standard deviation over the folds that ran."""
     out_dir = Path(out_dir)
     protocol = LFWProtocol(data_root)
-    dataset = load_lfw_images(protocol, config, log)
+    dataset, bad = load_lfw_images(protocol, config, log)
     all_pairs = protocol.view2_pairs
+    # Every fold's pairs, not only the folds asked for: each fold's threshold comes from the others.
+    check_scored_pairs(dataset, bad, all_pairs, protocol.root / "pairs.txt")
+    main = is_main_process()  # under torchrun rank 0 scores and writes; the other ranks only train
+    skipped = record_bad_files(bad, out_dir, log) if main else len(bad.bad)
     pair_fold = np.array([p.fold for p in all_pairs])
     folds = list(range(protocol.num_folds)) if folds is None else list(folds)
     rows = []
@@ -283,6 +331,8 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         log(f"[fold {fold + 1}/{protocol.num_folds}]")
         trained = train_verifier(config, dataset, fit_people, val_people, out_dir / f"fold-{fold + 1:02d}",
                                  log=log, data_info={"protocol": "view2", "fold": fold, "root": str(protocol.root)})
+        if not main:
+            continue
         i, j, same = dataset.pair_indices(all_pairs)
         used = np.unique(np.concatenate([i, j]))
         z = np.zeros((len(dataset), config.embedding_dim), np.float32)
@@ -303,9 +353,11 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         save_model(trained.model, out_dir / f"fold-{fold + 1:02d}" / MODEL_FILE,
                    extra=_extra(config, trained, fold=fold + 1))
         log(f"fold {fold + 1}: accuracy {row['accuracy']:.2%} (threshold from the other folds), AUC {row['auc']:.4f}")
-        write_json(out_dir / METRICS_FILE, view2_summary(rows, protocol.num_folds))
+        write_json(out_dir / METRICS_FILE, {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped})
+    if not main:
+        return {"protocol": "view2", "folds_run": 0, "num_folds": protocol.num_folds, "folds": []}
     save_yaml(config, out_dir / "faces_config.yaml")
-    summary = view2_summary(rows, protocol.num_folds)
+    summary = {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped}
     write_json(out_dir / METRICS_FILE, summary)
     return summary
 

@@ -1,0 +1,203 @@
+"""Using a trained face model from the command line: `faces verify`, `faces search`,
+`faces index build|add` and `faces serve`. Every command is a thin front end over
+`cnnlab.verifier.FaceVerifier` (and the HTTP app of `cnnlab.serve`); none holds library logic."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    from cnnlab.verifier.runtime import RUNTIMES
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="how to run the network: auto = onnxruntime on a CPU (fastest, BENCHMARKS.md), torch on a GPU")
+    p.add_argument("--batch-size", type=positive_int, help="images per forward pass (default: per runtime)")
+
+
+def load_verifier(model: str | Path, args: argparse.Namespace, **options):
+    from cnnlab.progress import is_interactive
+    from cnnlab.verifier import FaceVerifier
+    # The one-time ONNX export takes seconds on a real model: say so on a terminal, and keep
+    # stderr to errors only otherwise.
+    log = (lambda m: print(m, file=sys.stderr)) if is_interactive() else None
+    return FaceVerifier.load(model, device=args.device, runtime=args.runtime, batch_size=args.batch_size,
+                             log=log, **options)
+
+
+def register(commands) -> None:
+    """`faces index build|add` and `faces serve` (verify, search and export are registered in
+    cli/faces.py, where they always were)."""
+    index = commands.add_parser("index", help="a persistent gallery index: enrol faces once, search many times")
+    sub = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
+    sub.required = True
+    p = sub.add_parser("build", help="embed every face under GALLERY_DIR into a new index folder (or extend one)")
+    p.add_argument("gallery", metavar="GALLERY_DIR", help="images, and/or one folder of images per person")
+    p.add_argument("--model", required=True, help="model.pt (or its run directory) written by `faces train`")
+    p.add_argument("--out", required=True, metavar="INDEX", help="index folder to write")
+    _add_enrol_flags(p)
+    p.set_defaults(func=run_index_build)
+    p = sub.add_parser("add", help="add the faces under DIR that the index does not hold yet")
+    p.add_argument("index", metavar="INDEX")
+    p.add_argument("gallery", metavar="DIR")
+    p.add_argument("--model", help="default: the model that built the index (another one is refused)")
+    _add_enrol_flags(p)
+    p.set_defaults(func=run_index_add)
+
+    p = commands.add_parser("serve", help="HTTP service: POST /verify /embed /search, GET /healthz /docs, a page at /")
+    p.add_argument("--model", required=True, help="model.pt (or its run directory) written by `faces train`")
+    p.add_argument("--index", metavar="INDEX", help="gallery index for POST /search")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="largest image file accepted (MB)")
+    p.add_argument("--max-pixels", type=positive_int, default=None,
+                   help="largest image accepted, in pixels, read from its header (default 40,000,000)")
+    add_model_flags(p)
+    p.set_defaults(func=run_serve)
+
+
+def _add_enrol_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--person", metavar="NAME",
+                   help="who the images directly in the folder show (default: unknown); subfolders name their own")
+    p.add_argument("--commit-every", type=positive_int, default=1024, metavar="N",
+                   help="save progress every N images: an interrupted build keeps them and the rerun continues")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_flags(p)
+
+
+# ---------------------------------------------------------------------------- verify / search
+def run_verify(args) -> int:
+    verifier = load_verifier(args.model, args, threshold=args.threshold)
+    result = verifier.verify(args.image1, args.image2)
+    if getattr(args, "json", False):
+        print(json.dumps({**result.to_dict(), "image1": args.image1, "image2": args.image2}))
+    else:
+        print(f"distance {result.distance:.4f}  threshold {result.threshold:.4f}  "
+              f"{'same person' if result.same else 'different people'}")
+    return 0
+
+
+def run_search(args) -> int:
+    """`faces search INDEX QUERY... [-k K] [--json]`, or the first form,
+    `faces search MODEL --gallery DIR --query IMG`, which embeds the folder for this search."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.verifier import GalleryIndex, embed_files, scan_gallery
+    from cnnlab.verifier.index import INDEX_FILE
+    queries = [*args.queries, *args.query]
+    if not queries:
+        raise CnnlabError("give at least one query image (QUERY, or --query IMG)")
+    target = Path(args.target)
+    if args.gallery:
+        if args.model:
+            raise CnnlabError("--model goes with an INDEX; with --gallery the first argument is the model")
+        verifier = load_verifier(target, args)
+        files = scan_gallery(args.gallery)
+        embeddings, ok, bad = embed_files(verifier, files)
+        for path, reason in bad:
+            print(f"skipped {path}: {reason}", file=sys.stderr if args.json else sys.stdout)
+        if not ok:
+            raise CnnlabError(f"no readable images in {args.gallery}")
+        index = GalleryIndex.in_memory(verifier, ok, embeddings, args.gallery)
+    else:
+        if not (target / INDEX_FILE).is_file():
+            hint = ("it is a model: add --gallery DIR, or build an index first with "
+                    f"`cnnlab faces index build DIR --model {target} --out INDEX`") if target.exists() else "not found"
+            raise CnnlabError(f"{target} is not a face index ({hint})")
+        index = GalleryIndex.open(target)
+        model = args.model or index.model_path
+        if not args.model and not Path(model).exists():
+            raise CnnlabError(f"the model that built {target} ({model}) is gone; pass --model")
+        verifier = load_verifier(model, args)
+        index.check_model(verifier)
+    if not 1 <= args.k <= index.count:
+        raise CnnlabError(f"-k must be in 1..{index.count} (images in the gallery), got {args.k}")
+    results = verifier.search(verifier.embed(queries), index, k=args.k)
+    if args.json:
+        print(json.dumps({"index": str(index.root), "model": str(verifier.source), "threshold": verifier.describe()["threshold"],
+                          "results": [{"query": q, "matches": [m.to_dict() for m in ms]}
+                                      for q, ms in zip(queries, results)]}, indent=2))
+        return 0
+    for q, matches in zip(queries, results):
+        if len(queries) > 1:
+            print(f"query {q}")
+        print(f"{'rank':>4}  {'distance':>8}  {'match':<5}  image")
+        for m in matches:
+            match = "" if m.same is None else ("yes" if m.same else "no")
+            who = f"  ({m.person})" if m.person is not None else ""
+            print(f"{m.rank:>4}  {m.distance:>8.4f}  {match:<5}  {m.name}{who}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- index
+def _enrol_options(args) -> dict:
+    return {"commit_every": args.commit_every, "progress": False if args.no_progress else None,
+            "person": args.person}
+
+
+def _print_enrolment(report) -> None:
+    for path, reason in report.bad:
+        print(f"skipped {path}: {reason}")
+    print(report.summary())
+
+
+def run_index_build(args) -> int:
+    from cnnlab.verifier import build_index
+    verifier = load_verifier(args.model, args)
+    report = build_index(verifier, args.gallery, args.out, **_enrol_options(args))
+    _print_enrolment(report)
+    print(f"index: {args.out}")
+    return 0 if report.total else 1
+
+
+def run_index_add(args) -> int:
+    from cnnlab.verifier import GalleryIndex, add_to_index
+    index = GalleryIndex.open(args.index)
+    verifier = load_verifier(args.model or index.model_path, args)
+    report = add_to_index(args.index, args.gallery, verifier, **_enrol_options(args))
+    _print_enrolment(report)
+    return 0
+
+
+# ---------------------------------------------------------------------------- serve
+def run_serve(args) -> int:
+    from cnnlab.errors import CnnlabError
+    try:
+        import uvicorn
+
+        from cnnlab.serve import ServeLimits, create_app
+    except ImportError as exc:
+        raise CnnlabError(f"`faces serve` needs FastAPI and uvicorn ({exc.name} is missing): "
+                          "pip install 'cnnlab[serve]'") from None
+    from cnnlab.verifier import DEFAULT_MAX_PIXELS, GalleryIndex
+    verifier = load_verifier(args.model, args)
+    index = GalleryIndex.open(args.index) if args.index else None
+    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    app = create_app(verifier, index, limits)
+    print(f"serving {verifier.source} ({verifier.runtime.name})"
+          + (f" with {index.count} indexed images" if index is not None else "")
+          + f" on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,184 @@
+"""What a trained face model is shown: any image a user holds (a file path, the bytes of an
+upload, a PIL image, a uint8 array) turned into the square uint8 face the model was trained on.
+
+Decoding follows training's decoder (`cnnlab.data.images.open_rgb`: EXIF orientation, any mode
+to RGB), and the face step is read from the saved model, never chosen by the caller. Today that
+step is the centre crop and resize of `FacePreprocess`; a face aligner registers itself in
+`FACE_PREPROCESSING` under its own kind, the model stores `extra["preprocess"] = {"kind": ...}`,
+and `embed`, the index fingerprint and the service's crops all follow without other changes.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, Sequence, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from cnnlab.data.faces import FacePreprocess
+from cnnlab.data.images import open_rgb, to_rgb8
+from cnnlab.errors import CnnlabError
+from cnnlab.registry import Registry
+
+# 40 megapixels: a large phone photo passes, a decompression bomb does not.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+ImageInput = Union[str, Path, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+
+
+class ImageRejected(CnnlabError):
+    """An image that cannot be used; `status` is the HTTP status the service answers with."""
+    status = 422
+
+
+class ImageTooLarge(ImageRejected):
+    status = 413
+
+
+class NoFaceFound(ImageRejected):
+    """Raised by a preprocessing step that looks for a face (alignment) and finds none."""
+    status = 422
+
+
+class FacePreprocessing(Protocol):
+    """What a model's face step offers: the output side, a spec that identifies it (part of
+    the model fingerprint) and the step itself, PIL RGB in, `size` x `size` RGB out."""
+    size: int
+
+    def spec(self) -> dict: ...
+
+    def __call__(self, image: Image.Image) -> Image.Image: ...
+
+
+FACE_PREPROCESSING = Registry("face preprocessing")
+
+
+@FACE_PREPROCESSING.register("centre-crop", aliases=("center-crop",))
+@dataclass(frozen=True)
+class CentreCrop:
+    """The training decoder's centre crop (source pixels, clamped to the shorter side) and
+    square resize. It finds no face, so it never raises `NoFaceFound`."""
+    crop: int | None
+    size: int
+
+    def __post_init__(self):
+        FacePreprocess(crop=self.crop, size=self.size)  # one place validates the values
+
+    def spec(self) -> dict:
+        return {"kind": "centre-crop", **FacePreprocess(crop=self.crop, size=self.size).cache_spec()}
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return FacePreprocess(crop=self.crop, size=self.size).transform(image)
+
+
+def preprocessing_from_extra(extra: dict, source: str | Path = "model") -> FacePreprocessing:
+    """The face step a model.pt was trained with: `extra["preprocess"]` (`{"kind": name, ...}`)
+    when the model names one, else the centre crop from its `crop` and `input_size`."""
+    if "preprocess" in extra:
+        options = dict(extra["preprocess"])
+        kind = options.pop("kind", None)
+        try:
+            return FACE_PREPROCESSING.create(kind, **options)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CnnlabError(f"{source}: cannot rebuild its face preprocessing {extra['preprocess']}: "
+                              f"{exc.args[0] if exc.args else exc}") from None
+    missing = [key for key in ("crop", "input_size") if key not in extra]
+    if missing:
+        raise CnnlabError(f"{source} lacks the preprocessing it was trained with ({', '.join(missing)}); "
+                          "use a model.pt written by `cnnlab faces train`")
+    return CentreCrop(crop=extra["crop"], size=int(extra["input_size"]))
+
+
+def _describe(image: Any) -> str:
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return f"<{type(image).__name__}>"
+
+
+def to_rgb(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A PIL RGB image from a path, encoded bytes (or a binary file object), a PIL image or a
+    uint8 array (H x W grey, H x W x 3 RGB or H x W x 4 RGBA). Bad input raises `ImageRejected` (or `ImageTooLarge`)
+    naming it; nothing is decoded beyond `max_pixels`."""
+    if isinstance(image, Image.Image):
+        return _check_pixels(image, image.size, max_pixels).convert("RGB")
+    if isinstance(image, np.ndarray):
+        return _from_array(image, max_pixels)
+    if hasattr(image, "read"):  # an open binary file; its `name` names it in errors
+        name = str(getattr(image, "name", "upload"))
+        data = image.read()
+        if not isinstance(data, bytes):
+            raise ImageRejected(f"{name} is not opened in binary mode")
+        image = data
+    else:
+        name = "upload"
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) == 0:
+            raise ImageRejected(f"{name} is empty: no image data")
+        return _decode(lambda: io.BytesIO(bytes(image)), name, max_pixels)
+    if isinstance(image, (str, Path)):
+        if not Path(image).is_file():
+            raise ImageRejected(f"image not found: {image}")
+        return _decode(lambda: image, str(image), max_pixels)
+    raise ImageRejected(f"not an image: expected a path, bytes, a binary file, a PIL image or a uint8 array, "
+                        f"got {type(image).__name__}")
+
+
+def _check_pixels(image: Any, size: tuple[int, int], max_pixels: int | None) -> Any:
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        raise ImageTooLarge(f"image of {size[0]} x {size[1]} pixels exceeds the limit of {max_pixels:,} pixels")
+    return image
+
+
+def _decode(open_source, name: str, max_pixels: int | None) -> Image.Image:
+    # The header alone gives the size: a huge image is refused before its pixels are decoded.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(open_source()) as header:
+                size = header.size
+    except Exception as exc:  # PIL raises many types for non-images; all mean "not an image"
+        raise ImageRejected(f"{name} is not an image format Pillow can read ({type(exc).__name__})") from None
+    _check_pixels(None, size, max_pixels)
+    try:
+        source = open_source()
+        if isinstance(source, (str, Path)):
+            return open_rgb(source)  # training's decoder, file checks included
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                img.load()
+                return to_rgb8(ImageOps.exif_transpose(img))  # what open_rgb does with a file
+    except Exception as exc:  # truncated or corrupt pixel data behind a valid header
+        raise ImageRejected(f"{name} could not be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def _from_array(array: np.ndarray, max_pixels: int | None) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise ImageRejected(f"image arrays must be uint8 (0-255), got {array.dtype}")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 1):
+        array = np.repeat(array.reshape(array.shape[0], array.shape[1], 1), 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or min(array.shape[:2]) < 1:
+        raise ImageRejected(f"image arrays must be H x W, H x W x 3 or H x W x 4, got shape {array.shape}")
+    _check_pixels(None, (array.shape[1], array.shape[0]), max_pixels)
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+
+
+def is_batch(images: Any) -> bool:
+    """A list/tuple, or a 4-D array, is a batch; anything else is one image."""
+    return isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4)
+
+
+def prepare_faces(images: Sequence[ImageInput], face: FacePreprocessing, *,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """N x S x S x 3 uint8 faces, each decoded and passed through the model's face step."""
+    out = np.empty((len(images), face.size, face.size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        rgb = face(to_rgb(image, max_pixels=max_pixels))
+        arr = np.asarray(rgb, dtype=np.uint8)
+        if arr.shape != out.shape[1:]:
+            raise ImageRejected(f"{_describe(image)}: face step gave shape {arr.shape}, expected {out.shape[1:]}")
+        out[i] = arr
+    return out

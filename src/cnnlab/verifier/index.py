@@ -1,0 +1,326 @@
+"""A persistent gallery index: enrol a folder of faces once, search it many times.
+
+The index is a folder:
+
+    index.json        format, the model's fingerprint and path, distance, embedding size, the
+                      list of shard files with their row counts and SHA-256, total rows
+    shard-NNNNNN.npz  embeddings (float32) and, per row, name, person, source path, size, mtime
+
+`index.json` is the commit point. New embeddings go to a new shard file first, then
+`index.json` is replaced (atomically, `cnnlab.io`) by one that lists it; shards it does not list
+are leftovers of an interrupted run, ignored and deleted at the next commit. So an `add` killed
+at any moment leaves the index as it was after its last commit, and a long build commits every
+`commit_every` images: running the same build again carries on where it stopped, embedding only
+images not yet in the index (or whose file size or mtime changed).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from cnnlab.data.images import list_folders, list_images
+from cnnlab.errors import CnnlabError
+from cnnlab.io import read_json, save_npz_atomic, write_json
+from cnnlab.metrics.retrieval import FaissGallery, choose_backend, nearest_neighbours
+from cnnlab.verifier.images import ImageRejected
+
+if TYPE_CHECKING:
+    from cnnlab.verifier.api import FaceVerifier
+
+INDEX_FILE = "index.json"
+FORMAT = "cnnlab.face-index"
+VERSION = 1
+COMMIT_EVERY = 1024
+# More shards than this after an add are merged into one, so opening stays one read per few files.
+MAX_SHARDS = 32
+_COLUMNS = ("embeddings", "names", "people", "has_person", "paths", "sizes", "mtimes")
+
+
+class IndexModelMismatch(CnnlabError):
+    """The index was built by a model other than the one asked to use it."""
+
+
+@dataclass(frozen=True)
+class GalleryFile:
+    path: Path            # absolute
+    name: str             # relative to the gallery folder, POSIX separators
+    person: str | None    # the identity folder, None for a file directly in the gallery folder
+    size: int
+    mtime_ns: int
+
+
+def scan_gallery(folder: str | Path, person: str | None = None) -> list[GalleryFile]:
+    """Image files directly in `folder` (of `person`, None: unknown) and in its subfolders
+    (one per person), listed as the training decoder lists them (hidden files and other
+    extensions ignored; a broken link is listed so that embedding reports it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CnnlabError(f"gallery folder not found: {folder}")
+    found = [(f, person) for f in list_images(folder)]
+    for person in list_folders(folder):
+        found += [(f, person) for f in list_images(folder / person)]
+    if not found:
+        raise CnnlabError(f"no image files in {folder} (expected images, or one folder of images per person)")
+    out = []
+    for f, person in found:
+        try:
+            st = f.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # a broken link: kept, so that decoding names it among the bad files
+            size, mtime = -1, -1
+        out.append(GalleryFile(Path(os.path.abspath(f)), f.relative_to(folder).as_posix(), person, size, mtime))
+    return out
+
+
+@dataclass
+class EnrolReport:
+    added: int = 0        # images embedded for the first time
+    updated: int = 0      # images already indexed whose file changed: embedded again
+    unchanged: int = 0    # images already indexed and unchanged: skipped
+    bad: list[tuple[str, str]] = field(default_factory=list)   # (path, reason), skipped
+    total: int = 0        # rows in the index afterwards
+
+    def summary(self) -> str:
+        return (f"{self.added} added, {self.updated} updated, {self.unchanged} already indexed, "
+                f"{len(self.bad)} unreadable skipped; {self.total} images in the index")
+
+
+def embed_files(verifier: "FaceVerifier", files: Sequence[GalleryFile]
+                ) -> tuple[np.ndarray, list[GalleryFile], list[tuple[str, str]]]:
+    """(embeddings, the files they belong to, [(path, reason)] of files that could not be used)."""
+    faces, ok, bad = [], [], []
+    for f in files:
+        try:
+            faces.append(verifier.prepare([f.path])[0])
+            ok.append(f)
+        except ImageRejected as exc:
+            bad.append((str(f.path), str(exc)))
+    stacked = np.stack(faces) if faces else np.zeros((0, verifier.input_size, verifier.input_size, 3), np.uint8)
+    return verifier.embed_faces(stacked), ok, bad
+
+
+def _rows(embeddings: np.ndarray, files: Sequence[GalleryFile]) -> dict[str, np.ndarray]:
+    return {"embeddings": np.asarray(embeddings, np.float32),
+            "names": np.array([f.name for f in files], dtype=str),
+            "people": np.array([f.person or "" for f in files], dtype=str),
+            "has_person": np.array([f.person is not None for f in files], dtype=bool),
+            "paths": np.array([str(f.path) for f in files], dtype=str),
+            "sizes": np.array([f.size for f in files], dtype=np.int64),
+            "mtimes": np.array([f.mtime_ns for f in files], dtype=np.int64)}
+
+
+class GalleryIndex:
+    """An opened index: `embeddings[i]` is the face in `paths[i]`, shown as `names[i]`, of
+    person `people[i]` (None when the gallery folder did not say)."""
+
+    def __init__(self, root: Path, meta: dict, columns: dict[str, np.ndarray]):
+        self.root = root
+        self.meta = meta
+        self._columns = columns
+        self.embeddings = columns["embeddings"]
+        self.names = columns["names"].tolist()
+        self.people = [p if has else None for p, has in zip(columns["people"].tolist(), columns["has_person"].tolist())]
+        self.paths = columns["paths"].tolist()
+        self._faiss = None
+
+    # ------------------------------------------------------------------ reading
+    @classmethod
+    def open(cls, root: str | Path) -> "GalleryIndex":
+        root = Path(root)
+        if not (root / INDEX_FILE).is_file():
+            raise CnnlabError(f"{root} is not a face index (no {INDEX_FILE}); "
+                              "build one with `cnnlab faces index build GALLERY --model M --out INDEX`")
+        try:
+            meta = read_json(root / INDEX_FILE)
+        except ValueError as exc:
+            raise CnnlabError(f"{root / INDEX_FILE} is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CnnlabError(f"{root / INDEX_FILE} is not a cnnlab face index")
+        if meta.get("version") != VERSION:
+            raise CnnlabError(f"{root} is index format version {meta.get('version')}; this cnnlab reads {VERSION}")
+        return cls(root, meta, _load_shards(root, meta))
+
+    @classmethod
+    def in_memory(cls, verifier: "FaceVerifier", files: Sequence[GalleryFile], embeddings: np.ndarray,
+                  root: str | Path) -> "GalleryIndex":
+        """An index that is never written: a gallery embedded for one search."""
+        meta = {**_new_meta(verifier, Path(root)), "count": len(files)}
+        return cls(Path(root), meta, _rows(embeddings, files))
+
+    @property
+    def count(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.meta["model"])
+
+    @property
+    def distance_name(self) -> str:
+        return self.meta["distance"]
+
+    def describe(self) -> dict:
+        return {"index": str(self.root), "images": self.count, "people": len({p for p in self.people if p}),
+                "model": self.meta["model"], "fingerprint": self.fingerprint}
+
+    def check_model(self, verifier: "FaceVerifier") -> None:
+        """Refuse a model whose embeddings would not be comparable with the index's."""
+        if verifier.fingerprint != self.fingerprint or verifier.distance_name != self.distance_name:
+            raise IndexModelMismatch(
+                f"index {self.root} was built with another model ({self.meta['model']}, fingerprint "
+                f"{self.fingerprint}, {self.distance_name} distance) than {verifier.source} (fingerprint "
+                f"{verifier.fingerprint}, {verifier.distance_name}); its embeddings cannot be compared: "
+                "build an index with this model")
+
+    def nearest(self, queries: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """(Q x k distances, Q x k rows), nearest first; exact, or FAISS for large galleries."""
+        if not 1 <= k <= self.count:
+            raise CnnlabError(f"k must be in 1..{self.count} (images in the index), got {k}")
+        chosen = choose_backend(backend, self.count, self.distance_name)
+        gallery = self.embeddings
+        if chosen == "faiss":
+            if self._faiss is None:  # loading into FAISS copies the gallery: once per opened index
+                self._faiss = FaissGallery(self.embeddings, self.distance_name)
+            gallery = self._faiss
+        d, i = nearest_neighbours(np.asarray(queries, np.float32).reshape(-1, self.embeddings.shape[1]),
+                                  gallery, k, self.distance_name, backend=chosen)
+        return d.numpy(), i.numpy()
+
+
+def _load_shards(root: Path, meta: dict) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in _COLUMNS}
+    for shard in meta["shards"]:
+        path = root / shard["file"]
+        if not path.is_file():
+            raise CnnlabError(f"index {root} is damaged: {shard['file']} is missing")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            raise CnnlabError(f"index {root} is damaged: {shard['file']} does not match its checksum")
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            for c in _COLUMNS:
+                parts[c].append(arrays[c])
+    dim = int(meta["embedding_dim"])
+    columns = {c: np.concatenate(v) if v else _rows(np.zeros((0, dim), np.float32), [])[c] for c, v in parts.items()}
+    if len(columns["embeddings"]) != meta["count"]:
+        raise CnnlabError(f"index {root} is damaged: {len(columns['embeddings'])} rows, index.json says {meta['count']}")
+    return columns
+
+
+# ---------------------------------------------------------------------- writing
+class _Writer:
+    """Appends shards and moves the commit point (index.json)."""
+
+    def __init__(self, root: Path, meta: dict):
+        self.root, self.meta = root, meta
+
+    def commit(self, rows: dict[str, np.ndarray] | None, *, replace_all: bool = False) -> None:
+        shards = [] if replace_all else list(self.meta["shards"])
+        if rows is not None and (len(rows["embeddings"]) or replace_all):
+            number = int(self.meta.get("next_shard", 0))
+            name = f"shard-{number:06d}.npz"
+            save_npz_atomic(self.root / name, rows)
+            digest = hashlib.sha256((self.root / name).read_bytes()).hexdigest()
+            shards.append({"file": name, "rows": int(len(rows["embeddings"])), "sha256": digest})
+            self.meta["next_shard"] = number + 1
+        self.meta["shards"] = shards
+        self.meta["count"] = sum(s["rows"] for s in shards)
+        write_json(self.root / INDEX_FILE, self.meta)  # the commit point
+        listed = {s["file"] for s in shards}
+        for stale in self.root.glob("shard-*.npz"):
+            if stale.name not in listed:
+                stale.unlink(missing_ok=True)
+
+
+def _new_meta(verifier: "FaceVerifier", gallery: Path) -> dict:
+    return {"format": FORMAT, "version": VERSION, "fingerprint": verifier.fingerprint,
+            "model": str(Path(verifier.source).resolve()), "distance": verifier.distance_name,
+            "embedding_dim": verifier.embedding_dim, "preprocess": verifier.face.spec(),
+            "galleries": [], "shards": [], "count": 0, "next_shard": 0}
+
+
+def build_index(verifier: "FaceVerifier", gallery: str | Path, out: str | Path, *, person: str | None = None,
+                **options) -> EnrolReport:
+    """Index every face under `gallery` into the folder `out` (`person`: who the images
+    directly in `gallery` show). An existing index there (built with the same model) is
+    extended, not rebuilt: this is how an interrupted build resumes."""
+    out = Path(out)
+    if (out / INDEX_FILE).is_file():
+        return add_to_index(out, gallery, verifier, person=person, **options)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CnnlabError(f"{out} exists and is not a face index; choose an empty or new folder")
+    files = scan_gallery(gallery, person)  # a missing gallery is reported before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    writer = _Writer(out, _new_meta(verifier, Path(gallery)))
+    writer.commit(None)
+    index = GalleryIndex(out, writer.meta, _load_shards(out, writer.meta))
+    return _enrol(index, writer, verifier, Path(gallery), files, **options)
+
+
+def add_to_index(index_dir: str | Path, gallery: str | Path, verifier: "FaceVerifier", *,
+                 person: str | None = None, **options) -> EnrolReport:
+    """Add the faces under `gallery` that the index does not hold yet (or whose file changed)."""
+    index = GalleryIndex.open(index_dir)
+    index.check_model(verifier)
+    files = scan_gallery(gallery, person)
+    return _enrol(index, _Writer(index.root, dict(index.meta)), verifier, Path(gallery), files, **options)
+
+
+def _enrol(index: GalleryIndex, writer: _Writer, verifier: "FaceVerifier", gallery: Path,
+           files: list[GalleryFile], *, commit_every: int = COMMIT_EVERY, progress: bool | None = None,
+           log: Callable[[str], None] | None = None) -> EnrolReport:
+    from cnnlab.progress import progress_bar
+    report = EnrolReport()
+    row_of = {p: r for r, p in enumerate(index.paths)}
+    cols = index._columns
+    todo, changed_rows = [], []
+    for f in files:
+        row = row_of.get(str(f.path))
+        if row is None:
+            todo.append(f)
+            report.added += 1
+        elif (int(cols["sizes"][row]), int(cols["mtimes"][row])) == (f.size, f.mtime_ns):
+            report.unchanged += 1
+        else:
+            todo.append(f)
+            changed_rows.append(row)
+            report.updated += 1
+    if str(gallery.resolve()) not in writer.meta["galleries"]:
+        writer.meta["galleries"] = [*writer.meta["galleries"], str(gallery.resolve())]
+    if changed_rows:  # drop the stale rows first (one rewrite); they are embedded again below
+        keep = np.setdiff1d(np.arange(index.count), changed_rows)
+        writer.commit({c: cols[c][keep] for c in _COLUMNS}, replace_all=True)
+    bar = progress_bar(total=len(todo), desc="embed", unit="img", enable=progress)
+    try:
+        for s in range(0, len(todo), max(1, commit_every)):
+            z, ok, bad = embed_files(verifier, todo[s:s + commit_every])
+            report.bad += bad
+            writer.commit(_rows(z, ok))
+            bar.update(len(todo[s:s + commit_every]))
+    finally:
+        bar.close()
+    changed = {str(index.paths[r]) for r in changed_rows}
+    for path, _ in report.bad:  # a bad file was counted as added (or updated) above
+        if path in changed:
+            report.updated -= 1
+        else:
+            report.added -= 1
+    if len(writer.meta["shards"]) > MAX_SHARDS:
+        merged = _load_shards(writer.root, writer.meta)
+        writer.commit(merged, replace_all=True)
+    report.total = int(writer.meta["count"])
+    if log:
+        log(f"index {writer.root}: {report.summary()}")
+    return report

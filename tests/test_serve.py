@@ -1,0 +1,186 @@
+"""The HTTP service through FastAPI's test client: every endpoint, every refusal as a 4xx with a
+JSON reason, and answers identical to the Python API, one request at a time or 20 at once."""
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from cnnlab.cli import main  # noqa: E402
+from cnnlab.serve import ServeLimits, create_app  # noqa: E402
+from cnnlab.verifier import FaceVerifier, GalleryIndex, build_index  # noqa: E402
+from face_models import build_tiny_model, face_bytes, make_gallery  # noqa: E402
+
+LIMITS = ServeLimits(max_upload_bytes=60_000, max_pixels=1_000_000, max_embed_images=4)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    model = build_tiny_model(root / "model.pt")
+    gallery = make_gallery(root / "gallery", people=3, per_person=2)
+    verifier = FaceVerifier.load(model, device="cpu")
+    build_index(verifier, gallery, root / "idx", progress=False)
+    index = GalleryIndex.open(root / "idx")
+    with TestClient(create_app(verifier, index, LIMITS)) as client:
+        yield client, verifier, gallery, root
+
+
+def post_verify(client, a: bytes, b: bytes, **form):
+    return client.post("/verify", files={"image1": ("a.png", a, "image/png"), "image2": ("b.png", b, "image/png")},
+                       data=form)
+
+
+def test_healthz_docs_and_page(service):
+    client, verifier, _, _ = service
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["model"]["fingerprint"] == verifier.fingerprint
+    assert health["index"]["images"] == 6 and health["limits"]["max_upload_bytes"] == 60_000
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/verify", "/embed", "/search", "/healthz"} <= set(paths)
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.text.count('type="file"') == 2 and 'fetch("/verify"' in page.text
+
+
+def test_verify_answers_as_the_python_api_and_shows_the_faces(service):
+    client, verifier, _, _ = service
+    a, b = face_bytes(1), face_bytes(2)
+    response = post_verify(client, a, b, crops="true")
+    assert response.status_code == 200
+    answer = response.json()
+    assert {k: answer[k] for k in ("distance", "threshold", "same", "distance_name")} == verifier.verify(a, b).to_dict()
+    faces = [np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))) for uri in answer["faces"]]
+    assert np.array_equal(faces[0], verifier.prepare(a)[0]) and np.array_equal(faces[1], verifier.prepare(b)[0])
+    assert "faces" not in post_verify(client, a, b).json()
+
+
+def test_embed_and_search(service):
+    client, verifier, gallery, _ = service
+    files = [("images", ("x.png", face_bytes(3), "image/png")), ("images", ("y.jpg", face_bytes(4, "JPEG"), "image/jpeg"))]
+    answer = client.post("/embed", files=files).json()
+    assert answer["dim"] == verifier.embedding_dim and answer["names"] == ["x.png", "y.jpg"]
+    np.testing.assert_allclose(answer["embeddings"], verifier.embed([face_bytes(3), face_bytes(4, "JPEG")]), atol=1e-6)
+    query = (gallery / "person01" / "1.png").read_bytes()
+    found = client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "3"}).json()
+    assert [m["rank"] for m in found["matches"]] == [1, 2, 3]
+    assert found["matches"][0]["name"] == "person01/1.png" and found["matches"][0]["person"] == "person01"
+    assert client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "7"}).status_code == 422
+
+
+def test_search_without_an_index_is_404(service):
+    _, verifier, _, _ = service
+    with TestClient(create_app(verifier, None, LIMITS)) as bare:
+        response = bare.post("/search", files={"image": ("q.png", face_bytes(1), "image/png")})
+    assert response.status_code == 404 and "--index" in response.json()["detail"]
+
+
+def png_of_size(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_bad_requests_are_4xx_with_a_json_reason(service):
+    client, _, _, _ = service
+    good = face_bytes(1)
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    oversized = buffer.getvalue()
+    assert len(oversized) > LIMITS.max_upload_bytes
+    cases = {
+        "oversized upload": (post_verify(client, oversized, good), 413),
+        "too many pixels": (post_verify(client, png_of_size(1100, 1000), good), 413),
+        "text file as image": (post_verify(client, b"hello, I am a text file\n", good), 422),
+        "empty file": (post_verify(client, b"", good), 422),
+        "missing field": (client.post("/verify", files={"image1": ("a.png", good, "image/png")}), 422),
+        "no files at all": (client.post("/verify"), 422),
+        "too many images": (client.post("/embed", files=[("images", ("a.png", good, "image/png"))] * 5), 413),
+        "bad k": (client.post("/search", files={"image": ("q.png", good, "image/png")}, data={"k": "x"}), 422),
+    }
+    for name, (response, status) in cases.items():
+        assert response.status_code == status, (name, response.status_code, response.text)
+        assert response.headers["content-type"] == "application/json", name
+        assert response.json()["detail"], name
+        assert "Traceback" not in response.text, name
+    assert "image1" in cases["text file as image"][0].json()["detail"]  # which upload was bad
+
+
+def test_a_body_without_declared_size_is_cut_off_at_the_limit(service):
+    """A chunked upload (no Content-Length) is counted as it arrives and refused once over."""
+    client, _, _, _ = service
+    boundary = "cnnlabboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image1\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+    def body():
+        yield head
+        for _ in range(60):
+            yield b"\0" * 4096  # 240 KiB: over the 2 x 60,000 + 64 KiB bytes that /verify allows
+
+    response = client.post("/verify", content=body(),
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_unexpected_errors_are_json_500_without_traceback(service, monkeypatch):
+    _, verifier, _, _ = service
+    app = create_app(verifier, None, LIMITS)
+    monkeypatch.setattr(verifier, "verify", lambda a, b: 1 / 0)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = post_verify(client, face_bytes(1), face_bytes(2))
+    assert response.status_code == 500 and response.json()["detail"].startswith("internal error (ZeroDivisionError)")
+    assert "Traceback" not in response.text
+
+
+def test_no_face_from_the_face_step_is_a_422(tmp_path):
+    import test_verifier  # registers the "test-mirror" face step, which can refuse every image
+    assert test_verifier._Mirror
+    model = build_tiny_model(tmp_path / "m.pt", preprocess={"kind": "test-mirror", "size": 32, "refuse": True})
+    with TestClient(create_app(FaceVerifier.load(model, device="cpu", runtime="torch"), None, LIMITS)) as client:
+        response = post_verify(client, face_bytes(1), face_bytes(2))
+    assert response.status_code == 422 and response.json()["detail"] == "no face found in the image"
+
+
+def test_100_sequential_and_20_concurrent_verify_calls_match_the_python_api(service, monkeypatch):
+    client, verifier, _, _ = service
+    images = [face_bytes(seed) for seed in range(10)]
+    pairs = [(images[i % 10], images[(3 * i + 1) % 10]) for i in range(100)]
+    expected = [verifier.verify(a, b).to_dict() for a, b in pairs]
+    # The model was loaded once, before the app: no request may load it again.
+    monkeypatch.setattr(FaceVerifier, "load", classmethod(lambda *a, **k: pytest.fail("model loaded again")))
+    for (a, b), want in zip(pairs, expected):
+        response = post_verify(client, a, b)
+        assert response.status_code == 200 and response.json() == want
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda pair: post_verify(client, *pair), pairs[:20]))
+    assert [r.status_code for r in answers] == [200] * 20
+    assert [r.json() for r in answers] == expected[:20]
+
+
+def test_serve_command_loads_once_and_hands_the_app_to_uvicorn(service, monkeypatch, capsys):
+    import uvicorn
+    _, _, _, root = service
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: started.update(app=app, host=host, port=port))
+    assert main(["faces", "serve", "--model", str(root / "model.pt"), "--index", str(root / "idx"),
+                 "--port", "8123", "--max-upload-mb", "0.5", "--max-pixels", "2000000"]) == 0
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
+    assert "http://127.0.0.1:8123/" in capsys.readouterr().out
+    with TestClient(started["app"]) as client:
+        health = client.get("/healthz").json()
+    assert health["index"]["images"] == 6
+    assert health["limits"]["max_upload_bytes"] == 524_288 and health["limits"]["max_pixels"] == 2_000_000
+    other = build_tiny_model(root / "other.pt", seed=3)
+    assert main(["faces", "serve", "--model", str(other), "--index", str(root / "idx"), "--runtime", "torch"]) == 2
+    assert "built with another model" in capsys.readouterr().err

@@ -1,0 +1,164 @@
+"""`FaceVerifier`: the Python API over a trained face model (a tiny Lite0 trained here on
+synthetic identities). Verification is symmetric, an image matches itself, the saved threshold
+and preprocessing are the ones used, every input type embeds alike, every runtime agrees."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data.faces import FacePreprocess, decode_faces
+from cnnlab.errors import CnnlabError
+from cnnlab.verifier import (FACE_PREPROCESSING, FaceVerifier, ImageRejected, ImageTooLarge, NoFaceFound,
+                             model_fingerprint)
+from face_models import SIDE, build_tiny_model, make_gallery, train_tiny_model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verifier")
+    model_pt = train_tiny_model(root)
+    gallery = make_gallery(root / "gallery", people=3, per_person=2)
+    return model_pt, gallery
+
+
+@pytest.fixture(scope="module")
+def verifier(trained):
+    return FaceVerifier.load(trained[0].parent, device="cpu")  # a run directory means its model.pt
+
+
+def images(gallery):
+    return sorted(gallery.glob("*/*.png"))
+
+
+def test_verify_is_symmetric_and_uses_the_saved_threshold(trained, verifier):
+    model_pt, gallery = trained
+    saved = torch.load(model_pt, weights_only=True)["extra"]["threshold"]
+    a, b = images(gallery)[0], images(gallery)[-1]
+    ab, ba = verifier.verify(a, b), verifier.verify(b, a)
+    assert ab.distance == pytest.approx(ba.distance, abs=1e-6) and ab.same == ba.same
+    assert ab.threshold == saved == verifier.threshold
+    assert ab.same == (ab.distance <= saved)
+    assert verifier.verify(a, b, threshold=0.0).same is False
+    assert verifier.distance(a, b) == pytest.approx(ab.distance, abs=1e-6)
+    za, zb = verifier.embed(a), verifier.embed(b)
+    assert verifier.distance(za, zb) == pytest.approx(ab.distance, abs=1e-6)  # embeddings work too
+
+
+def test_an_image_against_itself_is_the_same_person_at_distance_zero(trained, verifier):
+    a = images(trained[1])[2]
+    result = verifier.verify(a, a)
+    assert result.same and result.distance < 1e-3
+    assert result.faces[0].shape == (32, 32, 3) and np.array_equal(result.faces[0], result.faces[1])
+
+
+def test_every_input_type_embeds_alike_and_shapes_follow_the_input(trained, verifier):
+    path = images(trained[1])[0]
+    data = path.read_bytes()
+    pil = Image.open(path)
+    array = np.asarray(pil.convert("RGB"))
+    with open(path, "rb") as opened:
+        batch = verifier.embed([path, str(path), data, pil, array, opened])
+    assert batch.shape == (6, verifier.embedding_dim) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch, np.repeat(batch[:1], 6, axis=0), atol=1e-6)
+    single = verifier.embed(path)
+    assert single.shape == (verifier.embedding_dim,)
+    np.testing.assert_allclose(single, batch[0], atol=1e-5)
+    assert verifier.embed(np.stack([array, array])).shape == (2, verifier.embedding_dim)  # a 4-D array is a batch
+    assert verifier.embed([]).shape == (0, verifier.embedding_dim)
+    grey = np.asarray(pil.convert("L"))
+    assert verifier.embed(grey).shape == (verifier.embedding_dim,)
+
+
+def test_preprocessing_is_the_models_own(trained, verifier):
+    """What `prepare` feeds the network is what training decoded from the same file."""
+    extra = torch.load(trained[0], weights_only=True)["extra"]
+    path = images(trained[1])[1]
+    expected = decode_faces([path], FacePreprocess(crop=extra["crop"], size=extra["input_size"]))
+    assert np.array_equal(verifier.prepare(path), expected)
+    assert verifier.face.spec()["crop"] == SIDE and verifier.input_size == extra["input_size"] == 32
+
+
+def test_runtimes_agree(trained, verifier):
+    paths = images(trained[1])
+    reference = FaceVerifier.load(trained[0], device="cpu", runtime="torch").embed(paths)
+    assert verifier.runtime.name == "onnxruntime"  # the benchmark's winner is the CPU default
+    np.testing.assert_allclose(verifier.embed(paths), reference, atol=1e-4)
+    channels_last = FaceVerifier.load(trained[0], device="cpu", runtime="torch-channels-last", batch_size=2)
+    np.testing.assert_allclose(channels_last.embed(paths), reference, atol=1e-4)
+    with pytest.raises(CnnlabError, match="unknown runtime"):
+        FaceVerifier.load(trained[0], device="cpu", runtime="tensorrt")
+
+
+def test_bad_images_are_refused_with_their_reason(trained, verifier, tmp_path):
+    with pytest.raises(ImageRejected, match="not found"):
+        verifier.embed(tmp_path / "missing.jpg")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(ImageRejected):
+        verifier.embed(text)
+    with pytest.raises(ImageRejected, match="not an image format"):
+        verifier.embed(b"plain text, no pixels")
+    with pytest.raises(ImageRejected, match="uint8"):
+        verifier.embed(np.zeros((40, 40, 3), np.float32))
+    big = io.BytesIO()
+    Image.new("RGB", (3000, 3000)).save(big, format="PNG")
+    small = FaceVerifier.load(trained[0], device="cpu", runtime="torch", max_pixels=1_000_000)
+    with pytest.raises(ImageTooLarge, match="3000 x 3000 pixels exceeds the limit of 1,000,000"):
+        small.embed(big.getvalue())
+
+
+def test_a_run_directory_without_a_model_and_a_model_without_threshold(tmp_path):
+    with pytest.raises(CnnlabError, match="holds no model.pt"):
+        FaceVerifier.load(tmp_path, device="cpu")
+    model = build_tiny_model(tmp_path / "m.pt", threshold=None)
+    verifier = FaceVerifier.load(model, device="cpu", runtime="torch")
+    with pytest.raises(CnnlabError, match="no calibrated threshold"):
+        verifier.verify(np.zeros((48, 48, 3), np.uint8), np.zeros((48, 48, 3), np.uint8))
+    assert verifier.verify(np.zeros((48, 48, 3), np.uint8), np.zeros((48, 48, 3), np.uint8), threshold=0.1).same
+
+
+def test_fingerprint_changes_with_weights_and_preprocessing(tmp_path):
+    a = FaceVerifier.load(build_tiny_model(tmp_path / "a.pt", seed=0), device="cpu", runtime="torch")
+    again = FaceVerifier.load(tmp_path / "a.pt", device="cpu", runtime="torch")
+    other = FaceVerifier.load(build_tiny_model(tmp_path / "b.pt", seed=1), device="cpu", runtime="torch")
+    crop = FaceVerifier.load(build_tiny_model(tmp_path / "c.pt", seed=0, crop=40), device="cpu", runtime="torch")
+    assert a.fingerprint == again.fingerprint == model_fingerprint(a.model, a.face)
+    assert len({a.fingerprint, other.fingerprint, crop.fingerprint}) == 3
+
+
+class _Mirror:
+    """A stand-in for a face aligner: registered by kind, named in the model's extra."""
+
+    def __init__(self, size: int, refuse: bool = False):
+        self.size, self.refuse = size, refuse
+
+    def spec(self) -> dict:
+        return {"kind": "test-mirror", "size": self.size, "refuse": self.refuse}
+
+    def __call__(self, image):
+        if self.refuse:
+            raise NoFaceFound("no face found in the image")
+        return image.resize((self.size, self.size)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+if "test-mirror" not in FACE_PREPROCESSING:
+    FACE_PREPROCESSING.register("test-mirror")(_Mirror)
+
+
+def test_a_registered_face_step_named_by_the_model_replaces_the_centre_crop(tmp_path):
+    model = build_tiny_model(tmp_path / "aligned.pt", preprocess={"kind": "test-mirror", "size": 32})
+    verifier = FaceVerifier.load(model, device="cpu", runtime="torch")
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    assert np.array_equal(verifier.prepare(image)[0], image[:, ::-1])
+    plain = FaceVerifier.load(build_tiny_model(tmp_path / "plain.pt"), device="cpu", runtime="torch")
+    assert plain.fingerprint != verifier.fingerprint  # same weights, other preprocessing
+    refusing = FaceVerifier.load(build_tiny_model(tmp_path / "refuse.pt", preprocess={
+        "kind": "test-mirror", "size": 32, "refuse": True}), device="cpu", runtime="torch")
+    with pytest.raises(NoFaceFound):
+        refusing.embed(image)
+    with pytest.raises(CnnlabError, match="cannot rebuild its face preprocessing"):
+        FaceVerifier.load(build_tiny_model(tmp_path / "bad.pt", preprocess={"kind": "nope"}), device="cpu")
