@@ -14,6 +14,17 @@ def _seed_and_isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-batch tests: on a shared 2-core machine, with two
+    OpenMP threads a busy neighbour makes every op wait at a barrier (measured 10x slower);
+    one thread is steady and repeatable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def data_dir(name: str) -> Path:
     """A real data set under CNNLAB_DATA, or skip the test with the reason."""
     path = DATA_ROOT / name

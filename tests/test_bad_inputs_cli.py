@@ -19,12 +19,7 @@ CIFAR_TINY = ["--data", "synthetic", "--epochs", "1", "--batch-size", "100", "--
               "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_engine.py: steady timing on a shared CPU
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def files_under(root):

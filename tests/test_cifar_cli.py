@@ -18,12 +18,7 @@ TINY = ["--data", "synthetic", "--epochs", "2", "--batch-size", "50", "--lr", "0
         "--width-multiplier", "0.125", "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_engine.py: steady timing on a shared CPU
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ class WatchedSplits:
 
 @pytest.fixture
 def watched(monkeypatch):
-    torch.set_num_threads(1)  # tiny batches: see tests/test_engine.py
+    torch.set_num_threads(1)  # tiny batches: see one_torch_thread in tests/conftest.py
     splits = synthetic_cifar(600, 100, val_size=100, seed=0)
     watch = SeenTestImages(splits)
     real_blocknet, real_fit = cifar.BlockNet, Engine.fit

@@ -14,14 +14,7 @@ from cnnlab.optim import LRSchedule
 from cnnlab.tasks import ClassificationConfig, ClassificationTask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny batches on a shared 2-core machine: with two OpenMP threads a busy neighbour makes
-    # every op wait at a barrier (measured 10x slower); one thread is steady and repeatable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

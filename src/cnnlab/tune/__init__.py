@@ -21,14 +21,8 @@ computed once, after the study (`final_test`), and reported apart from validatio
 This package is a library: no argparse and no printing. `cnnlab faces tune` lives in
 `cnnlab.cli.tune`; messages for the user reach it through `log` callables.
 
-Outputs in `out_dir`:
-    trials.csv, trials.md   every trial (params, state, score, duration, worker, error), best first
-    score_vs_params.png     the score against each parameter
-    history.png             score per trial and the best so far
-    best.yaml               the best trial's params merged into the base train config
-    study.yaml              resolved study settings, search space and base config
-    environment.json        versions and machine (`cnnlab.env.environment`)
-    test.json               after a complete study: the best config's test score (`final_test`)
+Outputs in `out_dir`: the study's report (`cnnlab.tune.report` lists its files) and, after a
+complete study, test.json: the best config's test score (`final_test`).
 """
 from __future__ import annotations
 
