@@ -91,7 +91,7 @@ def test_bad_weights_files_fail_with_one_line(tmp_path):
         create_backbone("tf_efficientnet_lite0", tmp_path / "missing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_text("not a checkpoint")
-    with pytest.raises(CnnlabError, match="cannot read weights file"):
+    with pytest.raises(CnnlabError, match="garbage.pth is not a cnnlab weights file"):
         create_backbone("tf_efficientnet_lite0", garbage)
     other = tmp_path / "b0.pth"
     torch.save(timm.create_model("efficientnet_b0", pretrained=False).state_dict(), other)

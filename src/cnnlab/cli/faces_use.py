@@ -135,7 +135,7 @@ def run_search(args) -> int:
         raise CnnlabError(f"-k must be in 1..{index.count} (images in the gallery), got {args.k}")
     results = verifier.search(verifier.embed(queries), index, k=args.k)
     if args.json:
-        print(json.dumps({"index": str(index.root), "model": str(verifier.source), "threshold": verifier.describe()["threshold"],
+        print(json.dumps({"index": str(index.root), "model": str(verifier.source), "threshold": verifier.threshold if verifier.has_threshold else None,
                           "results": [{"query": q, "matches": [m.to_dict() for m in ms]}
                                       for q, ms in zip(queries, results)]}, indent=2))
         return 0

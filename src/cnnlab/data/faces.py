@@ -209,28 +209,3 @@ def decode_faces(paths: Sequence[str | Path], spec: FacePreprocess) -> np.ndarra
     images, _, _ = decode_images([str(p) for p in paths], spec.transform, (spec.size, spec.size), strict=True)
     return images
 
-
-@dataclass
-class Gallery:
-    """Images to search: `names[i]` (a file name, or person/file) is `images[i]`, of person
-    `people[i]` (None for a flat folder, which says nothing about who is who)."""
-    images: np.ndarray
-    names: list[str]
-    people: list[str | None]
-    report: DecodeReport
-
-
-def load_gallery(folder: str | Path, spec: FacePreprocess) -> Gallery:
-    """Image files directly in `folder`, or else one folder per person (`person/image.jpg`).
-    Unreadable files are skipped and listed in the report."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CnnlabError(f"gallery folder not found: {folder}")
-    flat = list_images(folder)
-    if flat:
-        images, ok, report = decode_images([str(f) for f in flat], spec.transform, (spec.size, spec.size))
-        names = [flat[i].name for i in ok]
-        return Gallery(np.ascontiguousarray(images), names, [None] * len(names), report)
-    dataset, report = load_identity_folders(folder, spec)
-    return Gallery(np.ascontiguousarray(dataset.images), list(dataset.paths),
-                   [dataset.people[k] for k in dataset.labels], report)

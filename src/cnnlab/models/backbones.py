@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.io import load_torch_file
 from cnnlab.registry import Registry
 
 BACKBONES = Registry("backbone")
@@ -66,11 +67,7 @@ BACKBONES.register("tf_efficientnet_lite0", aliases=("lite0",))(
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and IO errors all mean "not a usable weights file"
-        raise CnnlabError(f"cannot read weights file {path}: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    obj = load_torch_file(path, "weights file")  # one line naming the file on any failure
     # A training checkpoint wraps the state dict; accept the common wrappers.
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -105,12 +105,10 @@ async def _send_json(send, status: int, detail: str) -> None:
 
 def _read_upload(upload: UploadFile, field: str, limits: ServeLimits) -> io.BytesIO:
     """The upload's bytes (at most the limit is read), as a file named after the form field,
-    so that an error about the image says which field it came from."""
+    so that an error about the image (an empty one included, `to_rgb`) says which field it came from."""
     data = upload.file.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
         raise ImageTooLarge(f"{field} is larger than the limit of {limits.max_upload_bytes:,} bytes")
-    if not data:
-        raise ImageRejected(f"{field} is empty")
     named = io.BytesIO(data)
     named.name = field
     return named

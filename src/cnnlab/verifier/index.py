@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from cnnlab.data.images import list_folders, list_images
+from cnnlab.data.images import decode_images, list_folders, list_images
 from cnnlab.errors import CnnlabError
 from cnnlab.io import read_json, save_npz_atomic, write_json
 from cnnlab.metrics.retrieval import FaissGallery, choose_backend, nearest_neighbours
-from cnnlab.verifier.images import ImageRejected
 
 if TYPE_CHECKING:
     from cnnlab.verifier.api import FaceVerifier
@@ -93,16 +92,11 @@ class EnrolReport:
 
 def embed_files(verifier: "FaceVerifier", files: Sequence[GalleryFile]
                 ) -> tuple[np.ndarray, list[GalleryFile], list[tuple[str, str]]]:
-    """(embeddings, the files they belong to, [(path, reason)] of files that could not be used)."""
-    faces, ok, bad = [], [], []
-    for f in files:
-        try:
-            faces.append(verifier.prepare([f.path])[0])
-            ok.append(f)
-        except ImageRejected as exc:
-            bad.append((str(f.path), str(exc)))
-    stacked = np.stack(faces) if faces else np.zeros((0, verifier.input_size, verifier.input_size, 3), np.uint8)
-    return verifier.embed_faces(stacked), ok, bad
+    """(embeddings, the files they belong to, [(path, reason)] of files that could not be used).
+    Gallery files go through training's decoder and bad-file report, with the model's face step."""
+    size = verifier.input_size
+    faces, ok, report = decode_images([f.path for f in files], verifier.face, (size, size))
+    return verifier.embed_faces(faces), [files[i] for i in ok], report.bad
 
 
 def _rows(embeddings: np.ndarray, files: Sequence[GalleryFile]) -> dict[str, np.ndarray]:

@@ -257,7 +257,6 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         return metrics
     if evaluate_test:
         test_people = [p for p in split.test_people if p in known]  # all of whose images failed: none to embed
-        test_rows = dataset.indices_of_people(test_people)
         test = dataset.subset(test_people)
         start = time.perf_counter()
         embeddings = embed_images(trained.model, test.images, batch_size=config.eval_batch_size)
@@ -265,7 +264,7 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         d = pair_distances(embeddings, i, j, config.distance)
         metrics["test"] = test_report(d, same, trained.threshold)
         metrics["test_embed_time_s"] = time.perf_counter() - start
-        metrics["test_images"] = int(len(test_rows))
+        metrics["test_images"] = len(test)
         save_test_outputs(out_dir, embeddings, test, d, same, trained.threshold)
         log(format_test(metrics["test"], "DevTest"))
     save_model(trained.model, out_dir / MODEL_FILE, extra=_extra(config, trained))
@@ -287,11 +286,12 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
     skipped = record_bad_files(bad, Path(out_dir), log) if out_dir is not None else len(bad.bad)
     seed_everything(config.seed)
     model = SiameseNet.from_config(config.model_config()).to(resolve_device(config.device))
-    val = dataset.subset([p for p in val_people if p in set(dataset.people)])
+    known = set(dataset.people)
+    val = dataset.subset([p for p in val_people if p in known])
     vi, vj, vsame = sample_pairs(val.labels, config.val_pairs, seed=config.seed)
     vd = pair_distances(backbone_features(model, val.images, batch_size=config.eval_batch_size), vi, vj, "euclidean")
     threshold, _ = best_threshold(vd, vsame)
-    test = dataset.subset([p for p in split.test_people if p in set(dataset.people)])
+    test = dataset.subset([p for p in split.test_people if p in known])
     i, j, same = test.pair_indices(split.test_pairs)
     d = pair_distances(backbone_features(model, test.images, batch_size=config.eval_batch_size), i, j, "euclidean")
     result = {"protocol": "view1", "model": f"{config.backbone} ({config.weights} weights), no fine-tuning",
@@ -321,6 +321,8 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     main = is_main_process()  # under torchrun rank 0 scores and writes; the other ranks only train
     skipped = record_bad_files(bad, out_dir, log) if main else len(bad.bad)
     pair_fold = np.array([p.fold for p in all_pairs])
+    i, j, same = dataset.pair_indices(all_pairs)
+    used = np.unique(np.concatenate([i, j]))
     folds = list(range(protocol.num_folds)) if folds is None else list(folds)
     rows = []
     for fold in folds:
@@ -333,8 +335,6 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
                                  log=log, data_info={"protocol": "view2", "fold": fold, "root": str(protocol.root)})
         if not main:
             continue
-        i, j, same = dataset.pair_indices(all_pairs)
-        used = np.unique(np.concatenate([i, j]))
         z = np.zeros((len(dataset), config.embedding_dim), np.float32)
         z[used] = embed_images(trained.model, dataset.images[used], batch_size=config.eval_batch_size)
         d = pair_distances(z, i, j, config.distance)

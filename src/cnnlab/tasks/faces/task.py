@@ -69,8 +69,8 @@ class _EpochBatches:
         generator = torch.Generator(device=t.device).manual_seed(t.config.seed * 1000 + self.epoch)
         rank, world_size = t.dist.rank, t.dist.world_size
         for local in self.index_batches:
-            rows = t.train_rows[local.to(t.device)]
-            labels = t.train_labels[local.to(t.device)]
+            local = local.to(t.device)
+            rows, labels = t.train_rows[local], t.train_labels[local]
             # Every rank draws the flips and shifts of the whole batch from the same generator,
             # then keeps its share of the images: one process would have drawn the same.
             mine = shard_slice(len(rows), rank, world_size)
