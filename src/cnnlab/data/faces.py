@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from cnnlab.data.align import DetectorSpec, NoFaceDetected, detect_cached, detector, warp_face
 from cnnlab.data.cache import ArrayCache
 from cnnlab.data.images import DecodeReport, decode_cached, decode_images, list_folders, list_images, path_problem
 from cnnlab.errors import CnnlabError
@@ -26,33 +27,75 @@ from cnnlab.errors import CnnlabError
 # Bump when the decode/crop code changes in a way that changes pixels: old cache entries die.
 _CACHE_VERSION = 1
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
+# The name saved models give the aligned face step (see `FacePreprocess.model_extra`).
+ALIGN_KIND = "mtcnn-align"
 
 
 @dataclass(frozen=True)
 class FacePreprocess:
-    """Centre crop (source pixels) and square resize: what the cached uint8 pixels depend on.
-    Normalisation is not here: `SiameseNet` applies its backbone's mean/std itself, so saved
-    models, verify and ONNX all take plain RGB.
+    """The face step: what the cached uint8 pixels depend on. Either a centre crop (source
+    pixels) and square resize, or (`align=True`) MTCNN's 5 landmarks warped onto the template
+    of `cnnlab.data.align` at `size` px with `padding` around it. Normalisation is not here:
+    `SiameseNet` applies its backbone's mean/std itself, so saved models, verify and ONNX all
+    take plain RGB.
 
     LFW deep-funneled faces are ~110 px wide in 250x250 images (detector box enlarged 2.2x);
     a 150 px centre crop keeps the face plus a little context. The crop is clamped to the
     image's shorter side (AT&T's 92x112 images give a 92 px square). `crop=None` takes the
     largest centred square.
+
+    Aligned, a file where no face is found gets the centre crop when `fallback` is on (so
+    LFW's protocol pairs all stay scoreable; the file is listed in the decode report), else
+    it is skipped and reported.
     """
     crop: int | None = 150
     size: int = 112
+    align: bool = False
+    padding: float = 0.25
+    fallback: bool = True
+    detector: DetectorSpec = field(default_factory=DetectorSpec)
 
     def __post_init__(self):
         if self.crop is not None and int(self.crop) < 1:
             raise ValueError(f"crop must be a positive number of pixels or None, got {self.crop}")
         if int(self.size) < 1:
             raise ValueError(f"size must be positive, got {self.size}")
+        if not -0.5 < float(self.padding) <= 2:
+            raise ValueError(f"padding must be in (-0.5, 2], got {self.padding}")
 
     def cache_spec(self) -> dict:
         """What changes the cached uint8 pixels."""
-        return {"crop": self.crop, "size": self.size, "version": _CACHE_VERSION}
+        spec = {"crop": self.crop, "size": self.size, "version": _CACHE_VERSION}
+        if self.align:
+            spec.update(align=self.detector.cache_spec(), padding=self.padding, fallback=self.fallback)
+        return spec
 
-    def transform(self, img: Image.Image) -> Image.Image:
+    def model_extra(self) -> dict:
+        """What a saved model records so verify/search/serve rebuild this face step:
+        `{"preprocess": {"kind": ..., options}}` for alignment (`cnnlab.verifier.images`'
+        registry names the kind); the centre crop keeps its `crop`/`input_size` keys."""
+        if not self.align:
+            return {}
+        d = self.detector
+        return {"preprocess": {"kind": ALIGN_KIND, "size": self.size, "padding": self.padding, "crop": self.crop,
+                               "min_face": d.min_face, "max_side": d.max_side, "min_score": d.min_score}}
+
+    def transform(self, img: Image.Image, landmarks: np.ndarray | None = None) -> Image.Image:
+        """The face of `img`. Aligned, `landmarks` are the face's 5 points when already known
+        (NaN: known to have no face); without them the detector runs on `img`."""
+        if not self.align:
+            return self.centre_crop(img)
+        if landmarks is None:
+            landmarks = detector(self.detector).detect([img])[0]
+        elif np.isnan(landmarks).any():
+            landmarks = None
+        if landmarks is None:
+            if self.fallback:
+                return self.centre_crop(img)
+            raise NoFaceDetected("no face found")
+        return warp_face(img, landmarks, self.size, self.padding)
+
+    def centre_crop(self, img: Image.Image) -> Image.Image:
         w, h = img.size
         side = min(w, h) if self.crop is None else min(int(self.crop), w, h)
         left, top = (w - side) // 2, (h - side) // 2
@@ -185,8 +228,15 @@ def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, 
     _, files = scan_identity_folders(root, people)
     abs_paths = [str(root / rel) for _, rel in files]
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", root.name) or "faces"
+    landmarks = None
+    if spec.align:  # detected once per set of files, whatever size or padding is asked for
+        landmarks = detect_cached(abs_paths, spec.detector, name=safe_name, cache=cache, progress=progress)
     images, ok, report = decode_cached(abs_paths, spec.transform, (spec.size, spec.size), name=f"faces-{safe_name}",
-                                       spec=spec.cache_spec(), cache=cache, strict=strict, progress=progress)
+                                       spec=spec.cache_spec(), cache=cache, strict=strict, progress=progress,
+                                       per_file=landmarks)
+    if landmarks is not None and spec.fallback:
+        report.fallback = [(abs_paths[i], "no face found: centre crop used")
+                           for i in ok if np.isnan(landmarks[i]).any()]
     persons = [files[i][0] for i in ok]
     kept_people = sorted(set(persons))
     label_of = {p: k for k, p in enumerate(kept_people)}

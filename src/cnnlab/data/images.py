@@ -51,9 +51,15 @@ class DecodeReport:
     is how many files were tried. CIFAR and faces share it: one screen summary, one file."""
     bad: list[tuple[str, str]] = field(default_factory=list)
     total: int = 0
+    # Files that decoded, but not as asked: (path, what was done instead), e.g. no face was
+    # found so the centre crop was used. Listed beside the bad files, never silently.
+    fallback: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{len(self.bad)} unreadable file(s) skipped" if self.bad else "all files decoded"
+        text = f"{len(self.bad)} unreadable file(s) skipped" if self.bad else "all files decoded"
+        if self.fallback:
+            text += f"; {len(self.fallback)} with a fallback ({self.fallback[0][1]}, ...)"
+        return text
 
     def preview(self, limit: int = PREVIEW_LIMIT, listed_in: str | Path | None = None) -> list[str]:
         """Screen lines: the first `limit` bad files, then how many more and, given
@@ -67,13 +73,14 @@ class DecodeReport:
 
     def to_dict(self) -> dict:
         return {"skipped": len(self.bad), "tried": self.total,
-                "files": [{"path": path, "reason": reason} for path, reason in self.bad]}
+                "files": [{"path": path, "reason": reason} for path, reason in self.bad],
+                "fallback": [{"path": path, "note": note} for path, note in self.fallback]}
 
     def write(self, folder: str | Path) -> Path | None:
         """Write every bad file to `folder/bad_files.json`; with none, remove a list an earlier
         run left there (so the folder never names files that have since been fixed)."""
         path = Path(folder) / BAD_FILES_NAME
-        if not self.bad:
+        if not self.bad and not self.fallback:
             path.unlink(missing_ok=True)
             return None
         write_json(path, self.to_dict())
@@ -183,10 +190,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}".strip().rstrip(":")
 
 
-def decode_images(paths: Sequence[str | Path], transform: Callable[[Image.Image], Image.Image] | None,
+def decode_images(paths: Sequence[str | Path], transform: Callable[..., Image.Image] | None,
                   size: tuple[int, int], strict: bool = False, progress: bool | None = False,
-                  ) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
+                  per_file: Sequence | None = None) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
     """Decode `paths` into an N x H x W x 3 uint8 array (`size` = (H, W) after `transform`).
+    With `per_file` (one value per path, e.g. that file's face landmarks) the transform is
+    called as `transform(image, per_file[i])`.
 
     Returns (images, ok_index, report): ok_index are the positions in `paths` that decoded.
     A bad file is reported by path; with `strict` the first one raises a CnnlabError.
@@ -200,7 +209,7 @@ def decode_images(paths: Sequence[str | Path], transform: Callable[[Image.Image]
         try:
             img = open_rgb(p)
             if transform is not None:
-                img = transform(img)
+                img = transform(img) if per_file is None else transform(img, per_file[i])
             arr = np.asarray(img, dtype=np.uint8)
             if arr.shape != (size[0], size[1], 3):
                 raise UnreadableImage(f"decoded to shape {arr.shape}, expected {(size[0], size[1], 3)}")
@@ -215,9 +224,10 @@ def decode_images(paths: Sequence[str | Path], transform: Callable[[Image.Image]
     return (out if idx.size == len(paths) else out[idx]), idx, report
 
 
-def decode_cached(paths: Sequence[str | Path], transform: Callable[[Image.Image], Image.Image] | None,
+def decode_cached(paths: Sequence[str | Path], transform: Callable[..., Image.Image] | None,
                   size: tuple[int, int], *, name: str, spec: dict, cache=None, strict: bool = False,
-                  progress: bool | None = False) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
+                  progress: bool | None = False, per_file: Sequence | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
     """`decode_images` through the shared `ArrayCache`: decoded once, keyed by the files, the
     `spec` (what `transform` depends on) and the decoder version. The report is rebuilt from
     `paths` as given now, so a cached entry names bad files as this call spells them; with
@@ -228,7 +238,8 @@ def decode_cached(paths: Sequence[str | Path], transform: Callable[[Image.Image]
     key = fingerprint(paths, {**spec, "decoder": DECODER_VERSION})
 
     def build() -> dict[str, np.ndarray]:
-        images, ok, report = decode_images(paths, transform, size, strict=strict, progress=progress)
+        images, ok, report = decode_images(paths, transform, size, strict=strict, progress=progress,
+                                           per_file=per_file)
         return {"images": images, "ok_index": ok.astype(np.int64),
                 "bad_reasons": np.array([reason for _, reason in report.bad], dtype=str)}
 

@@ -2,10 +2,11 @@
 upload, a PIL image, a uint8 array) turned into the square uint8 face the model was trained on.
 
 Decoding follows training's decoder (`cnnlab.data.images.open_rgb`: EXIF orientation, any mode
-to RGB), and the face step is read from the saved model, never chosen by the caller. Today that
-step is the centre crop and resize of `FacePreprocess`; a face aligner registers itself in
-`FACE_PREPROCESSING` under its own kind, the model stores `extra["preprocess"] = {"kind": ...}`,
-and `embed`, the index fingerprint and the service's crops all follow without other changes.
+to RGB), and the face step is read from the saved model, never chosen by the caller: the
+centre crop and resize of `FacePreprocess`, or its landmark alignment (`AlignedFace`, kind
+"mtcnn-align"). A step registers itself in `FACE_PREPROCESSING` under its kind, the model
+stores `extra["preprocess"] = {"kind": ...}`, and `embed`, the index fingerprint and the
+service's crops all follow.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Any, BinaryIO, Protocol, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from cnnlab.data.faces import FacePreprocess
+from cnnlab.data.align import DetectorSpec, NoFaceDetected
+from cnnlab.data.faces import ALIGN_KIND, FacePreprocess
 from cnnlab.data.images import open_rgb, to_rgb8
 from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
@@ -72,6 +74,38 @@ class CentreCrop:
 
     def __call__(self, image: Image.Image) -> Image.Image:
         return FacePreprocess(crop=self.crop, size=self.size).transform(image)
+
+
+@FACE_PREPROCESSING.register(ALIGN_KIND)
+@dataclass(frozen=True)
+class AlignedFace:
+    """Training's aligned face step (`FacePreprocess(align=True)`): MTCNN's 5 landmarks warped
+    onto the template. A photo without a detectable face raises `NoFaceFound`: training's
+    centre-crop fallback keeps benchmark pairs scoreable, but a user's photo without a face
+    gets an answer saying so, not a guess."""
+    size: int
+    padding: float = 0.25
+    crop: int | None = 150
+    min_face: int = DetectorSpec.min_face
+    max_side: int = DetectorSpec.max_side
+    min_score: float = DetectorSpec.min_score
+
+    def __post_init__(self):
+        self.step()  # validates the values once, at load time
+
+    def step(self) -> FacePreprocess:
+        return FacePreprocess(crop=self.crop, size=self.size, align=True, padding=self.padding, fallback=False,
+                              detector=DetectorSpec(min_face=self.min_face, max_side=self.max_side,
+                                                    min_score=self.min_score))
+
+    def spec(self) -> dict:
+        return {"kind": ALIGN_KIND, **self.step().cache_spec()}
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        try:
+            return self.step().transform(image)
+        except NoFaceDetected:
+            raise NoFaceFound("no face found in the image") from None
 
 
 def preprocessing_from_extra(extra: dict, source: str | Path = "model") -> FacePreprocessing:
@@ -176,7 +210,10 @@ def prepare_faces(images: Sequence[ImageInput], face: FacePreprocessing, *,
     """N x S x S x 3 uint8 faces, each decoded and passed through the model's face step."""
     out = np.empty((len(images), face.size, face.size, 3), dtype=np.uint8)
     for i, image in enumerate(images):
-        rgb = face(to_rgb(image, max_pixels=max_pixels))
+        try:
+            rgb = face(to_rgb(image, max_pixels=max_pixels))
+        except NoFaceFound as exc:
+            raise NoFaceFound(f"{_describe(image)}: {exc}") from None
         arr = np.asarray(rgb, dtype=np.uint8)
         if arr.shape != out.shape[1:]:
             raise ImageRejected(f"{_describe(image)}: face step gave shape {arr.shape}, expected {out.shape[1:]}")
