@@ -56,3 +56,15 @@ def test_a_mismatch_leaves_no_file(model, tmp_path, monkeypatch):
     with pytest.raises(CnnlabError, match="differs from PyTorch"):
         export_onnx(model, tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_flip_tta_is_part_of_the_exported_graph(tmp_path):
+    torch.manual_seed(0)
+    tta = SiameseNet("tf_efficientnet_lite0", embedding_dim=8, weights="none", input_size=SIZE, flip_tta=True)
+    report = export_onnx(tta, tmp_path / "tta.onnx")
+    x = torch.rand(3, 3, SIZE, SIZE)
+    out, _ = run_onnx(report.path, x.numpy())
+    mirrored, _ = run_onnx(report.path, x.flip(3).numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(out, tta.eval().embed(x).numpy(), atol=1e-4)
+    np.testing.assert_allclose(out, mirrored, atol=1e-4)  # the graph embeds the image and its mirror

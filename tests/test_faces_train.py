@@ -102,7 +102,7 @@ def test_model_and_engine_configs_are_built_from_the_shared_fields():
     # Model defaults are SiameseConfig's (the recipe only changes the input size)...
     assert FaceTrainConfig().model_config() == SiameseConfig(input_size=192)
     # ...and every field shared by name reaches the model's and the engine's config.
-    changed = dict(backbone="efficientnet_b0", weights="none", embedding_dim=32, head="mlp", normalize=False,
+    changed = dict(backbone="efficientnet_b0", weights="none", embedding_dim=32, head="mlp", normalize=False, flip_tta=True,
                    input_size=64, epochs=3, batch_size=24, lr=0.02, optimizer="sgd", weight_decay=0.0,
                    schedule="constant", warmup=0.0, seed=5, device="cpu", precision="fp32", progress=True)
     config = FaceTrainConfig(**changed)
@@ -110,7 +110,7 @@ def test_model_and_engine_configs_are_built_from_the_shared_fields():
         shared = {f.name for f in dataclasses.fields(cls)} & set(changed)
         assert shared and all(getattr(sub, name) == changed[name] for name in shared), cls.__name__
     assert {f.name for f in dataclasses.fields(SiameseConfig)} & {f.name for f in dataclasses.fields(FaceTrainConfig)} \
-        == {"backbone", "weights", "embedding_dim", "head", "normalize", "input_size"}
+        == {"backbone", "weights", "embedding_dim", "head", "normalize", "input_size", "flip_tta"}
 
 
 def test_embedding_helpers_restore_the_models_mode():
@@ -227,6 +227,9 @@ def test_outlier_counts_by_hand():
     assert out["same_beyond_threshold"] == 1 and out["different_within_threshold"] == 1
     # Queries are images 0-3 (person 2 has one image); 0's and 1's nearest is person 2's image.
     assert out["nn_queries"] == 4 and out["nn_other_person"] == 2
+    # medians: same-person (0.1, 0.9) -> 0.5; different-person (0.2, 1.5) -> 0.85
+    assert out["same_median"] == pytest.approx(0.5) and out["different_median"] == pytest.approx(0.85)
+    assert out["same_to_different_median"] == pytest.approx(0.5 / 0.85)
 
 
 @pytest.mark.slow
@@ -237,8 +240,11 @@ def test_margins_and_view2_on_tiny_data(fake_lfw, tmp_path):
         assert (tmp_path / "margins" / name).is_file(), name
     assert "same beyond threshold" in (tmp_path / "margins" / "comparison.md").read_text()
 
+    lines = []
     summary = train_view2(tiny_config(epochs=1, val_fraction=0.2), fake_lfw, tmp_path / "view2", folds=[0, 1],
-                          log=quiet)
+                          log=lines.append)
+    # One frozen-feature cache of every image serves all folds: computed once, not per fold.
+    assert sum("computed frozen stages" in line for line in lines) == 1
     assert summary["folds_run"] == 2 and summary["num_folds"] == 10 and not summary["complete"]
     assert [f["fold"] for f in summary["folds"]] == [1, 2]
     assert (tmp_path / "view2" / "fold-02" / "model.pt").is_file()
@@ -252,3 +258,30 @@ def test_untrained_baseline_scores_devtest_with_a_validation_threshold(fake_lfw,
     saved = json.loads((tmp_path / "baseline.json").read_text())
     assert saved["test"]["n_pairs"] == 16 and saved["test"]["threshold_source"] == "calibrated"
     assert saved["test"]["threshold"] == pytest.approx(result["validation"]["threshold"])
+
+
+@pytest.mark.slow
+def test_hard_miner_and_flip_tta_train_and_report_retrieval(fake_lfw, tmp_path):
+    from cnnlab.models.siamese import load_model
+    from cnnlab.tasks.faces import train_view1
+    from cnnlab.tasks.faces.task import FaceVerificationTask
+    config = tiny_config(epochs=2, miner="hard", miner_negatives=2, flip_tta=True)
+    metrics = train_view1(config, fake_lfw, tmp_path / "run", evaluate_test=True, log=quiet)
+    r = metrics["retrieval"]
+    assert r["queries"] > 0 and 0 <= r["map_at_r"] <= r["r_precision"] <= 1 and 0 <= r["precision_at_1"] <= 1
+    model, _ = load_model(tmp_path / "run" / "model.pt")
+    assert model.config.flip_tta
+    # Validation from cached features (the mirror's own cached features) = from pixels (`embed`).
+    from cnnlab.data.faces import load_identity_folders
+    from cnnlab.tasks.faces import cached_prefix
+    from cnnlab.tasks.faces.protocols import embed_images
+    dataset, _ = load_identity_folders(fake_lfw / "lfw-deepfunneled", config.preprocess(), progress=False)
+    rows = np.arange(len(dataset))
+    stage = len(model.backbone_stages()) - config.trainable_stages
+    prefix = cached_prefix(model, dataset, rows, stage, batch_size=64, progress=False, log=quiet)
+    task = FaceVerificationTask(config, dataset, rows, rows, torch.device("cpu"), prefix=prefix, start_stage=stage)
+    assert isinstance(task.miner, __import__("cnnlab.miners", fromlist=["HardPairMiner"]).HardPairMiner)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(task.val_embeddings(model), torch.from_numpy(embed_images(model, dataset.images)),
+                                   rtol=1e-4, atol=1e-5)

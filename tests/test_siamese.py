@@ -217,3 +217,17 @@ def test_the_staged_forward_pass_is_embed_split_anywhere(normalize):
             torch.testing.assert_close(model.embed_from(stage, features), z, rtol=1e-4, atol=1e-5)
         assert model.features_until(x, 0).shape == (3, 3, SIZE, SIZE)  # stage 0: the normalised input
         torch.testing.assert_close(model.features_until(x, 0), model.prepare_input(x))
+
+
+def test_flip_tta_embeds_an_image_and_its_mirror_in_eval_mode_only():
+    torch.manual_seed(0)
+    plain = SiameseNet(weights="none", input_size=32, embedding_dim=8).eval()
+    tta = SiameseNet(weights="none", input_size=32, embedding_dim=8, flip_tta=True).eval()
+    tta.load_state_dict(plain.state_dict())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(plain.embed(x) + plain.embed(x.flip(3)), dim=1)
+        torch.testing.assert_close(tta.embed(x), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(tta.embed(x.flip(3)), tta.embed(x), rtol=1e-5, atol=1e-6)  # mirror-invariant
+        tta.train()
+        torch.testing.assert_close(tta.embed(x), plain.train().embed(x))  # training sees single images

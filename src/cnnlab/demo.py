@@ -38,7 +38,7 @@ def faces_view1(out: Path) -> None:
     early-stage features; DevTest scored once at the threshold calibrated on validation people."""
     from cnnlab.cli.faces import view1_with_plots
     from cnnlab.io import load_yaml, read_json, to_plain
-    from cnnlab.tasks.faces import default_lfw_root, format_test, preset_config
+    from cnnlab.tasks.faces import default_lfw_root, format_retrieval, format_test, preset_config
 
     run_dir = out / "faces-view1"
     config = preset_config("demo")
@@ -51,6 +51,8 @@ def faces_view1(out: Path) -> None:
         metrics = view1_with_plots(config, default_lfw_root(), run_dir, evaluate_test=True)
     print()
     print(format_test(metrics["test"], "LFW View 1 DevTest (1,000 pairs)"))
+    if metrics.get("retrieval"):
+        print(format_retrieval(metrics["retrieval"], "DevTest people"))
     print(f"training {metrics['train_time_s']:.0f} s (+ {metrics['feature_cache_time_s']:.0f} s caching frozen "
           f"features), best epoch {metrics['best_epoch']} of {metrics['epochs']}")
     print(f"metrics: {run_dir / 'metrics.json'}  model: {run_dir / 'model.pt'}")

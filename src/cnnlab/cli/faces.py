@@ -1,4 +1,4 @@
-"""`cnnlab faces train|margins|verify|search|export|baseline|plot|tune|index|serve`: Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
+"""`cnnlab faces train|margins|verify|search|export|baseline|plot|tune|index|score|serve`: Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
 `cnnlab.tasks.faces.FaceTrainConfig`; every field is a flag of the same name."""
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def register(sub) -> None:
     p.add_argument("run_dir")
     p.set_defaults(func=run_plot)
 
-    register_use(commands)  # faces index build|add, faces serve
+    register_use(commands)  # faces index build|add, faces score, faces serve
 
     # optuna is a dependency: a tuner that fails to import is an error, never a missing command.
     from cnnlab.cli.tune import register as register_tune

@@ -1,5 +1,5 @@
 """Using a trained face model from the command line: `faces verify`, `faces search`,
-`faces index build|add` and `faces serve`. Every command is a thin front end over
+`faces index build|add`, `faces score` and `faces serve`. Every command is a thin front end over
 `cnnlab.verifier.FaceVerifier` (and the HTTP app of `cnnlab.serve`); none holds library logic."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def load_verifier(model: str | Path, args: argparse.Namespace, **options):
 
 
 def register(commands) -> None:
-    """`faces index build|add` and `faces serve` (verify, search and export are registered in
+    """`faces index build|add`, `faces score` and `faces serve` (verify, search and export are registered in
     cli/faces.py, where they always were)."""
     index = commands.add_parser("index", help="a persistent gallery index: enrol faces once, search many times")
     sub = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
@@ -65,6 +65,19 @@ def register(commands) -> None:
     p.add_argument("--model", help="default: the model that built the index (another one is refused)")
     _add_enrol_flags(p)
     p.set_defaults(func=run_index_add)
+
+    p = commands.add_parser("score", help="score the model on an identity folder it never trained on "
+                            "(every same-person pair + as many random different-person pairs)")
+    p.add_argument("folder", metavar="FOLDER", help="one folder of images per person: FOLDER/<person>/<image>")
+    p.add_argument("--model", required=True, help="model.pt (or its run directory) written by `faces train`")
+    p.add_argument("--negatives", type=positive_int, metavar="N",
+                   help="different-person pairs to draw (default: as many as same-person pairs)")
+    p.add_argument("--seed", type=int, default=0, help="which different-person pairs are drawn (default 0)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--out", metavar="FILE.json", help="also write the full result to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_flags(p)
+    p.set_defaults(func=run_score)
 
     p = commands.add_parser("serve", help="HTTP service: POST /verify /embed /search, GET /healthz /docs, a page at /")
     p.add_argument("--model", required=True, help="model.pt (or its run directory) written by `faces train`")
@@ -177,6 +190,41 @@ def run_index_add(args) -> int:
     verifier = load_verifier(args.model or index.model_path, args)
     report = add_to_index(args.index, args.gallery, verifier, **_enrol_options(args))
     _print_enrolment(report)
+    return 0
+
+
+# ---------------------------------------------------------------------------- score
+SKIPPED_SHOWN = 5
+
+
+def run_score(args) -> int:
+    from cnnlab.io import write_json
+    from cnnlab.verifier import score_identity_folder
+    verifier = load_verifier(args.model, args)
+    result = score_identity_folder(verifier, args.folder, negatives=args.negatives, seed=args.seed,
+                                   progress=False if args.no_progress else None)
+    if args.out:
+        write_json(args.out, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    pairs, skipped = result["pairs"], result["skipped"]
+    for item in skipped[:SKIPPED_SHOWN]:
+        print(f"skipped {item['path']}: {item['reason']}")
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"... and {len(skipped) - SKIPPED_SHOWN} more skipped" + (f" (all in {args.out})" if args.out else ""))
+    print(f"{result['folder']}: {result['images']} images of {result['people']} people, "
+          f"{len(skipped)} skipped; {pairs['matched']} same-person + {pairs['mismatched']} different-person pairs")
+    print(f"AUC {result['auc']:.4f}  EER {result['eer']:.4f}")
+    at = result["at_model_threshold"]
+    if at is None:
+        print("accuracy at the model's threshold: none (the model holds no calibrated threshold)")
+    else:
+        print(f"accuracy at the model's threshold {at['threshold']:.4f}: {at['accuracy']:.4f}")
+    print(f"best-threshold accuracy {result['best_threshold_accuracy']:.4f} at {result['best_threshold']:.4f} "
+          "(upper bound: peeks at these pairs' labels)")
+    if args.out:
+        print(f"written: {args.out}")
     return 0
 
 

@@ -131,3 +131,39 @@ def nearest_neighbours(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor
     if not values:
         return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.int64)
     return torch.cat(values), torch.cat(indices)
+
+
+def retrieval_scores(embeddings: torch.Tensor | np.ndarray, labels, distance: Distance | str = "euclidean",
+                     *, chunk: int = 1024) -> dict:
+    """Leave-one-out retrieval over one set of embeddings, as pytorch-metric-learning's
+    `AccuracyCalculator` defines it (Musgrave, Belongie and Lim 2020, "A Metric Learning
+    Reality Check"): every image whose person has R >= 1 other images queries all the others.
+
+    - precision_at_1: share of queries whose nearest other image is the same person;
+    - r_precision: share of same-person images among the R nearest;
+    - map_at_r: mean over the R nearest of the precision at each same-person hit, divided by R
+      (1.0 only when all R come first, in any order).
+    Queries whose person has a single image are left out (`queries` counts those used).
+    """
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    z = torch.as_tensor(np.asarray(embeddings, np.float32) if isinstance(embeddings, np.ndarray) else embeddings)
+    counts = torch.bincount(labels)
+    others = counts[labels] - 1
+    rows = torch.nonzero(others > 0).flatten()
+    if len(rows) == 0:
+        return {"queries": 0, "precision_at_1": float("nan"), "r_precision": float("nan"), "map_at_r": float("nan")}
+    k = int(others.max())
+    p1 = rp = mapr = 0.0
+    for s in range(0, len(rows), chunk):
+        q = rows[s:s + chunk]
+        _, idx = nearest_neighbours(z[q], z, k, distance, query_rows=q.numpy(), chunk=chunk)
+        hit = (labels[idx] == labels[q][:, None]).double()              # Q x k
+        r = others[q].double()
+        within = (torch.arange(k)[None, :] < r[:, None]).double()       # the first R of each row
+        hit = hit * within
+        precision = hit.cumsum(1) / torch.arange(1, k + 1, dtype=torch.float64)[None, :]
+        p1 += float(hit[:, 0].sum())
+        rp += float((hit.sum(1) / r).sum())
+        mapr += float(((precision * hit).sum(1) / r).sum())
+    n = len(rows)
+    return {"queries": n, "precision_at_1": p1 / n, "r_precision": rp / n, "map_at_r": mapr / n}

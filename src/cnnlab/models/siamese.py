@@ -52,6 +52,9 @@ class SiameseConfig:
     hidden_dim: int = 512         # width of the "mlp" head
     dropout: float = 0.0
     input_size: int | None = None  # None: the backbone's ImageNet size
+    # Test-time augmentation: in eval mode an image's embedding is the mean of its own and its
+    # mirror image's (renormalised), so verify, search, the index and ONNX all include it.
+    flip_tta: bool = False
 
     def __post_init__(self):
         self.backbone = BACKBONES.canonical(self.backbone)
@@ -123,8 +126,18 @@ class SiameseNet(nn.Module):
         return self.backbone(self.prepare_input(images))
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """N x embedding_dim embeddings, L2-normalised when `normalize`."""
+        """N x embedding_dim embeddings, L2-normalised when `normalize` (with `flip_tta`, in
+        eval mode, merged with the mirror image's: `merge_flips`)."""
+        if self.config.flip_tta and not self.training:
+            n = images.shape[0]
+            z = self._project(self.forward_features(torch.cat([images, images.flip(3)])))
+            return self.merge_flips(z[:n], z[n:])
         return self._project(self.forward_features(images))
+
+    def merge_flips(self, z: torch.Tensor, z_mirror: torch.Tensor) -> torch.Tensor:
+        """One embedding from an image's and its mirror image's: their mean, renormalised."""
+        z = (z + z_mirror) / 2
+        return F.normalize(z, dim=1) if self.config.normalize else z
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:
         z = self.head(pooled)

@@ -27,6 +27,7 @@ from cnnlab.tasks.faces.protocols import (
     backbone_features,
     default_lfw_root,
     embed_images,
+    format_retrieval,
     format_test,
     load_lfw_images,
     pair_distances,
@@ -46,7 +47,7 @@ __all__ = [
     "FeatureMemo", "PrefixFeatures", "cached_prefix", "prefix_key",
     "compare_margins", "margins_markdown", "outlier_counts", "write_margins_report",
     "METRICS_FILE", "MODEL_FILE", "TEST_EMBEDDINGS", "TEST_PAIRS", "TrainedVerifier", "backbone_features",
-    "default_lfw_root", "embed_images", "format_test", "load_lfw_images", "pair_distances", "record_plots",
+    "default_lfw_root", "embed_images", "format_retrieval", "format_test", "load_lfw_images", "pair_distances", "record_plots",
     "save_test_outputs", "test_report", "train_verifier", "train_view1", "train_view2", "untrained_baseline",
     "view2_summary", "FaceBatch", "FaceVerificationTask",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from cnnlab.data.faces import FacePreprocess
 from cnnlab.distances import DISTANCES
 from cnnlab.engine import TrainConfig
+from cnnlab.miners import MINERS
 from cnnlab.errors import CnnlabError
 from cnnlab.models.siamese import SiameseConfig, SiameseNet
 
@@ -37,6 +38,11 @@ class FaceTrainConfig:
     # 192 px beat 160 and 128 on View 1 validation AUC (BENCHMARKS.md), upsampling the crop.
     input_size: int = 192            # side of the square the network sees
     crop: int = 150                  # centre crop of the 250 px LFW image (face ~110 px) before resizing
+    # MTCNN's 5 landmarks warped onto a template (cnnlab.data.align) instead of the centre crop;
+    # align_padding widens the square around the template (0.25: 140 units of the 112 template).
+    align: bool = False
+    align_padding: float = 0.25
+    align_fallback: bool = True      # no face found: centre crop (listed in bad_files.json), else skip the file
     flip: bool = True                # random horizontal flip
     shift: int = 0                   # random translation in pixels (pixel path only)
     val_fraction: float = 0.1        # share of the training people held out for selection/calibration
@@ -44,7 +50,12 @@ class FaceTrainConfig:
     # batches: batch_size // k people x k images each
     batch_size: int = 64
     k: int = 4
-    balance_pairs: bool = True       # as many different-person pairs as same-person ones per batch
+    balance_pairs: bool = True       # random miner: as many different-person pairs as same-person ones
+    # Which pairs of a batch the loss sees (cnnlab.miners): random, or hard = every same-person
+    # pair + each image's miner_negatives nearest other-person images in the batch.
+    miner: str = "random"
+    miner_negatives: int = 1
+    flip_tta: bool = SiameseConfig.flip_tta   # embedding = mean of the image's and its mirror's
     # schedule (the engine's optimizer and schedule; this recipe's values, not the engine's CIFAR ones)
     epochs: int = 15
     lr: float = 1e-3
@@ -76,8 +87,11 @@ class FaceTrainConfig:
             (self.distance in DISTANCES, f"distance must be one of {', '.join(DISTANCES.names())}, got {self.distance!r}"),
             (self.crop >= 1, f"crop must be >= 1 pixel, got {self.crop}"),
             (self.shift >= 0, f"shift must be >= 0, got {self.shift}"),
+            (-0.5 < self.align_padding <= 2, f"align_padding must be in (-0.5, 2], got {self.align_padding}"),
             (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
             (self.val_pairs >= 1, f"val_pairs must be >= 1, got {self.val_pairs}"),
+            (self.miner in MINERS, f"miner must be one of {', '.join(MINERS.names())}, got {self.miner!r}"),
+            (self.miner_negatives >= 1, f"miner_negatives must be >= 1, got {self.miner_negatives}"),
             (self.k >= 2, f"k (images per person in a batch) must be >= 2, got {self.k}"),
             (self.batch_size >= 2 * self.k, f"batch_size must hold at least 2 people of k={self.k} images, "
                                             f"got {self.batch_size}"),
@@ -110,7 +124,8 @@ class FaceTrainConfig:
         return SiameseConfig(**self._shared_with(SiameseConfig))
 
     def preprocess(self) -> FacePreprocess:
-        return FacePreprocess(crop=self.crop, size=self.input_size)
+        return FacePreprocess(crop=self.crop, size=self.input_size, align=self.align,
+                              padding=self.align_padding, fallback=self.align_fallback)
 
 
 # Settings a preset changes from the FaceTrainConfig defaults (flags and --config override them).

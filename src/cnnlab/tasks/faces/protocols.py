@@ -35,6 +35,7 @@ from cnnlab.engine import Engine, seed_everything
 from cnnlab.env import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.io import save_npz_atomic, save_yaml, to_plain, write_json
+from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate, kfold_accuracy
 from cnnlab.models.siamese import SiameseNet, save_model
 from cnnlab.models.utils import eval_mode, module_device
@@ -90,10 +91,12 @@ class TrainedVerifier:
 def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Sequence[str],
                    val_people: Sequence[str], run_dir: str | Path, *, report=None,
                    log: Callable[[str], None] = print, data_info: dict | None = None,
-                   features: FeatureMemo | None = None) -> TrainedVerifier:
+                   features: FeatureMemo | None = None, cache_rows: np.ndarray | None = None) -> TrainedVerifier:
     """Train on `fit_people`, select the epoch and calibrate the threshold on pairs sampled
     among `val_people` (disjoint from them). Writes the engine's run files into `run_dir`.
-    `features`: a memo shared with other runs of the same study (see `FeatureMemo`)."""
+    `features`: a memo shared with other runs of the same study (see `FeatureMemo`);
+    `cache_rows`: the rows whose frozen features are cached (default: the training rows a
+    batch can draw and the validation rows; View 2 caches every image once for all folds)."""
     overlap = set(fit_people) & set(val_people)
     if overlap:
         raise CnnlabError(f"{len(overlap)} people are in both the training and validation split, e.g. {sorted(overlap)[:3]}")
@@ -115,7 +118,8 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
         # Only rows a P x K batch can draw (people with >= 2 images) and the validation rows.
         fit_counts = np.bincount(dataset.labels[fit_rows], minlength=dataset.num_people)
         drawable = fit_rows[fit_counts[dataset.labels[fit_rows]] >= 2]
-        prefix = cached_prefix(model, dataset, np.concatenate([drawable, val_rows]), stage,
+        rows = np.concatenate([drawable, val_rows]) if cache_rows is None else np.asarray(cache_rows)
+        prefix = cached_prefix(model, dataset, rows, stage,
                                batch_size=config.eval_batch_size, progress=config.progress, log=log, memo=features)
         cache_time = time.perf_counter() - start
     task = FaceVerificationTask(config, dataset, fit_rows, val_rows, engine.device, prefix=prefix,
@@ -187,7 +191,7 @@ def record_bad_files(report: DecodeReport, out_dir: Path, log: Callable[[str], N
 def _extra(config: FaceTrainConfig, trained: TrainedVerifier, **more) -> dict:
     return {"threshold": trained.threshold, "distance": config.distance, "margin": config.margin,
             "crop": config.crop, "input_size": config.input_size, "val_auc": trained.validation.auc,
-            "val_accuracy": trained.validation.accuracy, **more}
+            "val_accuracy": trained.validation.accuracy, **config.preprocess().model_extra(), **more}
 
 
 def test_report(distances: np.ndarray, same: np.ndarray, threshold: float) -> dict:
@@ -196,6 +200,11 @@ def test_report(distances: np.ndarray, same: np.ndarray, threshold: float) -> di
     calibrated = evaluate(distances, same, threshold=threshold)
     best_t, best_acc = best_threshold(distances, same)
     return {**calibrated.to_dict(), "best_threshold": best_t, "best_threshold_accuracy": best_acc}
+
+
+def format_retrieval(scores: dict, name: str) -> str:
+    return (f"{name} retrieval (leave-one-out, {scores['queries']} queries): precision@1 "
+            f"{scores['precision_at_1']:.2%}, R-precision {scores['r_precision']:.2%}, MAP@R {scores['map_at_r']:.2%}")
 
 
 def format_test(test: dict, name: str) -> str:
@@ -265,8 +274,10 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         metrics["test"] = test_report(d, same, trained.threshold)
         metrics["test_embed_time_s"] = time.perf_counter() - start
         metrics["test_images"] = len(test)
+        metrics["retrieval"] = retrieval_scores(embeddings, test.labels, config.distance)
         save_test_outputs(out_dir, embeddings, test, d, same, trained.threshold)
         log(format_test(metrics["test"], "DevTest"))
+        log(format_retrieval(metrics["retrieval"], "DevTest people"))
     save_model(trained.model, out_dir / MODEL_FILE, extra=_extra(config, trained))
     write_json(out_dir / METRICS_FILE, metrics)
     save_yaml(config, out_dir / "faces_config.yaml")
@@ -293,12 +304,14 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
     threshold, _ = best_threshold(vd, vsame)
     test = dataset.subset([p for p in split.test_people if p in known])
     i, j, same = test.pair_indices(split.test_pairs)
-    d = pair_distances(backbone_features(model, test.images, batch_size=config.eval_batch_size), i, j, "euclidean")
+    features = backbone_features(model, test.images, batch_size=config.eval_batch_size)
+    d = pair_distances(features, i, j, "euclidean")
     result = {"protocol": "view1", "model": f"{config.backbone} ({config.weights} weights), no fine-tuning",
-              "input_size": config.input_size, "crop": config.crop,
+              "input_size": config.input_size, "crop": config.crop, **config.preprocess().model_extra(),
               "validation": evaluate(vd, vsame, threshold=threshold).to_dict(), "test": test_report(d, same, threshold),
-              "skipped_files": skipped}
+              "retrieval": retrieval_scores(features, test.labels, "euclidean"), "skipped_files": skipped}
     log(format_test(result["test"], "untrained DevTest"))
+    log(format_retrieval(result["retrieval"], "untrained DevTest people"))
     if out_dir is not None:
         write_json(Path(out_dir) / "baseline.json", result)
     return result
@@ -324,6 +337,9 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     i, j, same = dataset.pair_indices(all_pairs)
     used = np.unique(np.concatenate([i, j]))
     folds = list(range(protocol.num_folds)) if folds is None else list(folds)
+    # Every fold starts from the same frozen weights: the frozen stages' features of every
+    # image are computed once (or loaded from the disk cache) and shared by the ten trainings.
+    memo, every_image = FeatureMemo(), np.arange(len(dataset))
     rows = []
     for fold in folds:
         split = protocol.view2_fold(fold)
@@ -332,7 +348,8 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         fit_people, val_people = split_people(list(split.train_people), counts, config.val_fraction, config.seed)
         log(f"[fold {fold + 1}/{protocol.num_folds}]")
         trained = train_verifier(config, dataset, fit_people, val_people, out_dir / f"fold-{fold + 1:02d}",
-                                 log=log, data_info={"protocol": "view2", "fold": fold, "root": str(protocol.root)})
+                                 log=log, data_info={"protocol": "view2", "fold": fold, "root": str(protocol.root)},
+                                 features=memo, cache_rows=every_image)
         if not main:
             continue
         z = np.zeros((len(dataset), config.embedding_dim), np.float32)

@@ -19,12 +19,13 @@ import torch.nn as nn
 
 from cnnlab.data.faces import FaceDataset
 from cnnlab.data.loader import random_crop, random_flip, shard_sizes, shard_slice
-from cnnlab.data.pairs import batch_pairs, sample_pairs
+from cnnlab.data.pairs import sample_pairs
 from cnnlab.data.samplers import PKSampler
 from cnnlab.distances import create_distance
 from cnnlab.distributed import DistContext, gather_rows
 from cnnlab.losses import ContrastiveLoss
 from cnnlab.metrics.verification import evaluate
+from cnnlab.miners import create_miner
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.tasks.faces.config import FaceTrainConfig, frozen_prefix, set_trainable
 from cnnlab.tasks.faces.features import PrefixFeatures
@@ -102,6 +103,8 @@ class FaceVerificationTask:
         self.report, self.log = report, log
         self.started = time.perf_counter()
         self.loss = ContrastiveLoss(config.margin, create_distance(config.distance))
+        options = {"balance": config.balance_pairs} if config.miner == "random" else {"negatives": config.miner_negatives}
+        self.miner = create_miner(config.miner, self.loss.distance, **options)
         fit_labels = dataset.labels[fit_rows]
         self.sampler = PKSampler(fit_labels, config.people_per_batch, config.k, seed=config.seed)
         self.train_rows = torch.as_tensor(fit_rows, device=device)
@@ -157,7 +160,7 @@ class FaceVerificationTask:
         x, labels, generator = batch.inputs, batch.labels, batch.pair_generator
         z = (self.embed(model, x) if isinstance(model, SiameseNet) else model(x)).float()
         z = gather_rows(z, batch.shares, self.dist)  # the whole batch's embeddings on every rank
-        i, j, same = batch_pairs(labels, balance=self.config.balance_pairs, generator=generator)
+        i, j, same = self.miner(z, labels, generator)
         per_pair, d = self.loss.per_pair_and_distances(z[i], z[j], same)
         with torch.no_grad():
             d, pos = d.detach(), same.float()
@@ -169,8 +172,15 @@ class FaceVerificationTask:
         out = []
         for s in range(0, len(self.val_rows), self.config.eval_batch_size):
             rows = self.val_rows[s:s + self.config.eval_batch_size]
-            x = self.prefix.gather(rows) if self.prefix is not None else self.pixels[rows]
-            out.append(self.embed(model, x).float())
+            if self.prefix is None:
+                out.append(self.embed(model, self.pixels[rows]).float())  # `embed` adds the mirror itself
+            elif model.config.flip_tta:
+                # Cached features cannot be mirrored; the mirror image's own features are cached.
+                both = [self.embed(model, self.prefix.gather(rows, torch.full_like(rows, v, dtype=torch.bool)))
+                        for v in (False, True)]
+                out.append(model.merge_flips(both[0].float(), both[1].float()))
+            else:
+                out.append(self.embed(model, self.prefix.gather(rows)).float())
         return torch.cat(out)
 
     def evaluate(self, model: SiameseNet) -> dict[str, float]:
