@@ -380,7 +380,8 @@ def test_final_test_waits_for_a_complete_study_and_a_single_claim(tmp_path):
 # identities (tests/test_faces_train.py's fake LFW tree): one epoch with the backbone frozen, so
 # the trainer caches the random backbone's features once and each trial trains only the head.
 TINY_RECIPE = ("weights: none\ninput_size: 32\ncrop: 48\nk: 2\nbatch_size: 16\nepochs: 1\nfreeze_epochs: 1\n"
-               "val_fraction: 0.25\nval_pairs: 20\neval_batch_size: 64\nprogress: false\n")
+               "val_fraction: 0.25\nval_pairs: 20\neval_batch_size: 64\nprogress: false\n"
+               "align: false\nminer: random\nflip_tta: false\n")
 TINY_SPACE = ("lr: {type: loguniform, low: 1.0e-3, high: 1.0e-2}\n"
               "margin: {type: uniform, low: 0.5, high: 2.0}\n"
               "embedding_dim: {type: categorical, choices: [8, 16]}\n"

@@ -213,7 +213,9 @@ def prepare_faces(images: Sequence[ImageInput], face: FacePreprocessing, *,
         try:
             rgb = face(to_rgb(image, max_pixels=max_pixels))
         except NoFaceFound as exc:
-            raise NoFaceFound(f"{_describe(image)}: {exc}") from None
+            if not isinstance(image, (str, Path)):
+                raise  # an upload or an array: the caller knows which one it sent
+            raise NoFaceFound(f"{image}: {exc}") from None
         arr = np.asarray(rgb, dtype=np.uint8)
         if arr.shape != out.shape[1:]:
             raise ImageRejected(f"{_describe(image)}: face step gave shape {arr.shape}, expected {out.shape[1:]}")
