@@ -14,12 +14,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# facenet-pytorch: MTCNN face detection and its weights (face alignment). Its metadata pins an
+# old torch that this project does not need, so it goes in without its dependencies; the ones it
+# imports (requests, tqdm, numpy, pillow, torchvision) are cnnlab's own.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q torch torchvision
 	$(BIN)/pip install -q -e ".[dev]"
-	# MTCNN face detection and its weights (face alignment). The wheel's metadata pins an old
-	# torch that this project does not need, so it goes in without its dependencies; the ones
-	# it imports (requests, tqdm, numpy, pillow, torchvision) are cnnlab's own.
 	$(BIN)/pip install -q --no-deps "facenet-pytorch==2.6.0"
 	touch $(STAMP)
 
