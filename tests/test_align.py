@@ -224,3 +224,17 @@ def test_index_and_score_skip_photos_without_a_face(tmp_path):
     enrol = build_index(verifier, root, tmp_path / "index", progress=False)
     assert enrol.total == 7 and [p for p, _ in enrol.bad] == [str(root / "s3" / "2.png")]
     assert "no face found" in enrol.bad[0][1]
+
+
+@pytest.mark.data
+def test_verify_cli_refuses_a_photo_without_a_face_in_one_line(tmp_path, capsys):
+    from face_models import build_tiny_model
+    from cnnlab.cli import main
+    att = data_dir("att-faces")
+    model = build_tiny_model(tmp_path / "aligned.pt", **FacePreprocess(size=32, align=True).model_extra())
+    assert main(["faces", "verify", str(model), str(att / "s1" / "1.pgm"), str(att / "s1" / "2.pgm")]) == 0
+    capsys.readouterr()
+    blank = _blank(tmp_path)
+    assert main(["faces", "verify", str(model), str(att / "s1" / "1.pgm"), str(blank)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cnnlab: error: {blank}: no face found in the image"]
