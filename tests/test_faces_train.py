@@ -289,3 +289,24 @@ def test_hard_miner_and_flip_tta_train_and_report_retrieval(fake_lfw, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(task.val_embeddings(model), torch.from_numpy(embed_images(model, dataset.images)),
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_embeddings_from_cached_prefix_features_equal_embeddings_from_pixels(tta):
+    """View 2 scores each fold from the cached frozen features; validation does too."""
+    from cnnlab.models.siamese import SiameseNet
+    from cnnlab.tasks.faces import cached_prefix
+    from cnnlab.data.faces import FaceDataset
+    from cnnlab.tasks.faces.features import embed_from_prefix
+    from cnnlab.tasks.faces.protocols import embed_images
+    torch.manual_seed(0)
+    model = SiameseNet.from_config(tiny_config(flip_tta=tta).model_config()).eval()
+    images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    dataset = FaceDataset(images, np.array([0, 0, 1, 1, 2, 2, 2]), ["a", "b", "c"], [f"{k}.jpg" for k in range(7)],
+                          root=Path("."))
+    stage = len(model.backbone_stages()) - 2
+    prefix = cached_prefix(model, dataset, np.arange(7), stage, batch_size=3, progress=False, log=quiet)
+    rows = np.array([6, 0, 3])
+    with torch.no_grad():
+        cached = embed_from_prefix(model, prefix, rows, batch_size=2)
+    torch.testing.assert_close(cached, torch.from_numpy(embed_images(model, images[rows])), rtol=1e-4, atol=1e-5)

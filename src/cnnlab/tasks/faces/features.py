@@ -67,6 +67,27 @@ class PrefixFeatures:
         return self.features[pos, 0 if flipped is None else flipped.long()]
 
 
+def embed_from_prefix(model: SiameseNet, prefix: PrefixFeatures, rows: torch.Tensor | np.ndarray, *,
+                      batch_size: int = 256) -> torch.Tensor:
+    """Embeddings of dataset `rows` from their cached prefix features: the same numbers as
+    `model.embed` on their pixels (in eval mode: with `flip_tta`, merged with the mirror image's
+    own cached features, since cached features cannot be mirrored), without recomputing the
+    frozen stages. Runs in the model's current mode; the caller chooses eval."""
+    rows = torch.as_tensor(np.asarray(rows) if isinstance(rows, np.ndarray) else rows, dtype=torch.int64)
+    rows = rows.to(prefix.features.device)
+    tta = model.config.flip_tta and not model.training
+    out = []
+    for s in range(0, len(rows), batch_size):
+        r = rows[s:s + batch_size]
+        if tta:
+            z = [model.embed_from(prefix.stage, prefix.gather(r, torch.full_like(r, v, dtype=torch.bool))).float()
+                 for v in (False, True)]
+            out.append(model.merge_flips(z[0], z[1]))
+        else:
+            out.append(model.embed_from(prefix.stage, prefix.gather(r)).float())
+    return torch.cat(out) if out else torch.zeros(0, model.embedding_dim)
+
+
 class FeatureMemo:
     """The last computed `PrefixFeatures`, for the runs of one study that share frozen
     weights and people (the runs of a margin study, tuning trials in one process): they reuse

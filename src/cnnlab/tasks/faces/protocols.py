@@ -40,7 +40,7 @@ from cnnlab.metrics.verification import VerificationReport, best_threshold, eval
 from cnnlab.models.siamese import SiameseNet, save_model
 from cnnlab.models.utils import eval_mode, module_device
 from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
-from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
+from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix, embed_from_prefix
 from cnnlab.tasks.faces.task import FaceVerificationTask
 
 MODEL_FILE = "model.pt"
@@ -353,7 +353,12 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         if not main:
             continue
         z = np.zeros((len(dataset), config.embedding_dim), np.float32)
-        z[used] = embed_images(trained.model, dataset.images[used], batch_size=config.eval_batch_size)
+        if memo.features is not None:  # every image's frozen stages are cached: run only the rest
+            with eval_mode(trained.model), torch.no_grad():
+                z[used] = embed_from_prefix(trained.model, memo.features, used,
+                                            batch_size=config.eval_batch_size).cpu().numpy()
+        else:
+            z[used] = embed_images(trained.model, dataset.images[used], batch_size=config.eval_batch_size)
         d = pair_distances(z, i, j, config.distance)
         # Every fold's threshold from the other folds; only this fold's model embedded them, so
         # only this fold's entry is its result.

@@ -28,7 +28,7 @@ from cnnlab.metrics.verification import evaluate
 from cnnlab.miners import create_miner
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.tasks.faces.config import FaceTrainConfig, frozen_prefix, set_trainable
-from cnnlab.tasks.faces.features import PrefixFeatures
+from cnnlab.tasks.faces.features import PrefixFeatures, embed_from_prefix
 
 
 class FaceBatch(NamedTuple):
@@ -169,19 +169,10 @@ class FaceVerificationTask:
         return per_pair.mean(), metrics
 
     def val_embeddings(self, model: SiameseNet) -> torch.Tensor:
-        out = []
-        for s in range(0, len(self.val_rows), self.config.eval_batch_size):
-            rows = self.val_rows[s:s + self.config.eval_batch_size]
-            if self.prefix is None:
-                out.append(self.embed(model, self.pixels[rows]).float())  # `embed` adds the mirror itself
-            elif model.config.flip_tta:
-                # Cached features cannot be mirrored; the mirror image's own features are cached.
-                both = [self.embed(model, self.prefix.gather(rows, torch.full_like(rows, v, dtype=torch.bool)))
-                        for v in (False, True)]
-                out.append(model.merge_flips(both[0].float(), both[1].float()))
-            else:
-                out.append(self.embed(model, self.prefix.gather(rows)).float())
-        return torch.cat(out)
+        if self.prefix is not None:
+            return embed_from_prefix(model, self.prefix, self.val_rows, batch_size=self.config.eval_batch_size)
+        return torch.cat([self.embed(model, self.pixels[self.val_rows[s:s + self.config.eval_batch_size]]).float()
+                          for s in range(0, len(self.val_rows), self.config.eval_batch_size)])
 
     def evaluate(self, model: SiameseNet) -> dict[str, float]:
         z = self.val_embeddings(model)
