@@ -22,9 +22,11 @@ from cnnlab.registry import Registry
 MINERS = Registry("pair miner")
 
 
+# Every miner takes the same options (distance, balance, negatives) and uses those it needs, so
+# the training task builds whichever one the recipe names with one call.
 @MINERS.register("random")
 class RandomPairMiner:
-    def __init__(self, distance: Distance | None = None, balance: bool = True):
+    def __init__(self, distance: Distance | None = None, balance: bool = True, negatives: int = 1):
         self.balance = balance
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None

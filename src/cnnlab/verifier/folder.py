@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from cnnlab.data.pairs import sample_pairs
 from cnnlab.distances import create_distance
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics.verification import best_threshold, evaluate
@@ -109,37 +110,20 @@ def _need_two_people(people: set, folder: Path, readable: bool = False) -> None:
 def _pairs(people: list[str], negatives: int | None, seed: int
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(first, second, same, different pairs available): row indices into `people` of every
-    same-person pair (i < j), then the sampled different-person pairs (i < j, sorted).
-
-    Different-person pairs are drawn by number, not listed: with the rows grouped by person,
-    row i pairs with every row after its own group, so pair number t maps to (i, j) through a
-    cumulative count. A folder of 10,000 images has ~50 million such pairs; none is built.
-    """
-    order = np.argsort(np.asarray(people, dtype=object), kind="stable")
-    labels = np.asarray(people, dtype=object)[order]
-    n = len(labels)
-    starts = np.r_[0, np.flatnonzero(labels[1:] != labels[:-1]) + 1]
-    ends = np.r_[starts[1:], n]
+    same-person pair (i < j), then seeded different-person pairs drawn the way the evaluation
+    pairs of training are (`cnnlab.data.pairs.sample_pairs`: two people, then one image each)."""
+    labels = np.unique(np.asarray(people, dtype=object), return_inverse=True)[1].astype(np.int64)
+    counts = np.bincount(labels)
+    available = int((len(labels) ** 2 - (counts ** 2).sum()) // 2)
     first, second = [], []
-    for a, b in zip(starts, ends):
-        i, j = np.triu_indices(int(b - a), k=1)
-        first.append(a + i)
-        second.append(a + j)
-    pos_first = np.concatenate(first).astype(np.int64)
-    pos_second = np.concatenate(second).astype(np.int64)
-
-    group_end = np.repeat(ends, ends - starts)          # end of each sorted row's group
-    later = n - group_end                               # different-person partners after row i
-    offsets = np.r_[0, np.cumsum(later)]
-    available = int(offsets[-1])
+    for person in np.flatnonzero(counts >= 2):
+        rows = np.flatnonzero(labels == person)
+        i, j = np.triu_indices(len(rows), k=1)
+        first.append(rows[i])
+        second.append(rows[j])
+    pos_first = np.concatenate(first) if first else np.zeros(0, np.int64)
+    pos_second = np.concatenate(second) if second else np.zeros(0, np.int64)
     wanted = len(pos_first) if negatives is None else int(negatives)
-    count = min(wanted, available)
-    picks = np.sort(np.random.default_rng(seed).choice(available, size=count, replace=False)).astype(np.int64)
-    neg_first = np.searchsorted(offsets, picks, side="right") - 1
-    neg_second = group_end[neg_first] + (picks - offsets[neg_first])
-
-    a = order[np.r_[pos_first, neg_first].astype(np.int64)]
-    b = order[np.r_[pos_second, neg_second].astype(np.int64)]
-    same = np.r_[np.ones(len(pos_first), bool), np.zeros(count, bool)]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)          # i < j in the caller's (folder) order
-    return lo, hi, same, available
+    neg_first, neg_second, _ = sample_pairs(labels, 0, min(wanted, available), seed=seed)
+    same = np.r_[np.ones(len(pos_first), bool), np.zeros(len(neg_first), bool)]
+    return np.r_[pos_first, neg_first].astype(np.int64), np.r_[pos_second, neg_second].astype(np.int64), same, available

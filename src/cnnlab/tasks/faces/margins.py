@@ -16,7 +16,7 @@ import numpy as np
 
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_text, to_plain, write_json
-from cnnlab.metrics.retrieval import nearest_neighbours
+from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo
 from cnnlab.tasks.faces.protocols import TEST_EMBEDDINGS, TEST_PAIRS, train_view1
@@ -29,14 +29,9 @@ def outlier_counts(distances: np.ndarray, same: np.ndarray, threshold: float, em
                    labels: np.ndarray, distance: str) -> dict:
     """Same-person pairs beyond the threshold, different-person pairs within it, and queries
     (images whose person has another image) whose nearest other image is another person."""
-    labels = np.asarray(labels)
-    counts = np.bincount(labels)
-    queries = np.flatnonzero(counts[labels] >= 2)
-    wrong_nn = 0
-    if len(queries):
-        z = np.asarray(embeddings, np.float32)
-        _, nearest = nearest_neighbours(z[queries], z, 1, distance, query_rows=queries)
-        wrong_nn = int((labels[nearest[:, 0].numpy()] != labels[queries]).sum())
+    # The nearest-neighbour error is precision@1's complement: one definition, one k-NN.
+    retrieval = retrieval_scores(embeddings, labels, distance)
+    wrong_nn = int(round(retrieval["queries"] * (1.0 - retrieval["precision_at_1"]))) if retrieval["queries"] else 0
     # Tightness without the margin's scale: a larger margin spreads every distance out, so the
     # same-person median is compared with the different-person median of the same model.
     same_median = float(np.median(distances[same])) if same.any() else float("nan")
@@ -45,8 +40,8 @@ def outlier_counts(distances: np.ndarray, same: np.ndarray, threshold: float, em
             "same_median": same_median, "different_median": different_median,
             "same_to_different_median": same_median / different_median if different_median else float("nan"),
             "different_within_threshold": int((~same & (distances <= threshold)).sum()),
-            "nn_queries": int(len(queries)), "nn_other_person": wrong_nn,
-            "nn_error_rate": float(wrong_nn / max(len(queries), 1))}
+            "nn_queries": int(retrieval["queries"]), "nn_other_person": wrong_nn,
+            "nn_error_rate": float(wrong_nn / max(retrieval["queries"], 1))}
 
 
 def compare_margins(config: FaceTrainConfig, margins: Sequence[float], data_root: str | Path,

@@ -103,8 +103,8 @@ class FaceVerificationTask:
         self.report, self.log = report, log
         self.started = time.perf_counter()
         self.loss = ContrastiveLoss(config.margin, create_distance(config.distance))
-        options = {"balance": config.balance_pairs} if config.miner == "random" else {"negatives": config.miner_negatives}
-        self.miner = create_miner(config.miner, self.loss.distance, **options)
+        self.miner = create_miner(config.miner, self.loss.distance, balance=config.balance_pairs,
+                                  negatives=config.miner_negatives)
         fit_labels = dataset.labels[fit_rows]
         self.sampler = PKSampler(fit_labels, config.people_per_batch, config.k, seed=config.seed)
         self.train_rows = torch.as_tensor(fit_rows, device=device)
