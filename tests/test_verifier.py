@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.data.faces import FacePreprocess, decode_faces
+from cnnlab.data.faces import FacePreprocess
+from cnnlab.data.images import decode_images
 from cnnlab.errors import CnnlabError
 from cnnlab.verifier import (FACE_PREPROCESSING, FaceVerifier, ImageRejected, ImageTooLarge, NoFaceFound,
                              model_fingerprint)
@@ -77,7 +78,8 @@ def test_preprocessing_is_the_models_own(trained, verifier):
     """What `prepare` feeds the network is what training decoded from the same file."""
     extra = torch.load(trained[0], weights_only=True)["extra"]
     path = images(trained[1])[1]
-    expected = decode_faces([path], FacePreprocess(crop=extra["crop"], size=extra["input_size"]))
+    spec = FacePreprocess(crop=extra["crop"], size=extra["input_size"])
+    expected = decode_images([str(path)], spec.transform, (spec.size, spec.size), strict=True)[0]  # training's decoder
     assert np.array_equal(verifier.prepare(path), expected)
     assert verifier.face.spec()["crop"] == SIDE and verifier.input_size == extra["input_size"] == 32
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from cnnlab.data.align import DetectorSpec, NoFaceDetected, detect_cached, detector, warp_face
 from cnnlab.data.cache import ArrayCache
-from cnnlab.data.images import DecodeReport, decode_cached, decode_images, list_folders, list_images, path_problem
+from cnnlab.data.images import DecodeReport, decode_cached, list_folders, list_images
 from cnnlab.errors import CnnlabError
 
 # Bump when the decode/crop code changes in a way that changes pixels: old cache entries die.
@@ -245,17 +245,4 @@ def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, 
     dataset = FaceDataset(images=images, labels=np.array([label_of[p] for p in persons], dtype=np.int64),
                           people=kept_people, paths=[files[i][1] for i in ok], root=root, spec=spec)
     return dataset, report
-
-
-def decode_faces(paths: Sequence[str | Path], spec: FacePreprocess) -> np.ndarray:
-    """N x S x S x 3 uint8 faces of the given files, preprocessed as a model was trained;
-    a missing or unreadable file is an error naming it (these are images a user asked about)."""
-    for p in paths:
-        problem = path_problem(p)
-        if problem == "does not exist":
-            raise CnnlabError(f"image not found: {p}")
-        if problem is not None:
-            raise CnnlabError(f"unreadable image {p}: {problem}")
-    images, _, _ = decode_images([str(p) for p in paths], spec.transform, (spec.size, spec.size), strict=True)
-    return images
 
