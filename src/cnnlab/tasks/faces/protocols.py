@@ -136,7 +136,10 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
         best_epoch = task.best_epoch
     model.eval()
     # The threshold comes from the validation people only; the test pairs never choose it.
-    val_embeddings = embed_images(model, dataset.images[val_rows], batch_size=config.eval_batch_size)
+    # The task embeds them as validation did (from the cached frozen features when there are
+    # some: the same numbers as from pixels, without running the frozen stages again).
+    with torch.no_grad():
+        val_embeddings = task.val_embeddings(model).cpu().numpy()
     vd = pair_distances(val_embeddings, task.val_i.cpu().numpy(), task.val_j.cpu().numpy(), config.distance)
     threshold, _ = best_threshold(vd, task.val_same)
     validation = evaluate(vd, task.val_same, threshold=threshold)
