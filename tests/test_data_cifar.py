@@ -189,8 +189,12 @@ def test_second_load_hits_the_cache_and_a_changed_file_misses(tmp_path, monkeypa
     assert np.array_equal(first.train_images, second.train_images)
     assert second.report == first.report and len(second.report.bad) == 1
     path = tmp_path / "train" / "bird" / "0000.png"
+    # The same bytes with a new mtime (the data copied again) still hit: the key is the content.
     later = time.time() + 5
     os.utime(path, (later, later))
+    assert load_cifar10(tmp_path, val_size=3).info["cache_hit"] is True and len(calls) == 1
+    # New bytes under the same name (and the same size) miss.
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(path)
     third = load_cifar10(tmp_path, val_size=3)
     assert len(calls) == 2 and third.info["cache_hit"] is False
 

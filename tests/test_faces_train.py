@@ -133,6 +133,7 @@ def test_feature_memo_is_explicit_and_keeps_one_entry(tmp_path):
     from cnnlab.data.faces import FaceDataset
     from cnnlab.models.siamese import SiameseNet
     from cnnlab.tasks.faces import FeatureMemo, cached_prefix
+    from cnnlab.tasks.faces.features import prefix_key
     model = SiameseNet.from_config(tiny_config().model_config())
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     dataset = FaceDataset(images, np.array([0, 0, 1, 1, 2, 2]), ["a", "b", "c"], [f"{k}.jpg" for k in range(6)],
@@ -147,6 +148,12 @@ def test_feature_memo_is_explicit_and_keeps_one_entry(tmp_path):
     assert cached_prefix(model, dataset, rows, 2, memo=memo, **kw) is shared
     other = cached_prefix(model, dataset, rows, 3, memo=memo, **kw)
     assert other is not shared and memo.features is other   # one entry: the old tensor is let go
+    # The same paths with other pixels (a source file edited in place) are other features.
+    edited = FaceDataset(images.copy(), dataset.labels, dataset.people, dataset.paths, tmp_path)
+    edited.images[0, 0, 0, 0] ^= 1
+    assert prefix_key(model, 2, edited, rows) != prefix_key(model, 2, dataset, rows)
+    assert prefix_key(model, 2, FaceDataset(images.copy(), dataset.labels, dataset.people, dataset.paths, tmp_path),
+                      rows) == prefix_key(model, 2, dataset, rows)
     assert first.features.shape[:2] == (4, 2)               # every row, plain and mirrored
     torch.testing.assert_close(first.gather(torch.tensor([2]), torch.tensor([True]))[0],
                                model.eval().features_until(torch.from_numpy(images[2:3]).permute(0, 3, 1, 2)

@@ -1,8 +1,9 @@
 """Decode once, cache as uint8 arrays: the one image cache that CIFAR and faces both use.
 
-A cache entry is keyed by what produced it (the source files' paths, sizes and mtimes, plus
-the preprocessing spec), so editing or replacing a source file invalidates it, and it lives
-outside the (read-only) data folder: `$CNNLAB_CACHE`, else `~/.cache/cnnlab`.
+A cache entry is keyed by what produced it (the source files' paths and contents, plus the
+preprocessing spec), so editing or replacing a source file invalidates it, while copying the
+data again (new mtimes, same bytes) does not; it lives outside the (read-only) data folder:
+`$CNNLAB_CACHE`, else `~/.cache/cnnlab`.
 """
 from __future__ import annotations
 
@@ -22,14 +23,18 @@ def cache_root() -> Path:
 
 
 def fingerprint(paths: Iterable[str | Path], spec: dict | None = None) -> str:
-    """A hash of every source file's path, size and mtime (or why it cannot be read), and of
-    the preprocessing spec."""
+    """A hash of every source file's path and bytes (or why it cannot be read), and of the
+    preprocessing spec.
+
+    Contents, not mtimes: a data set that is copied or extracted again gets new mtimes but the
+    same bytes, and re-running MTCNN on 13k LFW images because of that costs minutes, while
+    reading them to hash costs about a second (LFW: 13,233 files, 110 MB)."""
     h = hashlib.sha256()
     h.update(json.dumps(spec or {}, sort_keys=True, default=str).encode())
     for p in paths:
         try:
-            st = os.stat(p)
-            state = f"{st.st_size}\0{st.st_mtime_ns}"
+            with open(p, "rb") as f:
+                state = hashlib.file_digest(f, "sha256").hexdigest()
         except OSError as exc:
             # A symlink loop or broken link is keyed by its error: the decoder names it, and
             # the entry is rebuilt once the file is fixed.

@@ -110,11 +110,13 @@ class FeatureMemo:
 
 def prefix_key(model: SiameseNet, stage: int, dataset: FaceDataset, rows: np.ndarray) -> str:
     """Identifies cached features: the frozen weights themselves (a random init differs by
-    seed), the stage, the images and which of them."""
+    seed), the stage, the images (their pixels: a source file edited in place changes them
+    under the same path; ~1.5 s for all of LFW at 192 px) and which of them."""
     h = hashlib.sha256(f"{stage}|{dataset.root}|{dataset.spec.cache_spec()}|{len(dataset)}|"
                        f"{module_device(model)}".encode())
     for p in dataset.paths:
         h.update(p.encode())
+    h.update(memoryview(np.ascontiguousarray(dataset.images)).cast("B"))
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     for name, tensor in model.backbone.state_dict().items():
         h.update(name.encode())
