@@ -148,6 +148,8 @@ def test_feature_memo_is_explicit_and_keeps_one_entry(tmp_path):
     assert cached_prefix(model, dataset, rows, 2, memo=memo, **kw) is shared
     other = cached_prefix(model, dataset, rows, 3, memo=memo, **kw)
     assert other is not shared and memo.features is other   # one entry: the old tensor is let go
+    with pytest.raises(ValueError, match="not cached"):  # row 4 is in the dataset, not in the cache
+        first.gather(torch.tensor([1, 4]))
     # The same paths with other pixels (a source file edited in place) are other features.
     edited = FaceDataset(images.copy(), dataset.labels, dataset.people, dataset.paths, tmp_path)
     edited.images[0, 0, 0, 0] ^= 1

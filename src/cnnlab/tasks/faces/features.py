@@ -37,7 +37,9 @@ class PrefixFeatures:
 
     def __init__(self, features: torch.Tensor, rows: np.ndarray, num_rows: int, stage: int):
         self.features, self.stage = features, stage
-        position = torch.full((num_rows,), -1, dtype=torch.int64)
+        # Rows that were not cached point one past the end, so indexing them fails loudly on
+        # any device instead of silently reading the last row (what -1 would do).
+        position = torch.full((num_rows,), len(rows), dtype=torch.int64)
         position[torch.from_numpy(np.asarray(rows, dtype=np.int64))] = torch.arange(len(rows))
         self.position = position.to(features.device)
 
@@ -62,7 +64,9 @@ class PrefixFeatures:
 
     def gather(self, rows: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
         pos = self.position[rows]
-        if bool((pos < 0).any()):
+        # A readable error on the CPU; on CUDA the check would stop the pipeline at every
+        # training step (a device-to-host sync), and the out-of-range index asserts anyway.
+        if pos.device.type == "cpu" and bool((pos >= len(self.features)).any()):
             raise ValueError("asked for features of rows that were not cached")
         return self.features[pos, 0 if flipped is None else flipped.long()]
 
