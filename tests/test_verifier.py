@@ -111,6 +111,30 @@ def test_bad_images_are_refused_with_their_reason(trained, verifier, tmp_path):
     small = FaceVerifier.load(trained[0], device="cpu", runtime="torch", max_pixels=1_000_000)
     with pytest.raises(ImageTooLarge, match="3000 x 3000 pixels exceeds the limit of 1,000,000"):
         small.embed(big.getvalue())
+    path = tmp_path / "big.png"
+    path.write_bytes(big.getvalue())
+    with pytest.raises(ImageTooLarge, match="3000 x 3000 pixels"):
+        small.embed(path)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(big.getvalue()[:2000])
+    with pytest.raises(ImageRejected, match="truncated.png could not be decoded"):
+        verifier.embed(truncated)
+
+
+def test_a_path_is_opened_once_and_decoded_like_training(monkeypatch, tmp_path):
+    """The header check and the decode share one open (no second read of the file), and the
+    pixels are the training decoder's."""
+    from cnnlab.data.images import open_rgb
+    from cnnlab.verifier.images import to_rgb
+    path = tmp_path / "face.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(path)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(fp) or real_open(fp, *a, **k))
+    image = to_rgb(path)
+    assert len(opened) == 1
+    assert np.array_equal(np.asarray(image), np.asarray(open_rgb(path)))
+    assert np.array_equal(np.asarray(to_rgb(path.read_bytes())), np.asarray(image))
 
 
 def test_a_run_directory_without_a_model_and_a_model_without_threshold(tmp_path):

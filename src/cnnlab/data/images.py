@@ -22,7 +22,7 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,6 +43,10 @@ _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 
 class UnreadableImage(Exception):
     """Raised inside the decoder for a file it refuses; its message is the reason shown."""
+
+
+class TooManyPixels(UnreadableImage):
+    """The header claims more pixels than the caller's limit allows."""
 
 
 @dataclass
@@ -162,21 +166,27 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(path: str | Path) -> Image.Image:
+def open_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Image.Image:
     """Open fully (so truncation is caught now), honour EXIF orientation, convert to 8-bit RGB.
-    Raises on any file that cannot be decoded; `decode_images` turns that into a report line."""
-    problem = path_problem(path)
-    if problem is not None:
-        raise UnreadableImage(problem)
-    if os.path.getsize(path) == 0:
-        raise UnreadableImage("is empty (0 bytes)")
+    `source` is a path or an open binary file (an upload). With `max_pixels`, an image whose
+    header claims more pixels raises `TooManyPixels` before any pixel is decoded. Raises on any
+    file that cannot be decoded; `decode_images` turns that into a report line."""
+    if isinstance(source, (str, Path)):
+        problem = path_problem(source)
+        if problem is not None:
+            raise UnreadableImage(problem)
+        if os.path.getsize(source) == 0:
+            raise UnreadableImage("is empty (0 bytes)")
     with warnings.catch_warnings():
         # Pillow warns (UserWarning) about damage it reads past, such as corrupt EXIF: the
         # file then decodes or fails like any other, without a stray line per file.
         warnings.simplefilter("ignore", UserWarning)
         # A file claiming a huge size is refused rather than allowed to fill memory.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with Image.open(source) as img:  # reads the header only
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise TooManyPixels(f"image of {img.width} x {img.height} pixels exceeds the limit of "
+                                    f"{max_pixels:,} pixels")
             img.load()
             return to_rgb8(ImageOps.exif_transpose(img))
 

@@ -11,17 +11,16 @@ service's crops all follow.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, UnidentifiedImageError
 
 from cnnlab.data.align import DetectorSpec, NoFaceDetected
 from cnnlab.data.faces import ALIGN_KIND, FacePreprocess
-from cnnlab.data.images import open_rgb, to_rgb8
+from cnnlab.data.images import TooManyPixels, UnreadableImage, open_rgb
 from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
 
@@ -151,11 +150,11 @@ def to_rgb(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     if isinstance(image, (bytes, bytearray, memoryview)):
         if len(image) == 0:
             raise ImageRejected(f"{name} is empty: no image data")
-        return _decode(lambda: io.BytesIO(bytes(image)), name, max_pixels)
+        return _decode(io.BytesIO(bytes(image)), name, max_pixels)
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
             raise ImageRejected(f"image not found: {image}")
-        return _decode(lambda: image, str(image), max_pixels)
+        return _decode(image, str(image), max_pixels)
     raise ImageRejected(f"not an image: expected a path, bytes, a binary file, a PIL image or a uint8 array, "
                         f"got {type(image).__name__}")
 
@@ -166,27 +165,18 @@ def _check_pixels(image: Any, size: tuple[int, int], max_pixels: int | None) -> 
     return image
 
 
-def _decode(open_source, name: str, max_pixels: int | None) -> Image.Image:
-    # The header alone gives the size: a huge image is refused before its pixels are decoded.
+def _decode(source: Any, name: str, max_pixels: int | None) -> Image.Image:
+    """Training's decoder (`open_rgb`: file checks, EXIF orientation, 8-bit RGB) on a path or
+    an in-memory upload, opened once; the header's size is checked before pixels are decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(open_source()) as header:
-                size = header.size
-    except Exception as exc:  # PIL raises many types for non-images; all mean "not an image"
-        raise ImageRejected(f"{name} is not an image format Pillow can read ({type(exc).__name__})") from None
-    _check_pixels(None, size, max_pixels)
-    try:
-        source = open_source()
-        if isinstance(source, (str, Path)):
-            return open_rgb(source)  # training's decoder, file checks included
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                img.load()
-                return to_rgb8(ImageOps.exif_transpose(img))  # what open_rgb does with a file
-    except Exception as exc:  # truncated or corrupt pixel data behind a valid header
-        raise ImageRejected(f"{name} could not be decoded ({type(exc).__name__}: {exc})") from None
+        return open_rgb(source, max_pixels=max_pixels)
+    except TooManyPixels as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageRejected(f"{name} is not an image format Pillow can read") from None
+    except Exception as exc:  # truncated or corrupt pixel data behind a valid header, bad paths
+        reason = str(exc) if isinstance(exc, UnreadableImage) else f"{type(exc).__name__}: {exc}"
+        raise ImageRejected(f"{name} could not be decoded ({reason})") from None
 
 
 def _from_array(array: np.ndarray, max_pixels: int | None) -> Image.Image:
