@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from cnnlab.cli import main  # noqa: E402
 from cnnlab.serve import ServeLimits, create_app  # noqa: E402
-from cnnlab.verifier import FaceVerifier, GalleryIndex, build_index  # noqa: E402
+from cnnlab.verifier import DEFAULT_MAX_PIXELS, FaceVerifier, GalleryIndex, build_index  # noqa: E402
 from face_models import build_tiny_model, face_bytes, make_gallery  # noqa: E402
 
 LIMITS = ServeLimits(max_upload_bytes=60_000, max_pixels=1_000_000, max_embed_images=4)
@@ -114,6 +114,9 @@ def test_bad_requests_are_4xx_with_a_json_reason(service):
         assert response.json()["detail"], name
         assert "Traceback" not in response.text, name
     assert "image1" in cases["text file as image"][0].json()["detail"]  # which upload was bad
+    assert "1100 x 1000 pixels" in cases["too many pixels"][0].json()["detail"]
+    # The service's limits are its own: the verifier it was given keeps its settings.
+    assert service[1].max_pixels == DEFAULT_MAX_PIXELS != LIMITS.max_pixels
 
 
 def test_a_body_without_declared_size_is_cut_off_at_the_limit(service):

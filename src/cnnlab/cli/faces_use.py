@@ -239,10 +239,10 @@ def run_serve(args) -> int:
         raise CnnlabError(f"`faces serve` needs FastAPI and uvicorn ({exc.name} is missing): "
                           "pip install 'cnnlab[serve]'") from None
     from cnnlab.verifier import DEFAULT_MAX_PIXELS, GalleryIndex
-    verifier = load_verifier(args.model, args)
-    index = GalleryIndex.open(args.index) if args.index else None
     limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                          max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    verifier = load_verifier(args.model, args, max_pixels=limits.max_pixels)
+    index = GalleryIndex.open(args.index) if args.index else None
     app = create_app(verifier, index, limits)
     print(f"serving {verifier.source} ({verifier.runtime.name})"
           + (f" with {index.count} indexed images" if index is not None else "")

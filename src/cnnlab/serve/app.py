@@ -30,6 +30,7 @@ from PIL import Image
 
 from cnnlab.errors import CnnlabError
 from cnnlab.verifier import DEFAULT_MAX_PIXELS, FaceVerifier, GalleryIndex, ImageRejected, ImageTooLarge
+from cnnlab.verifier.images import to_rgb
 
 log = logging.getLogger("cnnlab.serve")
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries, headers and small form fields around the files
@@ -103,15 +104,16 @@ async def _send_json(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _read_upload(upload: UploadFile, field: str, limits: ServeLimits) -> io.BytesIO:
-    """The upload's bytes (at most the limit is read), as a file named after the form field,
-    so that an error about the image (an empty one included, `to_rgb`) says which field it came from."""
+def _read_upload(upload: UploadFile, field: str, limits: ServeLimits) -> Image.Image:
+    """The upload decoded under the service's limits (at most max_upload_bytes read, the
+    header's pixel count checked before decoding); errors about the image (an empty one
+    included) name the form field it came from."""
     data = upload.file.read(limits.max_upload_bytes + 1)
     if len(data) > limits.max_upload_bytes:
         raise ImageTooLarge(f"{field} is larger than the limit of {limits.max_upload_bytes:,} bytes")
     named = io.BytesIO(data)
     named.name = field
-    return named
+    return to_rgb(named, max_pixels=limits.max_pixels)
 
 
 def _png_data_uri(face: np.ndarray) -> str:
@@ -126,9 +128,10 @@ def _page() -> str:
 
 def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
                limits: ServeLimits | None = None) -> FastAPI:
-    """The service over an already loaded verifier (and index, checked against it here)."""
+    """The service over an already loaded verifier (and index, checked against it here).
+    Uploads are decoded under `limits`; the verifier is not changed (its own `max_pixels`
+    still applies to what it is given, so the lower of the two limits wins)."""
     limits = limits or ServeLimits()
-    verifier.max_pixels = limits.max_pixels
     if index is not None:
         index.check_model(verifier)
     app = FastAPI(title="cnnlab face verification",
