@@ -77,3 +77,22 @@ def test_user_errors_are_one_line_and_exit_2(trained, tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 4 and all(e.startswith("cnnlab: error: ") for e in errors)
     assert "learning_rate" in errors[-1]
+
+
+@pytest.mark.parametrize("command", ["train", "margins", "baseline", "tune"])
+def test_every_recipe_flag_is_explained_in_help(command, capsys):
+    """Each FaceTrainConfig field is a flag with a sentence of help, not only its default."""
+    import dataclasses
+
+    from cnnlab.cli.options import FACE_HELP
+    from cnnlab.tasks.faces import FaceTrainConfig
+    fields = [f.name for f in dataclasses.fields(FaceTrainConfig)]
+    assert sorted(FACE_HELP) == sorted(fields)
+    with pytest.raises(SystemExit):
+        main(["faces", command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in fields:
+        flag = "--" + name.replace("_", "-")
+        assert flag in text, flag
+    assert "detect the face (MTCNN) and warp its 5 landmarks" in text
+    assert "hard miner: nearest other-person images per image (default 1)" in text
