@@ -264,6 +264,23 @@ def test_margins_and_view2_on_tiny_data(fake_lfw, tmp_path):
     assert json.loads((tmp_path / "view2" / "metrics.json").read_text())["folds_run"] == 2
     assert 0.0 <= summary["accuracy"]["mean"] <= 1.0
 
+    # Resuming: finished folds are kept (not retrained), the new one is added, the summary
+    # covers all three; another recipe in the same folder is refused and deletes nothing.
+    first_rows = summary["folds"]
+    lines.clear()
+    again = train_view2(tiny_config(epochs=1, val_fraction=0.2), fake_lfw, tmp_path / "view2", folds=[1, 2],
+                        log=lines.append)
+    assert any("keeping fold(s) 1, 2 finished earlier" in line for line in lines)
+    assert sum(line.startswith("[fold ") for line in lines) == 1          # only fold 3 trained
+    assert [f["fold"] for f in again["folds"]] == [1, 2, 3] and again["folds"][:2] == first_rows
+    with pytest.raises(CnnlabError, match="another recipe .*differs in margin"):
+        train_view2(tiny_config(epochs=1, val_fraction=0.2, margin=2.0), fake_lfw, tmp_path / "view2", folds=[3])
+    assert json.loads((tmp_path / "view2" / "metrics.json").read_text())["folds_run"] == 3
+    with pytest.raises(CnnlabError, match="holds a view1 run"):
+        (tmp_path / "v1").mkdir()
+        (tmp_path / "v1" / "metrics.json").write_text('{"protocol": "view1"}')
+        train_view2(tiny_config(epochs=1, val_fraction=0.2), fake_lfw, tmp_path / "v1", folds=[0])
+
 
 def test_untrained_baseline_scores_devtest_with_a_validation_threshold(fake_lfw, tmp_path):
     from cnnlab.tasks.faces import untrained_baseline

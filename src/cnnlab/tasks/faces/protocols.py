@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.config import RUN_ONLY_FIELDS, build_config
 from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.images import DecodeReport
 from cnnlab.data.lfw import LFWProtocol, Pair, split_people
@@ -34,7 +35,7 @@ from cnnlab.distributed import is_main_process
 from cnnlab.engine import Engine, seed_everything
 from cnnlab.env import resolve_device
 from cnnlab.errors import CnnlabError
-from cnnlab.io import save_npz_atomic, save_yaml, to_plain, write_json
+from cnnlab.io import load_yaml, read_json, save_npz_atomic, save_yaml, to_plain, write_json
 from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate, kfold_accuracy
 from cnnlab.models.siamese import SiameseNet, save_model
@@ -330,6 +331,15 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     Reports mean and standard deviation over the folds that ran."""
     out_dir = Path(out_dir)
     protocol = LFWProtocol(data_root)
+    # Ten trainings take hours: folds that an earlier run of the same recipe finished in
+    # out_dir are kept, not trained again (an interrupted run resumes at its next fold).
+    done = finished_view2_folds(out_dir, config)
+    folds = list(range(protocol.num_folds)) if folds is None else list(folds)
+    if done and is_main_process():
+        log(f"{out_dir}: keeping fold(s) {', '.join(str(f + 1) for f in sorted(done))} finished earlier "
+            "with the same recipe")
+    if is_main_process():  # first, so that a later run can tell whether it has the same recipe
+        save_yaml(config, out_dir / "faces_config.yaml")
     dataset, bad = load_lfw_images(protocol, config, log)
     all_pairs = protocol.view2_pairs
     # Every fold's pairs, not only the folds asked for: each fold's threshold comes from the others.
@@ -339,12 +349,13 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     pair_fold = np.array([p.fold for p in all_pairs])
     i, j, same = dataset.pair_indices(all_pairs)
     used = np.unique(np.concatenate([i, j]))
-    folds = list(range(protocol.num_folds)) if folds is None else list(folds)
     # Every fold starts from the same frozen weights: the frozen stages' features of every
     # image are computed once (or loaded from the disk cache) and shared by the ten trainings.
     memo, every_image = FeatureMemo(), np.arange(len(dataset))
-    rows = []
+    rows = [done[f] for f in sorted(done)]
     for fold in folds:
+        if fold in done:
+            continue
         split = protocol.view2_fold(fold)
         counts = [protocol.view2_people[f][n] for f in range(protocol.num_folds) if f != fold
                   for n in protocol.view2_people[f]]
@@ -375,16 +386,48 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
                "tar_at_far": test["tar_at_far"], "val_auc": trained.validation.auc,
                "best_epoch": trained.best_epoch, "train_time_s": trained.train_time_s}
         rows.append(row)
+        rows.sort(key=lambda r: r["fold"])
         save_model(trained.model, out_dir / f"fold-{fold + 1:02d}" / MODEL_FILE,
                    extra=_extra(config, trained, fold=fold + 1))
         log(f"fold {fold + 1}: accuracy {row['accuracy']:.2%} (threshold from the other folds), AUC {row['auc']:.4f}")
         write_json(out_dir / METRICS_FILE, {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped})
     if not main:
         return {"protocol": "view2", "folds_run": 0, "num_folds": protocol.num_folds, "folds": []}
-    save_yaml(config, out_dir / "faces_config.yaml")
     summary = {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped}
     write_json(out_dir / METRICS_FILE, summary)
     return summary
+
+
+def finished_view2_folds(out_dir: Path, config: FaceTrainConfig) -> dict[int, dict]:
+    """{fold (0-based): its result row} for the folds an earlier View 2 run finished in
+    `out_dir` (a row in metrics.json and the fold's model.pt), when that run had this recipe
+    (settings that only say where and how visibly it ran aside). Results of another recipe, or
+    of an unknown one, are never mixed in nor deleted: that is a one-line error."""
+    metrics_file, recipe_file = out_dir / METRICS_FILE, out_dir / "faces_config.yaml"
+    if not metrics_file.is_file():
+        return {}
+    earlier = read_json(metrics_file)
+    if earlier.get("protocol") != "view2":
+        raise CnnlabError(f"{out_dir} holds a {earlier.get('protocol', 'different')} run, not View 2 folds; "
+                          "use another --out")
+    rows = {int(r["fold"]) - 1: r for r in earlier.get("folds", [])
+            if (out_dir / f"fold-{int(r['fold']):02d}" / MODEL_FILE).is_file()}
+    if not rows:
+        return {}
+    if not recipe_file.is_file():
+        raise CnnlabError(f"{out_dir} holds View 2 folds but no faces_config.yaml saying how they were trained; "
+                          "use another --out")
+    try:
+        before = build_config(FaceTrainConfig, load_yaml(recipe_file))
+    except CnnlabError as exc:
+        raise CnnlabError(f"{recipe_file}: {exc}") from None
+    ignore = set(RUN_ONLY_FIELDS)
+    now, then = to_plain(config), to_plain(before)
+    diff = sorted(k for k in now if k not in ignore and now[k] != then.get(k))
+    if diff:
+        raise CnnlabError(f"{out_dir} holds View 2 folds trained with another recipe (differs in "
+                          f"{', '.join(diff)}); use another --out, or the same settings to resume")
+    return rows
 
 
 def view2_summary(rows: list[dict], num_folds: int) -> dict:
