@@ -152,3 +152,12 @@ def test_real_lfw_people_subset_matches_protocol_pairs():
     assert same.tolist() == [p.same for p in pairs]
     assert all(ds.paths[a] == p.relpaths[0] and ds.paths[b] == p.relpaths[1] for a, b, p in zip(i, j, pairs))
     assert np.array_equal(ds.labels[i] == ds.labels[j], same)
+
+
+def test_only_the_files_asked_for_are_loaded(bad_tree, tmp_path):
+    cache = ArrayCache(tmp_path / "cache")
+    ds, report = load_identity_folders(bad_tree, SPEC, files=["Ann/Ann_0002.png", "Bob/Bob_0002.jpg"], cache=cache)
+    assert ds.paths == ["Ann/Ann_0002.png", "Bob/Bob_0002.jpg"] and ds.people == ["Ann", "Bob"]
+    assert not report.bad
+    with pytest.raises(CnnlabError, match=r"1 requested image\(s\) not found .*Ann/Ann_0009.jpg"):
+        load_identity_folders(bad_tree, SPEC, files=["Ann/Ann_0001.jpg", "Ann/Ann_0009.jpg"], cache=cache)

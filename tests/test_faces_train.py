@@ -223,6 +223,30 @@ def test_training_never_reads_the_test_pairs_without_evaluate_test(fake_lfw, tmp
         train_view1(tiny_config(epochs=1), root, tmp_path / "run2", evaluate_test=True, log=quiet)
 
 
+def test_a_smaller_view1_reads_only_the_sampled_people_and_the_test_pairs_images(fake_lfw, tmp_path):
+    """train_people + test_images=pairs (the demo preset's knobs): only those files are
+    decoded, every DevTest pair is still scored, retrieval is over the pairs' images."""
+    from cnnlab.data.lfw import LFWProtocol
+    protocol = LFWProtocol(fake_lfw)
+    pair_images = {rel for pair in protocol.view1_test_pairs for rel in pair.relpaths}
+    lines = []
+    config = tiny_config(epochs=1, train_people=12, test_images="pairs", val_fraction=0.25)
+    metrics = train_view1(config, fake_lfw, tmp_path / "run", evaluate_test=True, log=lines.append)
+    assert metrics["fit_people"] + metrics["val_people"] == 12 and metrics["fit_people"] == 9
+    assert metrics["test"]["n_pairs"] == 16 and metrics["test_images"] == len(pair_images) < 8 * 4
+    assert lines[0].startswith(f"{12 * 4 + len(pair_images)} images of 20 people"), lines[0]
+    assert any(line.startswith("DevTest pair images retrieval") for line in lines)
+    assert metrics["retrieval"]["queries"] <= len(pair_images)
+    # The same seed samples the same people; View 2 refuses View 1's subsetting knobs.
+    assert protocol.validation_people(0.25, 0, limit=12) == protocol.validation_people(0.25, 0, limit=12)
+    with pytest.raises(CnnlabError, match="View 1 options"):
+        train_view2(config, fake_lfw, tmp_path / "v2", folds=[0])
+    with pytest.raises(CnnlabError, match="train_people=17 but View 1 has 16 training people"):
+        protocol.validation_people(0.25, 0, limit=17)
+    with pytest.raises(ValueError, match="test_images must be one of people, pairs"):
+        tiny_config(test_images="some")
+
+
 def test_pixel_path_with_freeze_epochs_trains_the_whole_network(fake_lfw, tmp_path):
     config = tiny_config(epochs=2, freeze_epochs=1, trainable_stages=-1, shift=2)
     metrics = train_view1(config, fake_lfw, tmp_path / "run", evaluate_test=False, log=quiet)

@@ -163,6 +163,10 @@ def test_validation_people_seeded_disjoint_and_stratified():
 def test_protocol_validation_people_come_from_view1_train(lfw_root):
     fit, val = LFWProtocol(lfw_root).validation_people(fraction=0.5, seed=0)
     assert set(fit) | set(val) == {"Ann", "Bob", "Cy"} and not set(fit) & set(val) and val
+    # A sample of people with two or more images (a smaller run), seeded.
+    fit, val = LFWProtocol(lfw_root).validation_people(fraction=0.5, seed=0, limit=2)
+    counts = LFWProtocol(lfw_root).view1_train_people
+    assert len(fit) + len(val) == 2 and all(counts[n] >= 2 for n in fit + val)
 
 
 @pytest.mark.data

@@ -39,6 +39,7 @@ def faces_view1(out: Path) -> None:
     from cnnlab.cli.faces import view1_with_plots
     from cnnlab.io import load_yaml, read_json, to_plain
     from cnnlab.tasks.faces import default_lfw_root, format_retrieval, format_test, preset_config
+    from cnnlab.tasks.faces.protocols import retrieval_name
 
     run_dir = out / "faces-view1"
     config = preset_config("demo")
@@ -52,7 +53,7 @@ def faces_view1(out: Path) -> None:
     print()
     print(format_test(metrics["test"], "LFW View 1 DevTest (1,000 pairs)"))
     if metrics.get("retrieval"):
-        print(format_retrieval(metrics["retrieval"], "DevTest people"))
+        print(format_retrieval(metrics["retrieval"], retrieval_name(config)))
     print(f"training {metrics['train_time_s']:.0f} s (+ {metrics['feature_cache_time_s']:.0f} s caching frozen "
           f"features), best epoch {metrics['best_epoch']} of {metrics['epochs']}")
     print(f"metrics: {run_dir / 'metrics.json'}  model: {run_dir / 'model.pt'}")

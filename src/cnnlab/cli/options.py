@@ -30,6 +30,9 @@ FACE_HELP = {
     "shift": "random translation in pixels while training (pixel path only)",
     "val_fraction": "share of the training people held out to choose the epoch and calibrate the threshold",
     "val_pairs": "same-person validation pairs (and as many different-person ones)",
+    "train_people": "train on a seeded sample of this many training people with 2+ images (0: all)",
+    "test_images": "people: embed every image of the test people (retrieval over them); pairs: only the test "
+                   "pairs' images (faster, same pair metrics)",
     "batch_size": "images per batch: batch_size / k people with k images each",
     "k": "images per person in a batch",
     "balance_pairs": "random miner: as many different-person pairs as same-person ones",

@@ -190,8 +190,8 @@ class FaceDataset:
         return f"{text}; {report.summary()}" if report is not None else text
 
 
-def scan_identity_folders(root: str | Path, people: Sequence[str] | None = None
-                          ) -> tuple[list[str], list[tuple[str, str]]]:
+def scan_identity_folders(root: str | Path, people: Sequence[str] | None = None,
+                          files: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """(people, [(person, relative path)]) for `root/<person>/<image>`, sorted; hidden files
     and files without an image extension are ignored (a README beside the images is fine).
     A broken link or symlink loop with an image name is listed, so the decoder names it."""
@@ -205,19 +205,30 @@ def scan_identity_folders(root: str | Path, people: Sequence[str] | None = None
             raise CnnlabError(f"{len(missing)} requested people have no folder in {root}, e.g. {missing[:3]}")
         wanted = set(people)
         folders = [f for f in folders if f in wanted]
-    files = []
+    wanted = None if files is None else set(files)
+    if wanted is not None:  # only these files (relative POSIX paths), of their people's folders
+        people_of_files = {rel.split("/", 1)[0] for rel in wanted}
+        folders = [f for f in folders if f in people_of_files]
+    found = []
     for person in folders:
-        files += [(person, f"{person}/{f.name}") for f in list_images(root / person)]
-    if not files:
+        found += [(person, rel) for rel in (f"{person}/{f.name}" for f in list_images(root / person))
+                  if wanted is None or rel in wanted]
+    if wanted is not None:
+        missing = sorted(wanted.difference(rel for _, rel in found))
+        if missing:
+            raise CnnlabError(f"{len(missing)} requested image(s) not found under {root}, e.g. {missing[:3]}")
+    if not found:
         raise CnnlabError(f"no image files found under {root} (expected {root}/<person>/<image>)")
-    return folders, files
+    return folders, found
 
 
 def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, *,
-                          people: Sequence[str] | None = None, strict: bool = False,
+                          people: Sequence[str] | None = None, files: Sequence[str] | None = None,
+                          strict: bool = False,
                           progress: bool | None = None, cache: ArrayCache | None = None,
                           ) -> tuple[FaceDataset, DecodeReport]:
-    """Decode (or load from the cache) every image under `root/<person>/`.
+    """Decode (or load from the cache) every image under `root/<person>/` (only the folders of
+    `people`, only `files` -- paths relative to `root` -- when given).
 
     Bad files are skipped and listed in the report; `strict=True` raises a CnnlabError naming
     the first bad file instead (also when the bad file was recorded by an earlier cached run).
@@ -225,7 +236,7 @@ def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, 
     """
     root = Path(root)
     spec = spec or FacePreprocess()
-    _, files = scan_identity_folders(root, people)
+    _, files = scan_identity_folders(root, people, files)
     abs_paths = [str(root / rel) for _, rel in files]
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", root.name) or "faces"
     landmarks = None

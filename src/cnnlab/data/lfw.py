@@ -282,10 +282,21 @@ class LFWProtocol:
         return IdentitySplit("LFW View 1", tuple(self.view1_train_people), tuple(self.view1_test_people),
                              tuple(self.view1_test_pairs), tuple(self.view1_train_pairs))
 
-    def validation_people(self, fraction: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
+    def validation_people(self, fraction: float = 0.1, seed: int = 0, limit: int = 0
+                          ) -> tuple[list[str], list[str]]:
         """(fit people, validation people): a seeded split of View 1's training people for
-        tuning and model selection, so DevTest is never looked at while choosing."""
+        tuning and model selection, so DevTest is never looked at while choosing. With
+        `limit`, of a seeded sample of that many of them with two or more images (a smaller
+        run; people with one image only ever make different-person pairs)."""
         people = self.view1_train_people
+        if limit:
+            multi = sorted(n for n, c in people.items() if c >= 2)
+            if limit > len(multi):
+                raise CnnlabError(f"train_people={limit} but View 1 has {len(multi)} training people "
+                                  "with two or more images")
+            # Its own stream (seed, 1): the sample does not shift with the validation draw.
+            chosen = np.random.default_rng([seed, 1]).permutation(len(multi))[:limit]
+            people = {multi[i]: people[multi[i]] for i in sorted(chosen)}
         return split_people(list(people), list(people.values()), fraction, seed)
 
     def view2_fold(self, fold: int) -> IdentitySplit:

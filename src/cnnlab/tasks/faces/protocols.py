@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from cnnlab.config import RUN_ONLY_FIELDS, build_config
 from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.images import DecodeReport
-from cnnlab.data.lfw import LFWProtocol, Pair, split_people
+from cnnlab.data.lfw import LFWProtocol, Pair, image_relpath, split_people
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.distances import create_distance
 from cnnlab.distributed import is_main_process
@@ -155,15 +155,39 @@ def default_lfw_root() -> Path:
     return Path(os.environ.get("CNNLAB_DATA", "../shared/data")) / "lfw"
 
 
-def load_lfw_images(protocol: LFWProtocol, config: FaceTrainConfig, log: Callable[[str], None] = print
-                    ) -> tuple[FaceDataset, DecodeReport]:
-    """Every LFW image, decoded once into the shared uint8 cache (one entry serves View 1,
-    View 2 and tuning alike); splits then select people from it. Returns the bad-file report
-    too: `record_bad_files` names them once the run is known to go ahead."""
+def load_lfw_images(protocol: LFWProtocol, config: FaceTrainConfig, log: Callable[[str], None] = print,
+                    files: Sequence[str] | None = None) -> tuple[FaceDataset, DecodeReport]:
+    """Every LFW image (or only `files`, see `view1_files`), decoded once into the shared uint8
+    cache (one entry serves View 1, View 2 and tuning alike); splits then select people from
+    it. Returns the bad-file report too: `record_bad_files` names them once the run is known
+    to go ahead."""
     start = time.perf_counter()
-    dataset, report = load_identity_folders(protocol.image_root, config.preprocess(), progress=config.progress)
+    dataset, report = load_identity_folders(protocol.image_root, config.preprocess(), files=files,
+                                            progress=config.progress)
     log(f"{dataset.summary(report)} ({time.perf_counter() - start:.0f} s)")
     return dataset, report
+
+
+def view1_files(protocol: LFWProtocol, config: FaceTrainConfig, train_people: Sequence[str],
+                test: bool) -> list[str] | None:
+    """The LFW files a View 1 run reads (relative to the image folder): None, i.e. every image
+    (the cache entry every full run shares), unless the recipe samples `train_people` or embeds
+    only the test pairs' images; then the sampled people's images and the test images asked
+    for (`config.test_images`), when `test`."""
+    if not config.train_people and config.test_images == "people":
+        return None
+    counts = protocol.view1_train_people
+    files = {image_relpath(p, n) for p in train_people for n in range(1, counts[p] + 1)}
+    if test and config.test_images == "pairs":
+        files.update(rel for pair in protocol.view1_test_pairs for rel in pair.relpaths)
+    elif test:
+        files.update(image_relpath(p, n) for p, c in protocol.view1_test_people.items() for n in range(1, c + 1))
+    return sorted(files)
+
+
+def retrieval_name(config: FaceTrainConfig) -> str:
+    """What the DevTest retrieval figures are over (see `FaceTrainConfig.test_images`)."""
+    return "DevTest people" if config.test_images == "people" else "DevTest pair images"
 
 
 def check_scored_pairs(dataset: FaceDataset, report: DecodeReport, pairs: Sequence[Pair], source: Path) -> None:
@@ -248,8 +272,9 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     protocol = LFWProtocol(data_root)
     # Only the DevTrain people file chooses anything; the DevTest pairs are read before
     # training only with `evaluate_test`, to check that their images decoded.
-    fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed)
-    dataset, bad = load_lfw_images(protocol, config, log)
+    fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed, config.train_people)
+    files = view1_files(protocol, config, [*fit_people, *val_people], test=evaluate_test)
+    dataset, bad = load_lfw_images(protocol, config, log, files=files)
     known = set(dataset.people)
     fit_people = [p for p in fit_people if p in known]
     val_people = [p for p in val_people if p in known]
@@ -281,7 +306,7 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         metrics["retrieval"] = retrieval_scores(embeddings, test.labels, config.distance)
         save_test_outputs(out_dir, embeddings, test, d, same, trained.threshold)
         log(format_test(metrics["test"], "DevTest"))
-        log(format_retrieval(metrics["retrieval"], "DevTest people"))
+        log(format_retrieval(metrics["retrieval"], retrieval_name(config)))
     save_model(trained.model, out_dir / MODEL_FILE, extra=_extra(config, trained))
     write_json(out_dir / METRICS_FILE, metrics)
     save_yaml(config, out_dir / "faces_config.yaml")
@@ -294,8 +319,9 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
     weights and no fine-tuning, Euclidean distance between L2-normalised pooled features,
     threshold calibrated on the same validation people as `train_view1`, DevTest scored once."""
     protocol = LFWProtocol(data_root)
-    fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed)
-    dataset, bad = load_lfw_images(protocol, config, log)
+    fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed, config.train_people)
+    dataset, bad = load_lfw_images(protocol, config, log,
+                                   files=view1_files(protocol, config, [*fit_people, *val_people], test=True))
     split = protocol.view1()
     check_scored_pairs(dataset, bad, split.test_pairs, protocol.root / "pairsDevTest.txt")
     skipped = record_bad_files(bad, Path(out_dir), log) if out_dir is not None else len(bad.bad)
@@ -315,7 +341,7 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
               "validation": evaluate(vd, vsame, threshold=threshold).to_dict(), "test": test_report(d, same, threshold),
               "retrieval": retrieval_scores(features, test.labels, "euclidean"), "skipped_files": skipped}
     log(format_test(result["test"], "untrained DevTest"))
-    log(format_retrieval(result["retrieval"], "untrained DevTest people"))
+    log(format_retrieval(result["retrieval"], "untrained " + retrieval_name(config)))
     if out_dir is not None:
         write_json(Path(out_dir) / "baseline.json", result)
     return result
@@ -329,6 +355,9 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     the fold's threshold is chosen on the other nine folds' pairs (embedded by that fold's
     model), never on its own; accuracy at the validation-calibrated threshold is also given.
     Reports mean and standard deviation over the folds that ran."""
+    if config.train_people or config.test_images != "people":
+        raise CnnlabError("train_people and test_images are View 1 options: View 2 trains each fold on all "
+                          "of the other folds' people and embeds every image its 6,000 pairs use")
     out_dir = Path(out_dir)
     protocol = LFWProtocol(data_root)
     # Ten trainings take hours: folds that an earlier run of the same recipe finished in
