@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from cnnlab.tune import SearchSpace, run_study, worker_id
-from cnnlab.tune.recovery import MAX_RUNS, recover_dead_local_trials
-from cnnlab.tune.storage import _pid_alive
+from cnnlab.tune.recovery import MAX_RUNS, recover_dead_trials
+from cnnlab.tune.storage import HEARTBEAT, Heartbeat, _pid_alive
 
 # Two workers of one study, both running the real FaceTrainer objective (run folders, weight
 # cleanup) around a stand-in for the face trainer that writes what the real one writes.
@@ -138,7 +138,7 @@ def test_a_configuration_whose_worker_keeps_dying_is_failed_for_good(tmp_path, d
     params = dict(trial.params)
     for run in range(1, MAX_RUNS + 1):
         trial.set_user_attr("worker", dead_worker)
-        messages = recover_dead_local_trials(study)
+        messages = recover_dead_trials(study)
         assert len(messages) == 1 and messages[0].startswith(f"trial {trial.number}: worker {dead_worker} died")
         if run < MAX_RUNS:
             assert messages[0].endswith("its parameters run again")
@@ -148,7 +148,7 @@ def test_a_configuration_whose_worker_keeps_dying_is_failed_for_good(tmp_path, d
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * MAX_RUNS
     assert [t.user_attrs.get("abandoned", False) for t in trials] == [True] * (MAX_RUNS - 1) + [False]
-    assert recover_dead_local_trials(study) == []  # nothing left to recover, nothing queued
+    assert recover_dead_trials(study) == []  # nothing left to recover, nothing queued
 
     # The last failure counts towards the total like any failed trial: one more trial makes 2.
     result = run_study(lambda p, r: 1.0, space, trials=2, storage=storage, out_dir=tmp_path, plots=False)
@@ -168,3 +168,62 @@ def test_an_unreaped_killed_worker_counts_as_dead():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_worker_on_another_machine_is_dead_when_its_heartbeat_stops(tmp_path):
+    """No process to look up on another host: a trial whose heartbeat is older than the stale
+    limit is failed and its parameters queued again; a recent or absent heartbeat is left alone."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="faces", storage=storage, direction="maximize")
+    space = SearchSpace.default()
+    silent, beating, old_style = (study.ask(space.distributions()) for _ in range(3))
+    for trial in (silent, beating, old_style):
+        trial.set_user_attr("worker", "gpu-box-7:4242")
+    silent.set_user_attr(HEARTBEAT, time.time() - 1200)
+    beating.set_user_attr(HEARTBEAT, time.time() - 30)
+    messages = recover_dead_trials(study, stale_after=600)
+    assert messages == [f"trial {silent.number}: worker gpu-box-7:4242 sent no heartbeat for 20 min; "
+                        "its parameters run again"]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[silent.number] == TrialState.FAIL
+    assert states[beating.number] == states[old_style.number] == TrialState.RUNNING
+    assert study.ask(space.distributions()).params == silent.params  # the queued re-run
+
+
+def test_the_heartbeat_thread_beats_until_the_trial_ends(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="faces", storage=storage, direction="maximize")
+    trial = study.ask(SearchSpace.default().distributions())
+    with Heartbeat(study._storage, trial._trial_id, interval=0.05):
+        first = study._storage.get_trial(trial._trial_id).user_attrs[HEARTBEAT]
+        deadline = time.monotonic() + 10
+        while study._storage.get_trial(trial._trial_id).user_attrs[HEARTBEAT] == first:
+            assert time.monotonic() < deadline, "no second beat"
+            time.sleep(0.02)
+    last = study._storage.get_trial(trial._trial_id).user_attrs[HEARTBEAT]
+    time.sleep(0.2)
+    assert study._storage.get_trial(trial._trial_id).user_attrs[HEARTBEAT] == last  # stopped
+
+
+def test_a_trial_given_up_by_another_worker_is_dropped_and_the_study_goes_on(tmp_path):
+    """This worker's machine was unreachable for too long: another worker failed its trial and
+    queued the parameters. Its late result is dropped with a message, not a crash."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    space, messages, calls = SearchSpace.default(), [], []
+
+    def objective(params, report):
+        calls.append(report.number)
+        if len(calls) == 1:  # meanwhile, elsewhere: the trial is declared dead
+            other = optuna.load_study(study_name="faces", storage=storage)
+            trial_id = other.trials[0]._trial_id
+            # As a worker on another host sees it: a foreign worker whose heartbeat stopped.
+            other._storage.set_trial_user_attr(trial_id, "worker", "elsewhere:1")
+            other._storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time() - 3600)
+            assert recover_dead_trials(other, stale_after=600)
+        return 0.5
+
+    result = run_study(objective, space, trials=2, storage=storage, out_dir=tmp_path, plots=False,
+                       log=messages.append)
+    assert any("ended after another worker had given it up" in m for m in messages)
+    assert result.counts["complete"] == 2 and len(calls) == 3
+

@@ -6,9 +6,9 @@ the sampler for new ones. The files the trial registered as scratch (its weights
 
 This is the idea of optuna's RetryHeartbeatStaleTrialCallback (the queued trial carries the
 same `failed_trial` and `retry_history` system attributes, so optuna's helpers read them), but
-driven by cnnlab's own detection of a dead worker on the same host (its process is gone), which
-needs no heartbeat thread, works with ask-and-tell, and notices the death at the next claim
-instead of after a grace period.
+driven by cnnlab's own detection of a dead worker, which works with ask-and-tell: on the same
+host its process is gone (noticed at the next claim, no grace period); on another machine its
+trial's heartbeat (`cnnlab.tune.storage.Heartbeat`) stopped for `STALE_AFTER` seconds.
 
 A configuration whose worker died `MAX_RUNS` times (e.g. it needs more memory than the machine
 has, and the kernel kills the process) is not run again: its last trial is a genuine failure
@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.tune.storage import dead_local_trials
+from cnnlab.tune.storage import STALE_AFTER, dead_trials
 
 # Runs of one configuration whose worker died, after which it is failed for good.
 MAX_RUNS = 3
@@ -67,18 +67,18 @@ def abandon_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
     queue_rerun(study, _frozen(study, trial.number))
 
 
-def recover_dead_local_trials(study: optuna.Study) -> list[str]:
-    """Fail the RUNNING trials whose worker process on this host is gone, delete their scratch
-    files and queue their parameters again (up to `MAX_RUNS` deaths per configuration).
+def recover_dead_trials(study: optuna.Study, stale_after: float = STALE_AFTER) -> list[str]:
+    """Fail the RUNNING trials whose worker is gone (`dead_trials`), delete their scratch files
+    and queue their parameters again (up to `MAX_RUNS` deaths per configuration).
     Call it under the study's lock, so two workers never recover one trial twice.
     Returns a message for the user per trial it failed."""
     failed = []
-    for trial in dead_local_trials(study):
+    for trial, what in dead_trials(study, stale_after):
         worker = trial.user_attrs.get("worker", "")
         runs = len(retry_history(trial)) + 1
         again = runs < MAX_RUNS
-        message = (f"worker {worker} died during the trial; its parameters run again" if again else
-                   f"worker {worker} died during the trial, as in all {runs} runs of these parameters; "
+        message = (f"worker {worker} {what}; its parameters run again" if again else
+                   f"worker {worker} {what}, as in all {runs} runs of these parameters; "
                    f"not run again (out of memory?)")
         try:
             # optuna has no public setter for another process's trial attributes.

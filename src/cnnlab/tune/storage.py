@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -118,16 +119,63 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def dead_local_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """RUNNING trials of a process on this host that no longer exists: they can never finish
-    (`cnnlab.tune.recovery` fails them and runs their parameters again)."""
+# A running trial's heartbeat: a worker on another machine cannot look its process up, only
+# see that it stopped writing the time into the trial. Ten silent minutes (ten missed beats,
+# and room for clocks that disagree by minutes) mean the worker is gone.
+HEARTBEAT = "heartbeat"          # user attr: time.time() of the worker's last beat
+HEARTBEAT_INTERVAL = 60.0
+STALE_AFTER = 600.0
+
+
+class Heartbeat:
+    """`with Heartbeat(storage, trial_id):` around a trial: a daemon thread writes the time into
+    the trial's `heartbeat` attribute now and every `interval` seconds until the block ends.
+    (optuna's own heartbeat runs only inside `study.optimize`; these workers ask and tell.)"""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float = HEARTBEAT_INTERVAL):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cnnlab-heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        # A database hiccup must not end the trial: the next beat tries again, and only ten
+        # minutes of failures would make other workers give the trial up.
+        with contextlib.suppress(Exception):
+            self.storage.set_trial_user_attr(self.trial_id, HEARTBEAT, time.time())
+
+
+def dead_trials(study: optuna.Study, stale_after: float = STALE_AFTER,
+                now: float | None = None) -> list[tuple[FrozenTrial, str]]:
+    """RUNNING trials that can never finish, each with what happened to its worker: a process
+    on this host that no longer exists ("died"), or a worker anywhere whose last heartbeat is
+    older than `stale_after` seconds (`cnnlab.tune.recovery` fails them and runs their
+    parameters again). A trial without a heartbeat (an older cnnlab) is judged by its process only."""
     host = socket.gethostname()
+    now = time.time() if now is None else now
     dead = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get("worker", ""))
         name, _, pid = worker.rpartition(":")
-        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            dead.append(trial)
+        if name == host and pid.isdigit():  # this host's process table is the better witness
+            if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                dead.append((trial, "died during the trial"))
+            continue
+        beat = trial.user_attrs.get(HEARTBEAT)
+        if isinstance(beat, (int, float)) and now - beat > stale_after:
+            dead.append((trial, f"sent no heartbeat for {(now - beat) / 60:.0f} min"))
     return dead
 
 

@@ -29,12 +29,13 @@ from optuna.trial import TrialState
 from cnnlab.errors import CnnlabError
 from cnnlab.io import to_plain, write_json
 from cnnlab.progress import progress_bar
-from cnnlab.tune.recovery import SCRATCH, abandon_interrupted, recover_dead_local_trials
+from cnnlab.tune.recovery import SCRATCH, abandon_interrupted, recover_dead_trials
 from cnnlab.tune.report import write_study_report
 from cnnlab.tune.results import StudyResult, best_trial, counted, finished_count, summarize_study
 from cnnlab.tune.samplers import make_pruner, make_sampler
 from cnnlab.tune.space import SearchSpace
-from cnnlab.tune.storage import StudyLock, default_storage, open_storage, redact, worker_id
+from cnnlab.tune.storage import (HEARTBEAT, HEARTBEAT_INTERVAL, STALE_AFTER, Heartbeat, StudyLock, default_storage,
+                                 open_storage, redact, worker_id)
 
 Report = Callable[[int, float], None]
 Objective = Callable[[dict, Report], float]
@@ -58,18 +59,20 @@ def _leaf_paths(mapping: dict, prefix: str = "") -> list[str]:
     return paths
 
 
-def _claim(study: optuna.Study, lock: StudyLock, space: SearchSpace, total: int, log: Log) -> optuna.Trial | None:
+def _claim(study: optuna.Study, lock: StudyLock, space: SearchSpace, total: int, log: Log,
+           stale_after: float = STALE_AFTER) -> optuna.Trial | None:
     """The next trial of the study, or None when it already holds `total` counted trials
     (finished or running). A queued re-run of an abandoned trial's parameters (`recovery`)
     is taken first: it replaces the abandoned trial, so it is not yet among the held ones."""
     with lock:
-        for message in recover_dead_local_trials(study):
+        for message in recover_dead_trials(study, stale_after):
             log(message)
         held = sum(counted(t) and t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
         if held >= total:
             return None
         trial = study.ask(space.distributions())
         trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr(HEARTBEAT, time.time())
         return trial
 
 
@@ -95,30 +98,47 @@ class TrialReporter:
             raise optuna.TrialPruned(f"pruned at step {step} with value {value:.4g}")
 
 
-def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, log: Log) -> tuple[TrialState, str]:
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, log: Log,
+               heartbeat_interval: float = HEARTBEAT_INTERVAL) -> tuple[TrialState, str]:
     """Run one trial and tell the study its outcome: (state, error message or "")."""
     report = TrialReporter(trial)
     try:
-        value = objective(dict(trial.params), report)
+        with Heartbeat(study._storage, trial._trial_id, heartbeat_interval):
+            value = objective(dict(trial.params), report)
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"objective returned a non-finite score {value}")
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        return TrialState.PRUNED, ""
+        return _tell(study, trial, log, state=TrialState.PRUNED)
     except KeyboardInterrupt:
         abandon_interrupted(study, trial)
         raise
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        trial.set_user_attr("error", message)
-        # Workers may run on other machines: keep the traceback where every worker can read it.
-        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-        study.tell(trial, state=TrialState.FAIL)
-        log(f"trial {trial.number} failed: {message}")
-        return TrialState.FAIL, message
-    study.tell(trial, value)
-    return TrialState.COMPLETE, ""
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr("error", message)
+            # Workers may run on other machines: keep the traceback where every worker can read it.
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+        state, given_up = _tell(study, trial, log, state=TrialState.FAIL)
+        if not given_up:
+            log(f"trial {trial.number} failed: {message}")
+        return state, given_up or message
+    return _tell(study, trial, log, values=value)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, log: Log, **outcome) -> tuple[TrialState, str]:
+    """Tell the study; (state told, "") or, when another worker had already given the trial up
+    (no heartbeat for too long: this machine was unreachable or suspended, and the trial's
+    parameters were queued again there), (FAIL, why) and the outcome is dropped."""
+    try:
+        if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+            raise optuna.exceptions.UpdateFinishedTrialError
+        study.tell(trial, **outcome)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+        log(f"trial {trial.number} ended after another worker had given it up (no heartbeat); "
+            "its parameters run again there, this outcome is dropped")
+        return TrialState.FAIL, "given up by another worker"
+    return outcome.get("state", TrialState.COMPLETE), ""
 
 
 def run_study(objective: Objective, space: SearchSpace, *, trials: int, out_dir: str | Path,
@@ -127,7 +147,8 @@ def run_study(objective: Objective, space: SearchSpace, *, trials: int, out_dir:
               base_config: dict | None = None, progress: bool | None = None,
               max_consecutive_failures: int = MAX_CONSECUTIVE_FAILURES,
               environment_device: Any = None, plots: bool = True, write_files: bool = True,
-              log: Log | None = None) -> StudyResult:
+              log: Log | None = None, heartbeat_interval: float = HEARTBEAT_INTERVAL,
+              stale_after: float = STALE_AFTER) -> StudyResult:
     """Run trials of a shared study until it holds `trials` trials, then write the report.
 
     objective(params, report) -> score (maximised); `report(step, value)` records an
@@ -166,10 +187,10 @@ def run_study(objective: Objective, space: SearchSpace, *, trials: int, out_dir:
                            desc=f"study {study_name}", unit="trial")
         try:
             while True:
-                trial = _claim(study, lock, space, trials, log)
+                trial = _claim(study, lock, space, trials, log, stale_after)
                 if trial is None:
                     break
-                state, error = _run_trial(study, trial, objective, log)
+                state, error = _run_trial(study, trial, objective, log, heartbeat_interval)
                 ran_here.append(trial.number)
                 failures_in_row = failures_in_row + 1 if state == TrialState.FAIL else 0
                 bar.n = min(finished_count(study), trials)
