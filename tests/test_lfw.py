@@ -192,3 +192,20 @@ def test_real_lfw_protocol():
     for pair in view1.train_pairs + view1.test_pairs + tuple(proto.view2_pairs):
         for rel in pair.relpaths:
             assert (proto.image_root / rel).is_file()
+
+
+@pytest.mark.data
+def test_the_demo_preset_reads_a_fixed_sample_of_real_lfw():
+    """`make demo`'s face step: 400 DevTrain people with 2+ images, the DevTest pairs' images;
+    3,732 files that all exist (BENCHMARKS.md times the demo on exactly these)."""
+    from cnnlab.tasks.faces import preset_config
+    from cnnlab.tasks.faces.protocols import view1_files
+    proto = LFWProtocol(data_dir("lfw"))
+    config = preset_config("demo")
+    fit, val = proto.validation_people(config.val_fraction, config.seed, config.train_people)
+    assert (len(fit), len(val)) == (360, 40)
+    files = view1_files(proto, config, fit + val, test=True)
+    assert len(files) == 3732 and all((proto.image_root / rel).is_file() for rel in files)
+    pair_images = {rel for pair in proto.view1_test_pairs for rel in pair.relpaths}
+    assert len(pair_images) == 1549 and pair_images <= set(files)
+    assert view1_files(proto, preset_config("cpu"), fit + val, test=True) is None  # every image
