@@ -143,3 +143,30 @@ def test_demo_checks_its_output_folder_before_the_first_step(tmp_path, monkeypat
     assert demo.main(["--out", str(taken)]) == 2
     assert calls == []
     assert capsys.readouterr().err == f"cnnlab: error: --out {taken} is an existing file, not a folder\n"
+
+
+SPEAKER = """
+import sys
+from cnnlab.cli import run_guarded
+def speak():
+    if sys.argv[1] == "other-pipe":
+        raise BrokenPipeError(32, "Broken pipe")  # not stdout's: a library's connection
+    for _ in range(100_000):
+        print("x" * 100)
+sys.exit(run_guarded(speak, "cnnlab speak"))
+"""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`cnnlab ... --json | head`: exit 141 (as for SIGPIPE), no error line; a broken pipe that
+    is not stdout's is still an unexpected error."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", SPEAKER, "stdout"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout.read(10) == b"x" * 10
+    proc.stdout.close()  # the reader goes away
+    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == b""
+    other = subprocess.run([sys.executable, "-c", SPEAKER, "other-pipe"], capture_output=True, timeout=60)
+    assert other.returncode == 1
+    assert other.stderr.decode().startswith("cnnlab speak: unexpected error: BrokenPipeError")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 import traceback
 from typing import Callable
@@ -81,13 +82,35 @@ def run_guarded(fn: Callable[[], int | None], command: str, debug: bool = False)
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            return _unexpected(exc, command, debug)
+        # The reader of our output went away (`cnnlab ... --json | head`): nothing to report.
+        # stdout now points at /dev/null, so the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE (128 + 13)
     except Exception as exc:  # the boundary: anything else is a bug or an environment problem
-        if debug:
-            traceback.print_exc()
-        hint = "" if debug else " (run with --debug for the traceback)"
-        # first_line: foreign messages (PyTorch's, NumPy's) may run to paragraphs.
-        print(f"{command}: unexpected error: {first_line(exc)}{hint}", file=sys.stderr)
-        return 1
+        return _unexpected(exc, command, debug)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader is gone (the broken pipe was ours, not some other
+    one a library used): poll reports an error on such a write end."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
+        return False
+
+
+def _unexpected(exc: BaseException, command: str, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    hint = "" if debug else " (run with --debug for the traceback)"
+    # first_line: foreign messages (PyTorch's, NumPy's) may run to paragraphs.
+    print(f"{command}: unexpected error: {first_line(exc)}{hint}", file=sys.stderr)
+    return 1
 
 
 def command_name(args: argparse.Namespace) -> str:
