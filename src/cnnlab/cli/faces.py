@@ -131,8 +131,10 @@ def run_train(args) -> int:
         from cnnlab.distributed import is_main_process
         if not is_main_process():
             return 0  # the other ranks of a torchrun run only trained; rank 0 reports
+        val, other = summary["accuracy_val_threshold"], summary["accuracy"]
         print(f"View 2 ({summary['folds_run']} of {summary['num_folds']} folds): accuracy "
-              f"{summary['accuracy']['mean']:.2%} ± {summary['accuracy']['std']:.2%}, "
+              f"{val['mean']:.2%} ± {val['std']:.2%} at the thresholds calibrated on validation people, "
+              f"{other['mean']:.2%} ± {other['std']:.2%} at those from the other folds' pairs; "
               f"AUC {summary['auc']['mean']:.4f} ± {summary['auc']['std']:.4f}")
     print(f"results: {out / 'metrics.json'}  model: {out / 'model.pt' if args.protocol == 'view1' else out}")
     return 0

@@ -351,10 +351,15 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
 def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,
                 folds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> dict:
     """LFW View 2: for each fold, train on the other nine folds' people (a seeded validation
-    split of them selects the epoch), then test on the fold's 600 pairs. As the protocol asks,
-    the fold's threshold is chosen on the other nine folds' pairs (embedded by that fold's
-    model), never on its own; accuracy at the validation-calibrated threshold is also given.
-    Reports mean and standard deviation over the folds that ran."""
+    split of them selects the epoch and calibrates a threshold), then test on the fold's 600
+    pairs. Two accuracies per fold, both at thresholds chosen without the fold's own pairs, as
+    the protocol asks: `accuracy_val_threshold`, at the threshold calibrated on the validation
+    people (held out from training: View 1's rule), and `accuracy`, at the threshold that is
+    best on the other nine folds' pairs embedded by the fold's model. The latter is the usual
+    recipe for models trained elsewhere; here those pairs are mostly of people the model trained
+    on, whose same-person distances are tighter than unseen people's, so it chooses a lower
+    threshold (BENCHMARKS.md measures the effect). Reports mean and standard deviation of both
+    over the folds that ran."""
     if config.train_people or config.test_images != "people":
         raise CnnlabError("train_people and test_images are View 1 options: View 2 trains each fold on all "
                           "of the other folds' people and embeds every image its 6,000 pairs use")
@@ -418,7 +423,8 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         rows.sort(key=lambda r: r["fold"])
         save_model(trained.model, out_dir / f"fold-{fold + 1:02d}" / MODEL_FILE,
                    extra=_extra(config, trained, fold=fold + 1))
-        log(f"fold {fold + 1}: accuracy {row['accuracy']:.2%} (threshold from the other folds), AUC {row['auc']:.4f}")
+        log(f"fold {fold + 1}: accuracy {row['accuracy_val_threshold']:.2%} at the threshold calibrated on the "
+            f"validation people, {row['accuracy']:.2%} at the one from the other folds' pairs; AUC {row['auc']:.4f}")
         write_json(out_dir / METRICS_FILE, {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped})
     if not main:
         return {"protocol": "view2", "folds_run": 0, "num_folds": protocol.num_folds, "folds": []}
