@@ -2,10 +2,9 @@
 reporting rules in Huang and Learned-Miller 2014, UM-CS-2014-003).
 
 View 1 trains on DevTrain people, selects the epoch and calibrates the threshold on a seeded
-people-disjoint validation split of them, and scores the 1,000 DevTest pairs once. View 2
-trains ten times, on nine folds' people, and tests on the tenth, whose threshold comes from
-the other nine folds' pairs (`cnnlab.metrics.verification.kfold_accuracy`). The untrained
-baseline scores the pretrained backbone alone the same way. Runs write files; the figures are
+people-disjoint validation split of them, and scores the 1,000 DevTest pairs once
+(`train_verifier` is the one training, which View 2 in `cnnlab.tasks.faces.view2` runs ten
+times). The untrained baseline scores the pretrained backbone alone the same way. Runs write files; the figures are
 drawn from those files afterwards, by the caller (`cnnlab.plots.faces`).
 
 Unreadable images are skipped (named on screen, all of them in the run's bad_files.json), but
@@ -25,23 +24,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import RUN_ONLY_FIELDS, build_config
 from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.images import DecodeReport
-from cnnlab.data.lfw import LFWProtocol, Pair, image_relpath, split_people
+from cnnlab.data.lfw import LFWProtocol, Pair, image_relpath
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.distances import create_distance
 from cnnlab.distributed import is_main_process
 from cnnlab.engine import Engine, seed_everything
 from cnnlab.env import resolve_device
 from cnnlab.errors import CnnlabError
-from cnnlab.io import load_yaml, read_json, save_npz_atomic, save_yaml, to_plain, write_json
+from cnnlab.io import save_npz_atomic, save_yaml, to_plain, write_json
 from cnnlab.metrics.retrieval import retrieval_scores
-from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate, kfold_accuracy
+from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet, save_model
 from cnnlab.models.utils import eval_mode, module_device
 from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
-from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix, embed_from_prefix
+from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
 from cnnlab.tasks.faces.task import FaceVerificationTask
 
 MODEL_FILE = "model.pt"
@@ -216,7 +214,8 @@ def record_bad_files(report: DecodeReport, out_dir: Path, log: Callable[[str], N
     return len(report.bad)
 
 
-def _extra(config: FaceTrainConfig, trained: TrainedVerifier, **more) -> dict:
+def saved_model_extra(config: FaceTrainConfig, trained: TrainedVerifier, **more) -> dict:
+    """What model.pt records beside the weights (threshold, distance, preprocessing...)."""
     return {"threshold": trained.threshold, "distance": config.distance, "margin": config.margin,
             "crop": config.crop, "input_size": config.input_size, "val_auc": trained.validation.auc,
             "val_accuracy": trained.validation.accuracy, **config.preprocess().model_extra(), **more}
@@ -307,7 +306,7 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         save_test_outputs(out_dir, embeddings, test, d, same, trained.threshold)
         log(format_test(metrics["test"], "DevTest"))
         log(format_retrieval(metrics["retrieval"], retrieval_name(config)))
-    save_model(trained.model, out_dir / MODEL_FILE, extra=_extra(config, trained))
+    save_model(trained.model, out_dir / MODEL_FILE, extra=saved_model_extra(config, trained))
     write_json(out_dir / METRICS_FILE, metrics)
     save_yaml(config, out_dir / "faces_config.yaml")
     return metrics
@@ -345,130 +344,3 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
     if out_dir is not None:
         write_json(Path(out_dir) / "baseline.json", result)
     return result
-
-
-# ---------------------------------------------------------------------------- View 2
-def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,
-                folds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> dict:
-    """LFW View 2: for each fold, train on the other nine folds' people (a seeded validation
-    split of them selects the epoch and calibrates a threshold), then test on the fold's 600
-    pairs. Two accuracies per fold, both at thresholds chosen without the fold's own pairs, as
-    the protocol asks: `accuracy_val_threshold`, at the threshold calibrated on the validation
-    people (held out from training: View 1's rule), and `accuracy`, at the threshold that is
-    best on the other nine folds' pairs embedded by the fold's model. The latter is the usual
-    recipe for models trained elsewhere; here those pairs are mostly of people the model trained
-    on, whose same-person distances are tighter than unseen people's, so it chooses a lower
-    threshold (BENCHMARKS.md measures the effect). Reports mean and standard deviation of both
-    over the folds that ran."""
-    if config.train_people or config.test_images != "people":
-        raise CnnlabError("train_people and test_images are View 1 options: View 2 trains each fold on all "
-                          "of the other folds' people and embeds every image its 6,000 pairs use")
-    out_dir = Path(out_dir)
-    protocol = LFWProtocol(data_root)
-    # Ten trainings take hours: folds that an earlier run of the same recipe finished in
-    # out_dir are kept, not trained again (an interrupted run resumes at its next fold).
-    done = finished_view2_folds(out_dir, config)
-    folds = list(range(protocol.num_folds)) if folds is None else list(folds)
-    if done and is_main_process():
-        log(f"{out_dir}: keeping fold(s) {', '.join(str(f + 1) for f in sorted(done))} finished earlier "
-            "with the same recipe")
-    if is_main_process():  # first, so that a later run can tell whether it has the same recipe
-        save_yaml(config, out_dir / "faces_config.yaml")
-    dataset, bad = load_lfw_images(protocol, config, log)
-    all_pairs = protocol.view2_pairs
-    # Every fold's pairs, not only the folds asked for: each fold's threshold comes from the others.
-    check_scored_pairs(dataset, bad, all_pairs, protocol.root / "pairs.txt")
-    main = is_main_process()  # under torchrun rank 0 scores and writes; the other ranks only train
-    skipped = record_bad_files(bad, out_dir, log) if main else len(bad.bad)
-    pair_fold = np.array([p.fold for p in all_pairs])
-    i, j, same = dataset.pair_indices(all_pairs)
-    used = np.unique(np.concatenate([i, j]))
-    # Every fold starts from the same frozen weights: the frozen stages' features of every
-    # image are computed once (or loaded from the disk cache) and shared by the ten trainings.
-    memo, every_image = FeatureMemo(), np.arange(len(dataset))
-    rows = [done[f] for f in sorted(done)]
-    for fold in folds:
-        if fold in done:
-            continue
-        split = protocol.view2_fold(fold)
-        counts = [protocol.view2_people[f][n] for f in range(protocol.num_folds) if f != fold
-                  for n in protocol.view2_people[f]]
-        fit_people, val_people = split_people(list(split.train_people), counts, config.val_fraction, config.seed)
-        log(f"[fold {fold + 1}/{protocol.num_folds}]")
-        trained = train_verifier(config, dataset, fit_people, val_people, out_dir / f"fold-{fold + 1:02d}",
-                                 log=log, data_info={"protocol": "view2", "fold": fold, "root": str(protocol.root)},
-                                 features=memo, cache_rows=every_image)
-        if not main:
-            continue
-        z = np.zeros((len(dataset), config.embedding_dim), np.float32)
-        if memo.features is not None:  # every image's frozen stages are cached: run only the rest
-            with eval_mode(trained.model), torch.no_grad():
-                z[used] = embed_from_prefix(trained.model, memo.features, used,
-                                            batch_size=config.eval_batch_size).cpu().numpy()
-        else:
-            z[used] = embed_images(trained.model, dataset.images[used], batch_size=config.eval_batch_size)
-        d = pair_distances(z, i, j, config.distance)
-        # Every fold's threshold from the other folds; only this fold's model embedded them, so
-        # only this fold's entry is its result.
-        kfold = kfold_accuracy(d, same, pair_fold)
-        threshold = kfold.fold_thresholds[kfold.folds.index(fold)]
-        held = pair_fold == fold
-        test = test_report(d[held], same[held], threshold)
-        row = {"fold": fold + 1, "accuracy": test["accuracy"], "threshold": threshold,
-               "accuracy_val_threshold": evaluate(d[held], same[held], threshold=trained.threshold).accuracy,
-               "val_threshold": trained.threshold, "auc": test["auc"], "eer": test["eer"],
-               "tar_at_far": test["tar_at_far"], "val_auc": trained.validation.auc,
-               "best_epoch": trained.best_epoch, "train_time_s": trained.train_time_s}
-        rows.append(row)
-        rows.sort(key=lambda r: r["fold"])
-        save_model(trained.model, out_dir / f"fold-{fold + 1:02d}" / MODEL_FILE,
-                   extra=_extra(config, trained, fold=fold + 1))
-        log(f"fold {fold + 1}: accuracy {row['accuracy_val_threshold']:.2%} at the threshold calibrated on the "
-            f"validation people, {row['accuracy']:.2%} at the one from the other folds' pairs; AUC {row['auc']:.4f}")
-        write_json(out_dir / METRICS_FILE, {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped})
-    if not main:
-        return {"protocol": "view2", "folds_run": 0, "num_folds": protocol.num_folds, "folds": []}
-    summary = {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped}
-    write_json(out_dir / METRICS_FILE, summary)
-    return summary
-
-
-def finished_view2_folds(out_dir: Path, config: FaceTrainConfig) -> dict[int, dict]:
-    """{fold (0-based): its result row} for the folds an earlier View 2 run finished in
-    `out_dir` (a row in metrics.json and the fold's model.pt), when that run had this recipe
-    (settings that only say where and how visibly it ran aside). Results of another recipe, or
-    of an unknown one, are never mixed in nor deleted: that is a one-line error."""
-    metrics_file, recipe_file = out_dir / METRICS_FILE, out_dir / "faces_config.yaml"
-    if not metrics_file.is_file():
-        return {}
-    earlier = read_json(metrics_file)
-    if earlier.get("protocol") != "view2":
-        raise CnnlabError(f"{out_dir} holds a {earlier.get('protocol', 'different')} run, not View 2 folds; "
-                          "use another --out")
-    rows = {int(r["fold"]) - 1: r for r in earlier.get("folds", [])
-            if (out_dir / f"fold-{int(r['fold']):02d}" / MODEL_FILE).is_file()}
-    if not rows:
-        return {}
-    if not recipe_file.is_file():
-        raise CnnlabError(f"{out_dir} holds View 2 folds but no faces_config.yaml saying how they were trained; "
-                          "use another --out")
-    try:
-        before = build_config(FaceTrainConfig, load_yaml(recipe_file))
-    except CnnlabError as exc:
-        raise CnnlabError(f"{recipe_file}: {exc}") from None
-    ignore = set(RUN_ONLY_FIELDS)
-    now, then = to_plain(config), to_plain(before)
-    diff = sorted(k for k in now if k not in ignore and now[k] != then.get(k))
-    if diff:
-        raise CnnlabError(f"{out_dir} holds View 2 folds trained with another recipe (differs in "
-                          f"{', '.join(diff)}); use another --out, or the same settings to resume")
-    return rows
-
-
-def view2_summary(rows: list[dict], num_folds: int) -> dict:
-    def stats(key):
-        v = np.array([r[key] for r in rows], dtype=np.float64)
-        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-    return {"protocol": "view2", "folds_run": len(rows), "num_folds": num_folds, "folds": rows,
-            "accuracy": stats("accuracy"), "accuracy_val_threshold": stats("accuracy_val_threshold"),
-            "auc": stats("auc"), "eer": stats("eer"), "complete": len(rows) == num_folds}
