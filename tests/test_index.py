@@ -2,6 +2,7 @@
 refusal of another model's index, and the `faces index` / `faces search` commands."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +86,72 @@ def test_add_is_incremental(setup, verifier, tmp_path):
     after = GalleryIndex.open(tmp_path / "idx")
     assert after.paths.count(str(changed)) == 1 and len(set(after.paths)) == after.count
     assert not np.allclose(after.embeddings[after.paths.index(str(changed))], old)
+
+
+def _count_embeddings(verifier, monkeypatch) -> list[int]:
+    real, calls = verifier.embed_faces, []
+
+    def counted(faces):
+        calls.append(len(faces))
+        return real(faces)
+
+    monkeypatch.setattr(verifier, "embed_faces", counted)
+    return calls
+
+
+def test_files_are_known_by_their_bytes(setup, tmp_path, monkeypatch):
+    model, _, gallery, _ = setup
+    verifier = FaceVerifier.load(model, device="cpu", runtime="torch")
+    build_index(verifier, gallery, tmp_path / "idx", progress=False)
+    calls = _count_embeddings(verifier, monkeypatch)
+    # A copy of the gallery elsewhere (new paths, new mtimes): its rows reuse the embeddings.
+    copy = shutil.copytree(gallery, tmp_path / "copy", copy_function=shutil.copyfile)
+    report = add_to_index(tmp_path / "idx", copy, verifier, progress=False)
+    assert (report.added, report.copied, report.total, sum(calls)) == (14, 14, 28, 0)
+    assert "14 identical to indexed images" in report.summary()
+    index = GalleryIndex.open(tmp_path / "idx")
+    for name in ("person00/0.png", "loose1.png"):
+        np.testing.assert_array_equal(index.embeddings[index.paths.index(str(gallery / name))],
+                                      index.embeddings[index.paths.index(str(copy / name))])
+    # Touched (same bytes, new mtime): not embedded, and the stored stat is refreshed.
+    touched = copy / "person01" / "2.png"
+    os.utime(touched, ns=(5 * 10**18, 5 * 10**18))
+    again = add_to_index(tmp_path / "idx", copy, verifier, progress=False)
+    assert (again.added, again.updated, again.unchanged, again.copied, sum(calls)) == (0, 0, 14, 0, 0)
+    row = GalleryIndex.open(tmp_path / "idx").paths.index(str(touched))
+    assert int(GalleryIndex.open(tmp_path / "idx")._columns["mtimes"][row]) == 5 * 10**18
+    # New bytes in a copied file: embedded again, once; its twin in the original gallery keeps its row.
+    shutil.copyfile(gallery / "person02" / "0.png", copy / "person00" / "0.png")
+    third = add_to_index(tmp_path / "idx", copy, verifier, progress=False)
+    assert (third.updated, third.copied, third.unchanged, sum(calls)) == (1, 1, 13, 0)  # person02/0's bytes
+    (copy / "person00" / "0.png").write_bytes((gallery / "person03" / "1.png").read_bytes()[:-1] + b"\0")
+    fourth = add_to_index(tmp_path / "idx", copy, verifier, progress=False)
+    index = GalleryIndex.open(tmp_path / "idx")
+    assert (fourth.updated, fourth.copied, calls) == (1, 0, [1]) and index.count == 28
+    assert len(set(index.paths)) == 28 and index.paths.count(str(gallery / "person00" / "0.png")) == 1
+
+
+def test_a_version_1_index_is_read_and_extended(setup, verifier, tmp_path, monkeypatch):
+    """Version 1 had no per-row hash: its rows are trusted by stat, as before, and the first
+    commit writes version 2."""
+    _, _, gallery, extra = setup
+    build_index(verifier, gallery, tmp_path / "idx", progress=False)
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    (shard,) = meta["shards"]
+    with np.load(tmp_path / "idx" / shard["file"]) as arrays:
+        old = {c: arrays[c] for c in arrays.files if c != "sha256"}
+    np.savez(tmp_path / "idx" / shard["file"], **old)
+    shard["sha256"] = hashlib.sha256((tmp_path / "idx" / shard["file"]).read_bytes()).hexdigest()
+    (tmp_path / "idx" / "index.json").write_text(json.dumps({**meta, "version": 1}))
+    index = GalleryIndex.open(tmp_path / "idx")
+    assert index.count == 14 and set(index._columns["sha256"].tolist()) == {""}
+    calls = _count_embeddings(verifier, monkeypatch)
+    same = add_to_index(tmp_path / "idx", gallery, verifier, progress=False)
+    assert (same.unchanged, sum(calls)) == (14, 0)
+    more = add_to_index(tmp_path / "idx", extra, verifier, progress=False)
+    assert (more.added, more.copied, sum(calls)) == (6, 0, 6)
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["version"] == index_module.VERSION == 2
+    assert GalleryIndex.open(tmp_path / "idx").count == 20
 
 
 def test_an_interrupted_add_leaves_a_readable_index_and_the_rerun_finishes(setup, tmp_path, monkeypatch):

@@ -5,20 +5,27 @@ The index is a folder:
     index.json        format, the model's fingerprint and path, distance, embedding size, the
                       list of shard files with their row counts and SHA-256, total rows
     shard-NNNNNN.npz  embeddings (float32) and, per row, name, person, source path, size, mtime
+                      and SHA-256 of the file's bytes
 
 `index.json` is the commit point. New embeddings go to a new shard file first, then
 `index.json` is replaced (atomically, `cnnlab.io`) by one that lists it; shards it does not list
 are leftovers of an interrupted run, ignored and deleted at the next commit. So an `add` killed
 at any moment leaves the index as it was after its last commit, and a long build commits every
 `commit_every` images: running the same build again carries on where it stopped, embedding only
-images not yet in the index (or whose file size or mtime changed).
+images not yet in the index or whose contents changed.
+
+A file is known by its contents, with its size and mtime as a shortcut (as git's index does):
+an unchanged stat is trusted; otherwise the bytes are hashed, and a file touched or copied
+again (same bytes, new mtime) is not embedded again, nor is a copy of an indexed image under
+another path (a gallery moved or copied elsewhere): the embedding depends only on the bytes
+and the model, so it is copied from the row that has them.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -34,11 +41,12 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "index.json"
 FORMAT = "cnnlab.face-index"
-VERSION = 1
+VERSION = 2          # 2 added the per-row SHA-256; version 1 indexes are read (hash unknown)
+READS = (1, 2)
 COMMIT_EVERY = 1024
 # More shards than this after an add are merged into one, so opening stays one read per few files.
 MAX_SHARDS = 32
-_COLUMNS = ("embeddings", "names", "people", "has_person", "paths", "sizes", "mtimes")
+_COLUMNS = ("embeddings", "names", "people", "has_person", "paths", "sizes", "mtimes", "sha256")
 
 
 class IndexModelMismatch(CnnlabError):
@@ -52,6 +60,7 @@ class GalleryFile:
     person: str | None    # the identity folder, None for a file directly in the gallery folder
     size: int
     mtime_ns: int
+    sha256: str = ""      # of the file's bytes; "" when not hashed yet or unreadable
 
 
 def scan_gallery(folder: str | Path, person: str | None = None) -> list[GalleryFile]:
@@ -77,16 +86,27 @@ def scan_gallery(folder: str | Path, person: str | None = None) -> list[GalleryF
     return out
 
 
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, "" if it cannot be read (decoding then reports why)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return ""
+
+
 @dataclass
 class EnrolReport:
     added: int = 0        # images embedded for the first time
     updated: int = 0      # images already indexed whose file changed: embedded again
-    unchanged: int = 0    # images already indexed and unchanged: skipped
+    unchanged: int = 0    # images already indexed and unchanged (same bytes): skipped
+    copied: int = 0       # of the added/updated: bytes already in the index, embedding copied
     bad: list[tuple[str, str]] = field(default_factory=list)   # (path, reason), skipped
     total: int = 0        # rows in the index afterwards
 
     def summary(self) -> str:
-        return (f"{self.added} added, {self.updated} updated, {self.unchanged} already indexed, "
+        copied = f" ({self.copied} identical to indexed images: not embedded again)" if self.copied else ""
+        return (f"{self.added} added, {self.updated} updated{copied}, {self.unchanged} already indexed, "
                 f"{len(self.bad)} unreadable skipped; {self.total} images in the index")
 
 
@@ -106,7 +126,8 @@ def _rows(embeddings: np.ndarray, files: Sequence[GalleryFile]) -> dict[str, np.
             "has_person": np.array([f.person is not None for f in files], dtype=bool),
             "paths": np.array([str(f.path) for f in files], dtype=str),
             "sizes": np.array([f.size for f in files], dtype=np.int64),
-            "mtimes": np.array([f.mtime_ns for f in files], dtype=np.int64)}
+            "mtimes": np.array([f.mtime_ns for f in files], dtype=np.int64),
+            "sha256": np.array([f.sha256 for f in files], dtype="<U64")}
 
 
 class GalleryIndex:
@@ -136,8 +157,9 @@ class GalleryIndex:
             raise CnnlabError(f"{root / INDEX_FILE} is not valid JSON ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CnnlabError(f"{root / INDEX_FILE} is not a cnnlab face index")
-        if meta.get("version") != VERSION:
-            raise CnnlabError(f"{root} is index format version {meta.get('version')}; this cnnlab reads {VERSION}")
+        if meta.get("version") not in READS:
+            raise CnnlabError(f"{root} is index format version {meta.get('version')}; this cnnlab reads "
+                              f"{', '.join(map(str, READS))}")
         return cls(root, meta, _load_shards(root, meta))
 
     @classmethod
@@ -205,7 +227,10 @@ def _load_shards(root: Path, meta: dict) -> dict[str, np.ndarray]:
             raise CnnlabError(f"index {root} is damaged: {shard['file']} does not match its checksum")
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             for c in _COLUMNS:
-                parts[c].append(arrays[c])
+                if c == "sha256" and c not in arrays.files:  # a version 1 shard: contents not known
+                    parts[c].append(np.full(len(arrays["embeddings"]), "", dtype="<U64"))
+                else:
+                    parts[c].append(arrays[c])
     dim = int(meta["embedding_dim"])
     columns = {c: np.concatenate(v) if v else _rows(np.zeros((0, dim), np.float32), [])[c] for c, v in parts.items()}
     if len(columns["embeddings"]) != meta["count"]:
@@ -231,6 +256,7 @@ class _Writer:
             self.meta["next_shard"] = number + 1
         self.meta["shards"] = shards
         self.meta["count"] = sum(s["rows"] for s in shards)
+        self.meta["version"] = VERSION  # a version 1 index is read as 2 (unknown hashes) and written as 2
         write_json(self.root / INDEX_FILE, self.meta)  # the commit point
         listed = {s["file"] for s in shards}
         for stale in self.root.glob("shard-*.npz"):
@@ -279,23 +305,42 @@ def _enrol(index: GalleryIndex, writer: _Writer, verifier: "FaceVerifier", galle
     report = EnrolReport()
     row_of = {p: r for r, p in enumerate(index.paths)}
     cols = index._columns
-    todo, changed_rows = [], []
+    row_with = {h: r for r, h in enumerate(cols["sha256"].tolist()) if h}  # bytes -> a row embedding them
+    todo, copies, changed_rows, restat = [], [], [], {}
     for f in files:
         row = row_of.get(str(f.path))
-        if row is None:
-            todo.append(f)
-            report.added += 1
-        elif (int(cols["sizes"][row]), int(cols["mtimes"][row])) == (f.size, f.mtime_ns):
+        if row is not None and (int(cols["sizes"][row]), int(cols["mtimes"][row])) == (f.size, f.mtime_ns):
             report.unchanged += 1
+            continue
+        f = replace(f, sha256=file_sha256(f.path))
+        if row is not None and f.sha256 and f.sha256 == cols["sha256"][row]:
+            restat[row] = f  # same bytes, new stat (copied or touched): only the stat is refreshed
+            report.unchanged += 1
+            continue
+        if row is None:
+            report.added += 1
         else:
-            todo.append(f)
             changed_rows.append(row)
             report.updated += 1
+        if f.sha256 in row_with:  # these bytes are indexed under another path: same embedding
+            copies.append((f, row_with[f.sha256]))
+        else:
+            todo.append(f)
+    report.copied = len(copies)
     if str(gallery.resolve()) not in writer.meta["galleries"]:
         writer.meta["galleries"] = [*writer.meta["galleries"], str(gallery.resolve())]
-    if changed_rows:  # drop the stale rows first (one rewrite); they are embedded again below
+    copied_rows = None
+    if copies:  # read before stale rows are dropped: a dropped row may hold the bytes a copy needs
+        copied_rows = _rows(cols["embeddings"][[r for _, r in copies]], [f for f, _ in copies])
+    if changed_rows or restat:  # drop the stale rows, refresh stats (one rewrite); changed ones are embedded below
         keep = np.setdiff1d(np.arange(index.count), changed_rows)
-        writer.commit({c: cols[c][keep] for c in _COLUMNS}, replace_all=True)
+        rows = {c: cols[c][keep].copy() for c in _COLUMNS}
+        for i, r in enumerate(keep.tolist()):
+            if r in restat:
+                rows["sizes"][i], rows["mtimes"][i] = restat[r].size, restat[r].mtime_ns
+        writer.commit(rows, replace_all=True)
+    if copied_rows is not None:
+        writer.commit(copied_rows)
     bar = progress_bar(total=len(todo), desc="embed", unit="img", enable=progress)
     try:
         for s in range(0, len(todo), max(1, commit_every)):
