@@ -22,6 +22,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("CNNLAB_CACHE") or Path.home() / ".cache" / "cnnlab")
 
 
+def file_sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes (OSError if it cannot be read)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def fingerprint(paths: Iterable[str | Path], spec: dict | None = None) -> str:
     """A hash of every source file's path and bytes (or why it cannot be read), and of the
     preprocessing spec.
@@ -33,8 +39,7 @@ def fingerprint(paths: Iterable[str | Path], spec: dict | None = None) -> str:
     h.update(json.dumps(spec or {}, sort_keys=True, default=str).encode())
     for p in paths:
         try:
-            with open(p, "rb") as f:
-                state = hashlib.file_digest(f, "sha256").hexdigest()
+            state = file_sha256(p)
         except OSError as exc:
             # A symlink loop or broken link is keyed by its error: the decoder names it, and
             # the entry is rebuilt once the file is fixed.

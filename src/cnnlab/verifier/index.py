@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from cnnlab.data.cache import file_sha256
 from cnnlab.data.images import decode_images, list_folders, list_images
 from cnnlab.errors import CnnlabError
 from cnnlab.io import read_json, save_npz_atomic, write_json
@@ -86,11 +87,10 @@ def scan_gallery(folder: str | Path, person: str | None = None) -> list[GalleryF
     return out
 
 
-def file_sha256(path: Path) -> str:
-    """The hex SHA-256 of a file's bytes, "" if it cannot be read (decoding then reports why)."""
+def _contents(path: Path) -> str:
+    """The file's SHA-256, "" if it cannot be read (decoding then reports why)."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError:
         return ""
 
@@ -312,7 +312,7 @@ def _enrol(index: GalleryIndex, writer: _Writer, verifier: "FaceVerifier", galle
         if row is not None and (int(cols["sizes"][row]), int(cols["mtimes"][row])) == (f.size, f.mtime_ns):
             report.unchanged += 1
             continue
-        f = replace(f, sha256=file_sha256(f.path))
+        f = replace(f, sha256=_contents(f.path))
         if row is not None and f.sha256 and f.sha256 == cols["sha256"][row]:
             restat[row] = f  # same bytes, new stat (copied or touched): only the stat is refreshed
             report.unchanged += 1
