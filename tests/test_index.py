@@ -108,7 +108,7 @@ def test_files_are_known_by_their_bytes(setup, tmp_path, monkeypatch):
     copy = shutil.copytree(gallery, tmp_path / "copy", copy_function=shutil.copyfile)
     report = add_to_index(tmp_path / "idx", copy, verifier, progress=False)
     assert (report.added, report.copied, report.total, sum(calls)) == (14, 14, 28, 0)
-    assert "14 identical to indexed images" in report.summary()
+    assert "(14 of these already indexed elsewhere: embedding copied)" in report.summary()
     index = GalleryIndex.open(tmp_path / "idx")
     for name in ("person00/0.png", "loose1.png"):
         np.testing.assert_array_equal(index.embeddings[index.paths.index(str(gallery / name))],

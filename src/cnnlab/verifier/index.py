@@ -105,7 +105,7 @@ class EnrolReport:
     total: int = 0        # rows in the index afterwards
 
     def summary(self) -> str:
-        copied = f" ({self.copied} identical to indexed images: not embedded again)" if self.copied else ""
+        copied = f" ({self.copied} of these already indexed elsewhere: embedding copied)" if self.copied else ""
         return (f"{self.added} added, {self.updated} updated{copied}, {self.unchanged} already indexed, "
                 f"{len(self.bad)} unreadable skipped; {self.total} images in the index")
 
