@@ -7,6 +7,7 @@
 # matched pairs; rerunning the same command skips finished runs and resumes a stopped one.
 #
 #   benchmarks/precision_accuracy.sh [OUT] [BLOCK] [SEEDS...]      (default runs/precision-check A 0 1 2)
+#   RECIPE=quick benchmarks/precision_accuracy.sh runs/precision-quick B 0 1 2   (the `quick` preset as is)
 #   benchmarks/precision_summary.py OUT                             (the table for BENCHMARKS.md)
 #
 # About 20 minutes per seed on the 2-core AMX machine (fp32 ~15, bf16 ~6): run it alone.
@@ -31,8 +32,12 @@ for seed in "${SEEDS[@]}"; do
         resume=()
         [ -f "$run/checkpoint.pt" ] && resume=(--resume)
         echo "== $run ($(date -u +%H:%M:%S))"
-        "$PY" -m cnnlab cifar train --block "$BLOCK" --preset full --epochs 10 --train-subset 10000 \
-            --val-size 2000 --batch-size 256 --lr 0.2 --seed "$seed" --precision "$precision" \
+        if [ "${RECIPE:-full10}" = quick ]; then
+            recipe=(--preset quick)
+        else
+            recipe=(--preset full --epochs 10 --train-subset 10000 --val-size 2000 --batch-size 256 --lr 0.2)
+        fi
+        "$PY" -m cnnlab cifar train --block "$BLOCK" "${recipe[@]}" --seed "$seed" --precision "$precision" \
             --device cpu --no-progress --out "$run" "${resume[@]}"
     done
 done

@@ -212,6 +212,10 @@ def test_cli_blocks_lists_every_block_beside_the_report(capsys):
         assert rows[name].split()[4] == "0", rows[name]
     assert rows["E"].split()[4] == f"+{E_GAP:,}"
     assert rows["D2"].split()[3:5] == ["-", "-"] and "extra" in rows["D2"]
+    # The report's whole table: validation and training accuracy and training time per block.
+    assert rows["B"].split()[5:9] == ["89.27%", "94.66%", "25m", "58s"]
+    assert rows["D-dw"].split()[5:9] == ["79.47%", "81.58%", "23m", "45s"]
+    assert rows["D2"].split()[5:8] == ["-", "-", "-"]
 
 
 def test_cli_blocks_at_another_width_leaves_the_report_out(capsys):

@@ -132,7 +132,7 @@ def test_bad_values_are_one_line_errors(tmp_path, capsys):
 @pytest.mark.parametrize("flag, value, message", [
     ("--optimizer", "bogus", "optimizer must be sgd or adamw, got 'bogus'"),
     ("--schedule", "linear", "schedule must be one of onecycle, cosine, constant, got 'linear'"),
-    ("--precision", "fp16", "precision must be auto, fp32 or bf16, got 'fp16'"),
+    ("--precision", "fp16", "precision must be one of auto, auto-cuda, fp32, bf16, got 'fp16'"),
 ])
 def test_bad_choice_is_the_dataclass_one_line_error(tmp_path, capsys, flag, value, message):
     # Valid values are checked once, by TrainConfig, not again by argparse.

@@ -1,6 +1,6 @@
 """The results tables carry the reference report's figures beside cnnlab's own."""
 from cnnlab.blocks import REPORT_PARAMS, REPORT_VAL_ACC
-from cnnlab.blocks.reference import reference_note
+from cnnlab.blocks.reference import REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, minutes, reference_note
 
 
 def _results(blocks):
@@ -30,6 +30,30 @@ def test_results_markdown_puts_the_reports_figures_beside_ours():
         expected = REPORT_VAL_ACC.get(row["block"])
         assert row["report val acc"] == ("-" if expected is None else f"{expected:.2%}")
     assert reference_note() in text
+    # The report's whole row, as its table prints it.
+    assert (rows["A"]["report val acc"], rows["A"]["report train acc"], rows["A"]["report train time"]) == \
+        ("88.56%", "94.16%", "24m 44s")
+    assert (rows["E"]["report val acc"], rows["E"]["report train acc"], rows["E"]["report train time"]) == \
+        ("85.13%", "87.07%", "25m 49s")
+    assert rows["D2"]["report train acc"] == rows["D2"]["report train time"] == "-"
+
+
+def test_the_report_table_is_complete_for_the_six_blocks():
+    assert set(REPORT_VAL_ACC) == set(REPORT_TRAIN_ACC) == set(REPORT_TRAIN_TIME_S) == set(REPORT_PARAMS)
+    assert REPORT_VAL_ACC["B"] == max(REPORT_VAL_ACC.values())  # the report's best block
+    assert minutes(REPORT_TRAIN_TIME_S["C"]) == "26m 10s" and minutes(3725) == "1h 2m 05s" and minutes(None) == "-"
+
+
+def test_results_line_names_the_precision():
+    from cnnlab.tasks.cifar import results_markdown
+
+    results = _results(["A", "B"])
+    for row in results["rows"]:
+        row["precision"] = "bf16"
+    results["recipe"]["train"]["precision"] = "auto"
+    assert "precision bf16 (auto);" in results_markdown(results)
+    results["recipe"]["train"]["precision"] = "bf16"
+    assert "precision bf16;" in results_markdown(results)
 
 
 def test_report_results_table_has_the_same_columns():
@@ -39,6 +63,9 @@ def test_report_results_table_has_the_same_columns():
     rows = {r[0]: dict(zip(headers, r)) for r in body}
     assert headers.index("report params") == headers.index("params") + 1
     assert headers.index("report val acc %") == headers.index("val acc %") + 1
+    assert headers.index("report train acc %") == headers.index("train acc %") + 1
+    assert headers.index("report train time") == headers.index("train time (s)") + 1
+    assert rows["C"]["report train time"] == "26m 10s" and rows["C"]["precision"] == "-"
     assert rows["C"]["report params"] == "7,901,130" and rows["D2"]["report params"] == "-"
 
 
@@ -47,3 +74,15 @@ def test_note_names_the_blocks_without_a_report_accuracy():
     assert "width multiplier 1.0" in note
     for block in REPORT_PARAMS:
         assert (block in note.split("not on record for")[-1]) == (block not in REPORT_VAL_ACC)
+
+
+def test_a_reduced_budget_table_says_it_does_not_rank_the_blocks():
+    from cnnlab.blocks.reference import budget_caption
+    from cnnlab.tasks.cifar import results_markdown
+
+    text = results_markdown(_results(["A", "B"]))  # 1 epoch, width 0.25, a 100-image subset
+    assert "**Reduced budget (1 epochs instead of 30, width x0.25, 100 training images): these numbers do not " \
+           "rank the blocks." in text and "full table in the README" in text
+    full = {"train": {"epochs": 30}, "model": {"width_multiplier": 1.0}}
+    assert budget_caption(full, {"train": 45000, "train_subset": None}) is None
+    assert "epochs instead" not in budget_caption({**full, "model": {"width_multiplier": 0.5}}, {})

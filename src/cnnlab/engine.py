@@ -3,19 +3,16 @@
 A `Task` says what differs between jobs (CIFAR classification, Siamese face verification):
 which batches make an epoch, the loss of one batch, how to evaluate. The `Engine` owns what
 does not differ: device placement, bf16 autocast, channels_last, optional `torch.compile`,
-the optimizer (SGD with Nesterov momentum, or AdamW -- Loshchilov & Hutter 2019), the per-step
-learning-rate schedule and an optional moving average of the weights (small objects in
-`cnnlab.optim`), gradient-norm and non-finite checks, the progress bar, `metrics.jsonl`, an
-atomic checkpoint each epoch and exact resume. The shape follows the torchvision classification reference and Lightning's
-module/trainer split, without either's weight.
-
-Under `torchrun` the same loop trains data-parallel (`cnnlab.distributed`): the model in DDP,
+the optimizer (SGD-Nesterov or AdamW), the per-step learning-rate schedule and an optional
+weight EMA (`cnnlab.optim`), gradient-norm and non-finite checks, the progress bar, `metrics.jsonl`,
+an atomic checkpoint each epoch and exact resume (torchvision's classification reference and
+Lightning's module/trainer split, without either's weight). Under `torchrun` the same loop trains data-parallel (`cnnlab.distributed`): the model in DDP,
 metrics summed over the ranks, rank 0's checkpoint resuming every rank, and only rank 0
 writing the run directory. `tensorboard` adds event files beside metrics.jsonl.
 
 A run directory holds:
     config.yaml        resolved configs: train (this module) + whatever the caller adds (task, model, data)
-    environment.json   versions, device name, CPU count, world_size and backend (`cnnlab.env.environment`)
+    environment.json   versions, device name, CPU model and flags, precision used (and why), world_size, backend
     metrics.jsonl      one JSON object per epoch: epoch, train_*, val_*, lr, epoch_time_s, images_per_s
     checkpoint.pt      model, optimizer, scheduler, EMA, epoch, history, RNG states (weights_only-loadable)
     final.json         the last epoch's metrics plus totals; callers may add fields (test scores)
@@ -36,7 +33,7 @@ import torch.nn as nn
 
 from cnnlab import distributed
 from cnnlab.config import RUN_ONLY_FIELDS
-from cnnlab.env import environment, resolve_device
+from cnnlab.env import PRECISIONS, environment, resolve_device, resolve_precision
 from cnnlab.errors import CnnlabError
 from cnnlab.io import (atomic_write_text, load_entries, load_state_dict_checked, load_torch_file, read_json,
                        save_torch_atomic, save_yaml, to_plain, write_json)
@@ -66,7 +63,7 @@ class TrainConfig:
     ema: float = 0.0                # EMA decay of the weights per step; 0 = off
     grad_clip: float = 0.0          # max global gradient norm; 0 = off (the norm is still checked)
     device: str = "auto"            # auto | cpu | cuda[:N]
-    precision: str = "auto"         # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"         # auto | auto-cuda | fp32 | bf16: the rule is cnnlab.env.resolve_precision
     channels_last: bool = True
     compile: bool = False           # torch.compile the training model (opt-in: compile time is minutes on CPU)
     sync_bn: bool = False           # under torchrun: BatchNorm statistics over the global batch (CUDA only)
@@ -86,7 +83,7 @@ class TrainConfig:
             (0 <= self.warmup < 1, f"warmup must be a fraction in [0, 1), got {self.warmup}"),
             (0 <= self.ema < 1, f"ema must be a decay in [0, 1), got {self.ema}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
-            (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -139,14 +136,19 @@ class Engine:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.writes = self.run_dir is not None and self.dist.is_main  # only rank 0 writes files
         self.run_config = to_plain(run_config or {})
-        bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        # What `auto` became here and why, for environment.json and final.json.
+        self.precision, self.precision_reason = resolve_precision(config.precision, self.device)
+        self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
 
     # ------------------------------------------------------------------ public helpers
     @property
     def is_main(self) -> bool:
         """Rank 0 (or not distributed): the process that writes and reports."""
         return self.dist.is_main
+
+    def environment(self) -> dict:  # what cnnlab.env records, plus the precision resolved here
+        return environment(self.device, {"requested": self.config.precision, "used": self.precision,
+                                         "reason": self.precision_reason})
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -319,7 +321,7 @@ class Engine:
             (self.run_dir / stale).unlink(missing_ok=True)
         remove_event_files(self.run_dir)  # an earlier run's curves must not mix with this one's
         save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
-        write_json(self.run_dir / "environment.json", environment(self.device))
+        write_json(self.run_dir / "environment.json", self.environment())
 
     def _save_checkpoint(self, model, optimizer, scheduler, ema, history) -> None:
         if not self.writes:
@@ -327,13 +329,13 @@ class Engine:
         state = {"epoch": len(history), "history": history, "config": self._resolved_config(),
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                 "rng": _rng_state()}
+                 "rng": _rng_state(), "precision": self.precision}
         save_torch_atomic(state, self.run_dir / CHECKPOINT)
         atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
         # A run folder deleted mid-run was remade by the writes above (atomic_path): refill it.
         if not (self.run_dir / "config.yaml").is_file():
             save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
-            write_json(self.run_dir / "environment.json", environment(self.device))
+            write_json(self.run_dir / "environment.json", self.environment())
 
     def _load_checkpoint(self, model, optimizer, scheduler, ema) -> list[dict]:
         # Rank 0's checkpoint on every rank: other machines need not see rank 0's disk.
@@ -346,6 +348,13 @@ class Engine:
         load_state_dict_checked(model, state["model"], origin)
         load_entries(state, {"optimizer": optimizer.load_state_dict, "scheduler": scheduler.load_state_dict,
                              "ema": ema.load_state_dict if ema else None, "rng": _set_rng_state}, origin)
+        # An `auto` run resumed on another machine keeps the precision it started with: one run,
+        # one arithmetic (bf16 runs everywhere, only its speed differs).
+        started = state.get("precision")
+        if started in ("fp32", "bf16") and started != self.precision and self.config.precision.startswith("auto"):
+            self.precision, self.precision_reason = started, (
+                f"kept from the checkpoint (this machine's {self.config.precision} gives {self.precision})")
+            self.autocast_dtype = torch.bfloat16 if started == "bf16" else None
         return list(state["history"])
 
     def _finish(self, history: list[dict]) -> dict:
@@ -353,6 +362,7 @@ class Engine:
         images = sum(r["images_per_s"] * r["epoch_time_s"] for r in history)
         final = {**history[-1], "epochs": len(history), "train_time_s": train_time,
                  "images_per_s": images / max(train_time, 1e-9), "device": str(self.device),
+                 "precision": self.precision,
                  "ema": self.config.ema > 0, "world_size": self.dist.world_size}
         if self.writes:
             old = read_json(self.run_dir / FINAL) if (self.run_dir / FINAL).is_file() else {}

@@ -5,6 +5,8 @@ import importlib.metadata
 import os
 import platform
 import sys
+from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -21,6 +23,57 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise CnnlabError(f"unknown device {name!r}: {exc}") from None
+
+
+# Precision. `auto` trains in bf16 autocast where bf16 is faster than fp32: on CUDA, and on a
+# CPU with AMX-BF16 tile units (Sapphire Rapids and later), where a full-width BlockNet training
+# step ran 2.3-3.1x faster than fp32 (BENCHMARKS.md, benchmarks/bench_precision.py). Without AMX
+# (AVX-512 or AVX2 only) oneDNN's bf16 convolutions are not faster than fp32, so fp32 is kept.
+# `auto-cuda` is for networks that gain nothing from bf16 on a CPU even with AMX (the face
+# recipe: EfficientNet-Lite0's depthwise convolutions ran 0.97x).
+PRECISIONS = ("auto", "auto-cuda", "fp32", "bf16")
+BF16_CPU_FLAG = "amx_bf16"
+# The /proc/cpuinfo flags recorded with every run: what decided the precision, and its neighbours.
+CPU_FLAGS_RECORDED = ("amx_bf16", "amx_tile", "amx_fp16", "avx512_bf16", "avx512_fp16", "avx512f", "avx2")
+
+
+def cpu_info(cpuinfo: str | Path | None = None) -> dict:
+    """The CPU's model name and the flags in `CPU_FLAGS_RECORDED` it has, from /proc/cpuinfo
+    (Linux); elsewhere the platform's processor string and no flags (so `auto` stays fp32)."""
+    path = Path(cpuinfo) if cpuinfo is not None else Path("/proc/cpuinfo")
+    model, flags = None, set()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model or platform.processor() or platform.machine(),
+            "flags": sorted(f for f in CPU_FLAGS_RECORDED if f in flags)}
+
+
+def resolve_precision(precision: str, device: torch.device, cpu_flags: Iterable[str] | None = None) -> tuple[str, str]:
+    """(`bf16` or `fp32`, why) for a requested precision on `device`. `cpu_flags` defaults to
+    this machine's (`cpu_info`); tests pass made-up ones."""
+    if precision not in PRECISIONS:
+        raise CnnlabError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision in ("fp32", "bf16"):
+        return precision, "asked for"
+    if device.type == "cuda":
+        return "bf16", f"{precision} on CUDA"
+    if device.type != "cpu":
+        return "fp32", f"{precision} on {device.type}"
+    if precision == "auto-cuda":
+        return "fp32", "auto-cuda on a CPU (this network gains nothing from bf16 there)"
+    flags = set(cpu_info()["flags"] if cpu_flags is None else cpu_flags)
+    if BF16_CPU_FLAG in flags:
+        return "bf16", f"auto on a CPU with {BF16_CPU_FLAG}"
+    return "fp32", f"auto on a CPU without {BF16_CPU_FLAG} (bf16 is not faster there)"
 
 
 def launch_ranks() -> tuple[int, int, int]:
@@ -61,14 +114,20 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def environment(device: torch.device | None = None) -> dict:
+def environment(device: torch.device | None = None, precision: dict | None = None) -> dict:
+    """Versions, CPU (model name and the flags that decide the precision), device, world size;
+    `precision` ({"requested", "used", "reason"}) when the caller has resolved one."""
     import numpy
+    cpu = cpu_info()
     info = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu.get("model"),
+        "cpu_flags": cpu.get("flags"),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
     }
@@ -85,6 +144,8 @@ def environment(device: torch.device | None = None) -> dict:
     if device is not None:
         info["device"] = str(device)
         info["device_name"] = device_name(device)
+    if precision is not None:
+        info["precision"] = dict(precision)
     info.update(distributed_setup(device))
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda

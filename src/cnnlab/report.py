@@ -164,16 +164,19 @@ def _num(x: Any, fmt: str = "{:,.0f}") -> str:
 
 
 def _results_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    from cnnlab.blocks.reference import REPORT_PARAMS, REPORT_VAL_ACC
+    from cnnlab.blocks.reference import (REPORT_PARAMS, REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, REPORT_VAL_ACC,
+                                         minutes)
 
     # The reference report's figures sit beside ours so the two read side by side.
     headers = ["block", "params", "report params", "MACs (M)", "val acc %", "report val acc %", "test acc %",
-               "train acc %", "train time (s)", "images/s", "device"]
+               "train acc %", "report train acc %", "train time (s)", "report train time", "images/s",
+               "precision", "device"]
     body = [[str(r.get("block")), _num(r.get("params")), _num(REPORT_PARAMS.get(r.get("block"))),
              _num(None if r.get("macs") is None else r["macs"] / 1e6, "{:,.1f}"),
              _pct(r.get("val_acc")), _pct(REPORT_VAL_ACC.get(r.get("block"))), _pct(r.get("test_acc")),
-             _pct(r.get("train_acc")),
-             _num(r.get("train_time_s"), "{:,.1f}"), _num(r.get("images_per_s"), "{:,.0f}"),
+             _pct(r.get("train_acc")), _pct(REPORT_TRAIN_ACC.get(r.get("block"))),
+             _num(r.get("train_time_s"), "{:,.1f}"), minutes(REPORT_TRAIN_TIME_S.get(r.get("block"))),
+             _num(r.get("images_per_s"), "{:,.0f}"), str(r.get("precision", "-")),
              str(r.get("device", "-"))] for r in rows]
     return headers, body
 
@@ -188,6 +191,10 @@ def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared:
     doc.append(("p", "Accuracies in %, MACs per 32x32 image, training images/s over the whole training run. "
                      + reference_note()))
     doc.append(("table", *_results_table(results["rows"])))
+    from cnnlab.blocks.reference import budget_caption
+    caption = budget_caption(results.get("recipe", {}), results.get("data", {}))
+    if caption:
+        doc.append(("p", caption))
 
     doc.append(("h", 2, "How well each embedding separates the classes"))
     if analyses:

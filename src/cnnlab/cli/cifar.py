@@ -10,7 +10,7 @@ _HELP = {
     "lr": "peak learning rate",
     "optimizer": "sgd (Nesterov momentum) or adamw",
     "schedule": "onecycle, cosine or constant (after the warmup)",
-    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+    "precision": "auto (bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32), auto-cuda (bf16 on CUDA only), fp32 or bf16",
     "warmup": "fraction of steps warming up to the peak lr",
     "ema": "EMA decay of the weights (0 = off)",
     "grad_clip": "max gradient norm (0 = off)",

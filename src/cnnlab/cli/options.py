@@ -53,7 +53,7 @@ FACE_HELP = {
     "eval_batch_size": "batch size when embedding for validation and test",
     "seed": "seed of the splits, pair sampling and initialisation",
     "device": "auto, cpu or cuda",
-    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
+    "precision": "auto (bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32), auto-cuda (bf16 on CUDA only), fp32 or bf16",
     "progress": "progress bars (default: a bar on a terminal, else a plain line every 30 s and per epoch)",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch (CUDA only)",
     "tensorboard": "TensorBoard event files beside metrics.jsonl (needs the tensorboard package)",

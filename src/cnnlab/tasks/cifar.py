@@ -41,7 +41,7 @@ from cnnlab.tasks.classification import (ClassificationConfig, ClassificationTas
                                          save_embeddings, score)
 
 ROW_FIELDS = ["block", "params", "macs", "val_acc", "test_acc", "train_acc", "train_time_s",
-              "images_per_s", "device", "run_dir"]
+              "images_per_s", "device", "precision", "run_dir"]
 TRAIN_ACC_NOTE = ("train acc = running accuracy over the final epoch's augmented training batches "
                   "(free to measure; usually below clean training accuracy)")
 
@@ -238,6 +238,7 @@ def _row(final: dict, block: str) -> dict:
     return {"block": block, "params": final["params"], "macs": final["macs"], "val_acc": final["val_acc"],
             "test_acc": final["test_acc"], "train_acc": final["train_acc"], "train_time_s": final["train_time_s"],
             "images_per_s": final["images_per_s"], "device": final.get("device_name", final["device"]),
+            "precision": final.get("precision", "unrecorded"),  # runs from before it was recorded
             "run_dir": block}
 
 
@@ -288,18 +289,26 @@ def write_results(results: dict, out: Path) -> None:
 
 
 def results_markdown(results: dict) -> str:
-    from cnnlab.blocks.reference import REPORT_PARAMS, REPORT_VAL_ACC, reference_note
+    from cnnlab.blocks.reference import (REPORT_PARAMS, REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, REPORT_VAL_ACC,
+                                         budget_caption, minutes, reference_note)
+
+    def pct(x):
+        return "-" if x is None else f"{x:.2%}"
 
     lines = ["| block | params | report params | MACs/image | val acc | report val acc | test acc | train acc "
-             "| train time (s) | images/s | device |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| report train acc | train time (s) | report train time | images/s | device |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results["rows"]:
-        ref_params, ref_val = REPORT_PARAMS.get(r["block"]), REPORT_VAL_ACC.get(r["block"])
-        lines.append(f"| {r['block']} | {r['params']:,} | {'-' if ref_params is None else f'{ref_params:,}'} | "
-                     f"{r['macs'] / 1e6:,.1f}M | {r['val_acc']:.2%} | {'-' if ref_val is None else f'{ref_val:.2%}'} | "
-                     f"{r['test_acc']:.2%} | {r['train_acc']:.2%} | {r['train_time_s']:.1f} | "
+        b = r["block"]
+        ref_params = REPORT_PARAMS.get(b)
+        lines.append(f"| {b} | {r['params']:,} | {'-' if ref_params is None else f'{ref_params:,}'} | "
+                     f"{r['macs'] / 1e6:,.1f}M | {r['val_acc']:.2%} | {pct(REPORT_VAL_ACC.get(b))} | "
+                     f"{r['test_acc']:.2%} | {r['train_acc']:.2%} | {pct(REPORT_TRAIN_ACC.get(b))} | "
+                     f"{r['train_time_s']:.1f} | {minutes(REPORT_TRAIN_TIME_S.get(b))} | "
                      f"{r['images_per_s']:,.0f} | {r['device']} |")
-    return "\n".join(lines) + "\n\n" + reference_note() + "\n\n" + recipe_line(results) + "\n"
+    caption = budget_caption(results["recipe"], results["data"])
+    return ("\n".join(lines) + "\n\n" + (f"**{caption}**\n\n" if caption else "") + reference_note() + "\n\n"
+            + recipe_line(results) + "\n")
 
 
 def recipe_line(results: dict) -> str:
@@ -308,10 +317,13 @@ def recipe_line(results: dict) -> str:
     subset = (f"stratified subset of {data['train']:,} training images"
               if data.get("train_subset") else f"all {data['train']:,} training images")
     devices = sorted({r["device"] for r in results["rows"]}) or ["-"]
+    used = sorted({r.get("precision", "?") for r in results["rows"]}) or ["-"]
+    asked = train.get("precision", "?")
+    precision = f"precision {'/'.join(used)}" + (f" ({asked})" if asked not in used else "")
     return (f"Preset `{results['preset']}`: {train['epochs']} epochs, {subset}, {data['val']:,} validation, "
             f"{data['test']:,} test (scored once); width multiplier {recipe['model']['width_multiplier']}; "
             f"batch {train['batch_size']}, {train['optimizer']} lr {train['lr']} {train['schedule']}, "
-            f"label smoothing {recipe['task']['label_smoothing']}; device {', '.join(devices)}; "
+            f"label smoothing {recipe['task']['label_smoothing']}; {precision}; device {', '.join(devices)}; "
             f"data {data['source']}. {TRAIN_ACC_NOTE}.")
 
 
