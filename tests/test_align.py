@@ -238,3 +238,21 @@ def test_verify_cli_refuses_a_photo_without_a_face_in_one_line(tmp_path, capsys)
     assert main(["faces", "verify", str(model), str(att / "s1" / "1.pgm"), str(blank)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"cnnlab: error: {blank}: no face found in the image"]
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("side", [1, 32, 39])
+def test_an_image_smaller_than_the_smallest_face_is_no_face_not_a_crash(tmp_path, capsys, side):
+    """MTCNN searches faces from 40 px up; a smaller image (a 1x1 PNG, a 32x32 CIFAR picture, a
+    39 px face) has no face to find: detection answers None, verify one line, exit 2."""
+    from face_models import build_tiny_model
+    from cnnlab.cli import main
+    from cnnlab.data.align import detector
+    att = data_dir("att-faces")
+    small = Image.open(att / "s1" / "1.pgm").convert("RGB").resize((side, side))
+    assert detector().detect([small, Image.open(att / "s1" / "2.pgm").convert("RGB")])[0] is None
+    path = tmp_path / f"small{side}.png"
+    small.save(path)
+    model = build_tiny_model(tmp_path / "aligned.pt", **FacePreprocess(size=32, align=True).model_extra())
+    assert main(["faces", "verify", str(model), str(att / "s1" / "1.pgm"), str(path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"cnnlab: error: {path}: no face found in the image"]

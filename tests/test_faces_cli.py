@@ -51,7 +51,10 @@ def test_search_ranks_the_query_itself_first(trained, capsys):
     query = images / "P03" / "P03_0002.jpg"
     assert main(["faces", "search", str(out / "model.pt"), "--gallery", str(images), "--query", str(query),
                  "-k", "3"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("threshold ") and "not an identity" in lines[0]
+    assert lines[1].split() == ["rank", "distance", "within", "image"]
+    rows = [line.split() for line in lines[2:]]
     assert len(rows) == 3
     assert rows[0][3] == "P03/P03_0002.jpg" and float(rows[0][1]) < 1e-3
 

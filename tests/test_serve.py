@@ -187,3 +187,67 @@ def test_serve_command_loads_once_and_hands_the_app_to_uvicorn(service, monkeypa
     other = build_tiny_model(root / "other.pt", seed=3)
     assert main(["faces", "serve", "--model", str(other), "--index", str(root / "idx"), "--runtime", "torch"]) == 2
     assert "built with another model" in capsys.readouterr().err
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels and holds none: Pillow's decompression-bomb
+    guard fires on the header alone, before any limit of ours could read the size."""
+    import struct
+    import zlib
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+def test_an_image_over_pillows_bomb_limit_is_413_not_422(service):
+    client, _, gallery, _ = service
+    good = (gallery / "person00" / "0.png").read_bytes()
+    for side in (10_000, 20_000):  # over Pillow's warning (~89 Mpx) and error (~179 Mpx) limits
+        response = post_verify(client, good, png_header_only(side, side))
+        assert response.status_code == 413, response.json()
+        assert response.json()["detail"].startswith("image2: image exceeds Pillow's decompression-bomb limit")
+
+
+def test_a_running_service_sees_index_changes_without_a_restart(tmp_path):
+    from cnnlab.verifier import add_to_index, remove_from_index
+    model = build_tiny_model(tmp_path / "model.pt")
+    verifier = FaceVerifier.load(model, device="cpu")
+    build_index(verifier, make_gallery(tmp_path / "g", people=2, per_person=2), tmp_path / "idx", progress=False)
+    with TestClient(create_app(verifier, GalleryIndex.open(tmp_path / "idx"), LIMITS)) as client:
+        assert client.get("/healthz").json()["index"]["images"] == 4
+        more = make_gallery(tmp_path / "more", people=1, per_person=3, seed=7)
+        add_to_index(tmp_path / "idx", more, verifier, progress=False)  # another process, say
+        assert client.get("/healthz").json()["index"]["images"] == 7
+        query = (more / "person00" / "2.png").read_bytes()
+        found = client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "7"}).json()
+        assert found["matches"][0]["name"] == "person00/2.png" and len(found["matches"]) == 7
+        remove_from_index(tmp_path / "idx", paths=[more])
+        assert client.get("/healthz").json()["index"]["images"] == 4
+
+
+def test_serve_on_a_busy_port_is_one_line_before_loading(service, monkeypatch, capsys):
+    import socket
+
+    import cnnlab.cli.faces_use as faces_use
+    _, _, _, root = service
+    monkeypatch.setattr(faces_use, "load_verifier", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert main(["faces", "serve", "--model", str(root / "model.pt"), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no "serving on ..." line
+    assert captured.err.startswith(f"cnnlab: error: cannot listen on 127.0.0.1:{port}: ") and \
+        captured.err.count("\n") == 1
+
+
+def test_search_of_an_empty_index_says_it_is_empty(service, tmp_path, capsys):
+    from cnnlab.verifier import remove_from_index
+    _, verifier, gallery, _ = service
+    build_index(verifier, gallery / "person00", tmp_path / "idx", progress=False)
+    remove_from_index(tmp_path / "idx", paths=[gallery / "person00"])
+    assert main(["faces", "search", str(tmp_path / "idx"), str(gallery / "person01" / "0.png")]) == 2
+    assert capsys.readouterr().err == (f"cnnlab: error: {tmp_path / 'idx'} is empty: add faces with "
+                                       f"`cnnlab faces index add {tmp_path / 'idx'} DIR`\n")

@@ -188,3 +188,37 @@ def test_a_registered_face_step_named_by_the_model_replaces_the_centre_crop(tmp_
         refusing.embed(image)
     with pytest.raises(CnnlabError, match="cannot rebuild its face preprocessing"):
         FaceVerifier.load(build_tiny_model(tmp_path / "bad.pt", preprocess={"kind": "nope"}), device="cpu")
+
+
+def test_a_pil_image_goes_through_the_decoder_like_its_path(verifier, tmp_path):
+    """EXIF orientation and 16-bit scaling apply to an image the caller opened with Pillow, as
+    they do to the same file given as a path (a phone photo is stored sideways + a tag)."""
+    from cnnlab.verifier import to_rgb
+    rng = np.random.default_rng(0)
+    upright = Image.fromarray(rng.integers(0, 255, (60, 40, 3), dtype=np.uint8))
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # stored rotated; EXIF says turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 8  # orientation: rotate 90 CW to display
+    path = tmp_path / "phone.jpg"
+    sideways.save(path, exif=exif, quality=95)
+    with Image.open(path) as opened:
+        from_pil = np.asarray(to_rgb(opened))
+    from_path = np.asarray(to_rgb(path))
+    assert from_pil.shape == from_path.shape == (60, 40, 3)
+    np.testing.assert_array_equal(from_pil, from_path)
+    np.testing.assert_allclose(verifier.embed(Image.open(path)), verifier.embed(path), atol=1e-6)
+    deep = Image.fromarray(np.full((8, 8), 65535, np.uint16))  # 16-bit white
+    assert np.asarray(to_rgb(deep)).min() == 255  # scaled to 8 bits, not clipped garbage
+
+
+def test_a_folder_given_as_an_image_says_so(verifier, tmp_path):
+    with pytest.raises(ImageRejected, match=f"^{tmp_path} is a folder, not an image$"):
+        verifier.embed(tmp_path)
+
+
+def test_the_pixel_limit_message_names_the_file(trained, tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (1200, 1000)).save(path)
+    small = FaceVerifier.load(trained[0], device="cpu", runtime="torch", max_pixels=1_000_000)
+    with pytest.raises(ImageTooLarge, match=f"^{path}: image of 1200 x 1000 pixels exceeds the limit of 1,000,000"):
+        small.embed(path)

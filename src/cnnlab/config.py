@@ -36,11 +36,54 @@ def build_config(cls: type[T], *sources: dict | None) -> T:
             if key not in names:
                 raise CnnlabError(f"unknown {cls.__name__} option {key!r}; valid: {', '.join(sorted(names))}")
             merged[key] = value
+    hints = typing.get_type_hints(cls)
+    merged = {key: _typed(cls.__name__, key, hints[key], value) for key, value in merged.items()}
     try:
         return cls(**merged)
     except (TypeError, ValueError, KeyError) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         raise CnnlabError(f"invalid {cls.__name__}: {msg}") from None
+
+
+def _typed(owner: str, key: str, annotation: Any, value: Any) -> Any:
+    """`value` checked against a scalar field's annotation, before any work: a YAML file can
+    hold anything (`epochs: 1.5`, `epochs: true`, `lr: 1e-3`, which PyYAML reads as a string).
+    Number strings become numbers, whole floats become ints; anything else is a one-line error
+    naming the key. Non-scalar fields (lists, dicts) are left to the dataclass."""
+    union = typing.get_origin(annotation) in (Union, types.UnionType)
+    choices = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
+    if len(choices) != 1 or choices[0] not in _KIND_NAMES:
+        return value
+    kind = choices[0]
+    wrong = CnnlabError(f"invalid {owner}: {key} must be {_KIND_NAMES[kind]}, got {value!r}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise wrong
+    if isinstance(value, bool):  # bool is an int to Python, never a number to a user
+        raise wrong
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float else int(value.strip())
+        except ValueError:
+            try:
+                value = float(value.strip())  # "1e2" for an int field
+            except ValueError:
+                raise wrong from None
+    if kind is float and isinstance(value, (int, float)):
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is int and isinstance(value, int):
+        return value
+    raise wrong
+
+
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _scalar_type(annotation: Any) -> type:

@@ -143,6 +143,16 @@ def check_output_dir(path: str | Path, what: str = "--out") -> Path:
     return path
 
 
+def check_output_file(path: str | Path, what: str = "--out") -> Path:
+    """`check_output_dir` for a file a command will write: not an existing folder, and its
+    folder can be created and written. Checked before any work, so a bad path costs nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise CnnlabError(f"{what} {path} is an existing folder, not a file")
+    check_output_dir(path.parent if str(path.parent) else Path("."), what=f"{what} {path}: folder")
+    return path
+
+
 # ---------------------------------------------------------------------------- reading torch files
 def first_line(exc: BaseException) -> str:
     """`Type: first line of the message`: foreign messages run to paragraphs."""

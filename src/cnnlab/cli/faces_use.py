@@ -65,6 +65,16 @@ def register(commands) -> None:
     p.add_argument("--model", help="default: the model that built the index (another one is refused)")
     _add_enrol_flags(p)
     p.set_defaults(func=run_index_add)
+    p = sub.add_parser("remove", help="remove a person's rows, or the rows of image files or folders")
+    p.add_argument("index", metavar="INDEX")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders whose rows to remove")
+    p.add_argument("--person", metavar="NAME", help="remove every row of this person")
+    _add_wait_flag(p)
+    p.set_defaults(func=run_index_remove)
+    p = sub.add_parser("prune", help="remove the rows whose image files are gone (moved or deleted)")
+    p.add_argument("index", metavar="INDEX")
+    _add_wait_flag(p)
+    p.set_defaults(func=run_index_prune)
 
     p = commands.add_parser("score", help="score the model on an identity folder it never trained on "
                             "(every same-person pair + as many random different-person pairs)")
@@ -91,12 +101,18 @@ def register(commands) -> None:
     p.set_defaults(func=run_serve)
 
 
+def _add_wait_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true",
+                   help="stop with one line if another process is writing the index (default: wait for it)")
+
+
 def _add_enrol_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--person", metavar="NAME",
                    help="who the images directly in the folder show (default: unknown); subfolders name their own")
     p.add_argument("--commit-every", type=positive_int, default=1024, metavar="N",
                    help="save progress every N images: an interrupted build keeps them and the rerun continues")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_wait_flag(p)
     add_model_flags(p)
 
 
@@ -135,8 +151,12 @@ def run_search(args) -> int:
         index = GalleryIndex.in_memory(verifier, ok, embeddings, args.gallery)
     else:
         if not (target / INDEX_FILE).is_file():
-            hint = ("it is a model: add --gallery DIR, or build an index first with "
-                    f"`cnnlab faces index build DIR --model {target} --out INDEX`") if target.exists() else "not found"
+            if target.is_file() or (target / "model.pt").is_file():
+                hint = ("it is a model: add --gallery DIR, or build an index first with "
+                        f"`cnnlab faces index build DIR --model {target} --out INDEX`")
+            else:
+                hint = ("a folder without index.json; build one with `cnnlab faces index build DIR --model M "
+                        "--out INDEX`") if target.is_dir() else "not found"
             raise CnnlabError(f"{target} is not a face index ({hint})")
         index = GalleryIndex.open(target)
         model = args.model or index.model_path
@@ -144,29 +164,35 @@ def run_search(args) -> int:
             raise CnnlabError(f"the model that built {target} ({model}) is gone; pass --model")
         verifier = load_verifier(model, args)
         index.check_model(verifier)
-    if not 1 <= args.k <= index.count:
-        raise CnnlabError(f"-k must be in 1..{index.count} (images in the gallery), got {args.k}")
-    results = verifier.search(verifier.embed(queries), index, k=args.k)
+    if index.count == 0:
+        raise CnnlabError(f"{target} is empty: add faces with `cnnlab faces index add {target} DIR`")
+    k = min(args.k, index.count)  # more than the gallery holds: the whole gallery, ranked
+    results = verifier.search(verifier.embed(queries), index, k=k)
     if args.json:
         print(json.dumps({"index": str(index.root), "model": str(verifier.source), "threshold": verifier.threshold if verifier.has_threshold else None,
                           "results": [{"query": q, "matches": [m.to_dict() for m in ms]}
                                       for q, ms in zip(queries, results)]}, indent=2))
         return 0
+    if verifier.has_threshold:
+        print(f"threshold {verifier.threshold:.4f}: 'within' says whether a distance is at most the threshold "
+              "(the model's decision, not an identity)")
+    if k < args.k:
+        print(f"the gallery holds {index.count} images: all of them, ranked")
     for q, matches in zip(queries, results):
         if len(queries) > 1:
             print(f"query {q}")
-        print(f"{'rank':>4}  {'distance':>8}  {'match':<5}  image")
+        print(f"{'rank':>4}  {'distance':>8}  {'within':<6}  image")
         for m in matches:
             match = "" if m.same is None else ("yes" if m.same else "no")
             who = f"  ({m.person})" if m.person is not None else ""
-            print(f"{m.rank:>4}  {m.distance:>8.4f}  {match:<5}  {m.name}{who}")
+            print(f"{m.rank:>4}  {m.distance:>8.4f}  {match:<6}  {m.name}{who}")
     return 0
 
 
 # ---------------------------------------------------------------------------- index
 def _enrol_options(args) -> dict:
     return {"commit_every": args.commit_every, "progress": False if args.no_progress else None,
-            "person": args.person}
+            "person": args.person, "lock_timeout": 0 if args.no_wait else None}
 
 
 def _print_enrolment(report) -> None:
@@ -176,7 +202,9 @@ def _print_enrolment(report) -> None:
 
 
 def run_index_build(args) -> int:
+    from cnnlab.io import check_output_dir
     from cnnlab.verifier import build_index
+    check_output_dir(args.out)  # before the model is loaded
     verifier = load_verifier(args.model, args)
     report = build_index(verifier, args.gallery, args.out, **_enrol_options(args))
     _print_enrolment(report)
@@ -193,13 +221,30 @@ def run_index_add(args) -> int:
     return 0
 
 
+def run_index_remove(args) -> int:
+    from cnnlab.verifier import remove_from_index
+    removed, left = remove_from_index(args.index, person=args.person, paths=args.paths,
+                                      lock_timeout=0 if args.no_wait else None)
+    print(f"{removed} removed; {left} images in the index")
+    return 0
+
+
+def run_index_prune(args) -> int:
+    from cnnlab.verifier import prune_index
+    removed, left = prune_index(args.index, lock_timeout=0 if args.no_wait else None)
+    print(f"{removed} rows whose files are gone removed; {left} images in the index")
+    return 0
+
+
 # ---------------------------------------------------------------------------- score
 SKIPPED_SHOWN = 5
 
 
 def run_score(args) -> int:
-    from cnnlab.io import write_json
+    from cnnlab.io import check_output_file, write_json
     from cnnlab.verifier import score_identity_folder
+    if args.out:
+        check_output_file(args.out)  # before minutes of embedding
     verifier = load_verifier(args.model, args)
     result = score_identity_folder(verifier, args.folder, negatives=args.negatives, seed=args.seed,
                                    progress=False if args.no_progress else None)
@@ -241,6 +286,7 @@ def run_serve(args) -> int:
     from cnnlab.verifier import DEFAULT_MAX_PIXELS, GalleryIndex
     limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                          max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
+    _check_port(args.host, args.port)  # before minutes of loading; uvicorn's own failure is six lines
     verifier = load_verifier(args.model, args, max_pixels=limits.max_pixels)
     index = GalleryIndex.open(args.index) if args.index else None
     app = create_app(verifier, index, limits)
@@ -249,3 +295,17 @@ def run_serve(args) -> int:
           + f" on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """One line, exit 2, when HOST:PORT cannot be listened on (in use, or not an address here)."""
+    import socket
+
+    from cnnlab.errors import CnnlabError
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise CnnlabError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                          "(another server on that port? choose one with --port)") from None
+

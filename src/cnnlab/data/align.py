@@ -160,6 +160,11 @@ class FaceDetector:
             while stop < len(shrunk) and stop - start < batch_size and shrunk[stop][0].size == size:
                 stop += 1
             batch = [img for img, _ in shrunk[start:stop]]
+            if min(size) < self.spec.min_face:
+                # Smaller than the smallest face searched: no face can be found (and MTCNN's
+                # image pyramid would be empty, which it does not survive).
+                start = stop
+                continue
             with self._lock, torch.inference_mode():
                 boxes, scores, points = self._mtcnn.detect(batch, landmarks=True)
             for offset, (b, s, p) in enumerate(zip(boxes, scores, points)):

@@ -183,7 +183,14 @@ def open_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Im
         warnings.simplefilter("ignore", UserWarning)
         # A file claiming a huge size is refused rather than allowed to fill memory.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(source) as img:  # reads the header only
+        try:
+            img = Image.open(source)  # reads the header only
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            # Pillow's own guard (over ~89 Mpx) fired before ours could read the size.
+            raise TooManyPixels(f"image exceeds Pillow's decompression-bomb limit of "
+                                f"{Image.MAX_IMAGE_PIXELS:,} pixels" + (f" (and this limit of {max_pixels:,})"
+                                                                         if max_pixels else "")) from None
+        with img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise TooManyPixels(f"image of {img.width} x {img.height} pixels exceeds the limit of "
                                     f"{max_pixels:,} pixels")

@@ -160,8 +160,16 @@ def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
     def page() -> str:
         return _page()
 
+    def current_index() -> GalleryIndex | None:
+        # A writer (`faces index add/remove/prune`) may have committed since the last request:
+        # re-read the index when its index.json changed, so the service never needs a restart.
+        if app.state.index is not None:
+            app.state.index = app.state.index.reloaded()
+        return app.state.index
+
     @app.get("/healthz")
     def healthz() -> dict:
+        index = current_index()
         return {"status": "ok", "model": verifier.describe(),
                 "index": None if index is None else index.describe(), "limits": limits.to_dict()}
 
@@ -187,6 +195,7 @@ def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
     @app.post("/search")
     def search(image: UploadFile = File(..., description="the face to look for"),
                k: int = Form(5, description="how many gallery entries to return")) -> dict:
+        index = current_index()
         if index is None:
             raise HTTPException(404, "this server has no gallery index; start it with --index INDEX")
         top = min(limits.max_k, index.count)

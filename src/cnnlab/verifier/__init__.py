@@ -6,10 +6,10 @@ from cnnlab.verifier.api import FaceVerifier, Match, VerifyResult, model_fingerp
 from cnnlab.verifier.images import (DEFAULT_MAX_PIXELS, FACE_PREPROCESSING, AlignedFace, CentreCrop, ImageRejected, ImageTooLarge,
                                     NoFaceFound, preprocessing_from_extra, to_rgb)
 from cnnlab.verifier.folder import score_identity_folder
-from cnnlab.verifier.index import (EnrolReport, GalleryFile, GalleryIndex, IndexModelMismatch, add_to_index,
-                                   build_index, embed_files, scan_gallery)
+from cnnlab.verifier.enrol import add_to_index, build_index, prune_index, remove_from_index
+from cnnlab.verifier.index import EnrolReport, GalleryFile, GalleryIndex, IndexModelMismatch, embed_files, scan_gallery
 
 __all__ = ["FaceVerifier", "VerifyResult", "Match", "model_fingerprint", "resolve_model_path",
            "DEFAULT_MAX_PIXELS", "FACE_PREPROCESSING", "AlignedFace", "CentreCrop", "ImageRejected", "ImageTooLarge", "NoFaceFound",
            "preprocessing_from_extra", "to_rgb", "EnrolReport", "GalleryFile", "GalleryIndex", "IndexModelMismatch",
-           "add_to_index", "build_index", "embed_files", "scan_gallery", "score_identity_folder"]
+           "add_to_index", "build_index", "prune_index", "remove_from_index", "embed_files", "scan_gallery", "score_identity_folder"]

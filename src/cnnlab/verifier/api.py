@@ -61,8 +61,10 @@ class Match:
     same: bool | None
 
     def to_dict(self) -> dict:
+        # `within_threshold`, not "same": it is the threshold's decision on a distance, not an
+        # identity (a stranger can fall within it; the gallery's person may be someone else).
         return {"rank": self.rank, "distance": self.distance, "name": self.name, "person": self.person,
-                "path": self.path, "same": self.same}
+                "path": self.path, "within_threshold": self.same}
 
 
 def model_fingerprint(model: torch.nn.Module, face: FacePreprocessing) -> str:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, Sequence, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.data.align import DetectorSpec, NoFaceDetected
 from cnnlab.data.faces import ALIGN_KIND, FacePreprocess
-from cnnlab.data.images import TooManyPixels, UnreadableImage, open_rgb
+from cnnlab.data.images import TooManyPixels, UnreadableImage, open_rgb, to_rgb8
 from cnnlab.errors import CnnlabError
 from cnnlab.registry import Registry
 
@@ -136,7 +136,14 @@ def to_rgb(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     uint8 array (H x W grey, H x W x 3 RGB or H x W x 4 RGBA). Bad input raises `ImageRejected` (or `ImageTooLarge`)
     naming it; nothing is decoded beyond `max_pixels`."""
     if isinstance(image, Image.Image):
-        return _check_pixels(image, image.size, max_pixels).convert("RGB")
+        # An image the caller opened goes through what the decoder does after opening: EXIF
+        # orientation (a phone photo opened with Pillow is stored sideways) and 8-bit scaling
+        # of 16-bit and float modes, so it embeds as the same file given as a path would.
+        _check_pixels(image, image.size, max_pixels)
+        try:
+            return to_rgb8(ImageOps.exif_transpose(image))
+        except UnreadableImage as exc:
+            raise ImageRejected(f"image could not be used ({exc})") from None
     if isinstance(image, np.ndarray):
         return _from_array(image, max_pixels)
     if hasattr(image, "read"):  # an open binary file; its `name` names it in errors
@@ -152,6 +159,8 @@ def to_rgb(image: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
             raise ImageRejected(f"{name} is empty: no image data")
         return _decode(io.BytesIO(bytes(image)), name, max_pixels)
     if isinstance(image, (str, Path)):
+        if Path(image).is_dir():
+            raise ImageRejected(f"{image} is a folder, not an image")
         if not Path(image).is_file():
             raise ImageRejected(f"image not found: {image}")
         return _decode(image, str(image), max_pixels)
@@ -171,7 +180,7 @@ def _decode(source: Any, name: str, max_pixels: int | None) -> Image.Image:
     try:
         return open_rgb(source, max_pixels=max_pixels)
     except TooManyPixels as exc:
-        raise ImageTooLarge(str(exc)) from None
+        raise ImageTooLarge(f"{name}: {exc}") from None
     except UnidentifiedImageError:
         raise ImageRejected(f"{name} is not an image format Pillow can read") from None
     except Exception as exc:  # truncated or corrupt pixel data behind a valid header, bad paths

@@ -19,15 +19,18 @@ an unchanged stat is trusted; otherwise the bytes are hashed, and a file touched
 again (same bytes, new mtime) is not embedded again, nor is a copy of an indexed image under
 another path (a gallery moved or copied elsewhere): the embedding depends only on the bytes
 and the model, so it is copied from the row that has them.
+
+This module reads an index and holds the commit step; `cnnlab.verifier.enrol` writes (build,
+add, remove, prune), one writer at a time under the folder's writer lock.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -143,6 +146,7 @@ class GalleryIndex:
         self.people = [p if has else None for p, has in zip(columns["people"].tolist(), columns["has_person"].tolist())]
         self.paths = columns["paths"].tolist()
         self._faiss = None
+        self._stamp: tuple | None = None  # index.json's stat when opened from disk
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -160,7 +164,24 @@ class GalleryIndex:
         if meta.get("version") not in READS:
             raise CnnlabError(f"{root} is index format version {meta.get('version')}; this cnnlab reads "
                               f"{', '.join(map(str, READS))}")
-        return cls(root, meta, _load_shards(root, meta))
+        missing = [k for k in ("shards", "count", "embedding_dim", "fingerprint", "distance", "model")
+                   if k not in meta]
+        shards = meta.get("shards")
+        if missing or not isinstance(shards, list) or not all(
+                isinstance(x, dict) and {"file", "rows", "sha256"} <= set(x) for x in shards):
+            what = f"lacks {', '.join(missing)}" if missing else "has a malformed shard list"
+            raise CnnlabError(f"index {root} is damaged: {INDEX_FILE} {what}; build the index again")
+        index = cls(root, meta, _load_shards(root, meta))
+        index._stamp = _stamp(root)
+        return index
+
+    def reloaded(self) -> "GalleryIndex":
+        """This index, or a fresh read of it when a writer has committed since it was opened
+        (`index.json` replaced): a long-running reader (`faces serve`) sees additions, removals
+        and prunes without a restart. An in-memory index is returned as it is."""
+        if self._stamp is None or _stamp(self.root) == self._stamp:
+            return self
+        return GalleryIndex.open(self.root)
 
     @classmethod
     def in_memory(cls, verifier: "FaceVerifier", files: Sequence[GalleryFile], embeddings: np.ndarray,
@@ -216,6 +237,15 @@ class GalleryIndex:
         return d.numpy(), i.numpy()
 
 
+def _stamp(root: Path) -> tuple | None:
+    """What changes when a commit replaces index.json (a new file: new inode and mtime)."""
+    try:
+        st = (root / INDEX_FILE).stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _load_shards(root: Path, meta: dict) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {c: [] for c in _COLUMNS}
     for shard in meta["shards"]:
@@ -269,97 +299,3 @@ def _new_meta(verifier: "FaceVerifier", gallery: Path) -> dict:
             "model": str(Path(verifier.source).resolve()), "distance": verifier.distance_name,
             "embedding_dim": verifier.embedding_dim, "preprocess": verifier.face.spec(),
             "galleries": [], "shards": [], "count": 0, "next_shard": 0}
-
-
-def build_index(verifier: "FaceVerifier", gallery: str | Path, out: str | Path, *, person: str | None = None,
-                **options) -> EnrolReport:
-    """Index every face under `gallery` into the folder `out` (`person`: who the images
-    directly in `gallery` show). An existing index there (built with the same model) is
-    extended, not rebuilt: this is how an interrupted build resumes."""
-    out = Path(out)
-    if (out / INDEX_FILE).is_file():
-        return add_to_index(out, gallery, verifier, person=person, **options)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CnnlabError(f"{out} exists and is not a face index; choose an empty or new folder")
-    files = scan_gallery(gallery, person)  # a missing gallery is reported before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(out, _new_meta(verifier, Path(gallery)))
-    writer.commit(None)
-    index = GalleryIndex(out, writer.meta, _load_shards(out, writer.meta))
-    return _enrol(index, writer, verifier, Path(gallery), files, **options)
-
-
-def add_to_index(index_dir: str | Path, gallery: str | Path, verifier: "FaceVerifier", *,
-                 person: str | None = None, **options) -> EnrolReport:
-    """Add the faces under `gallery` that the index does not hold yet (or whose file changed)."""
-    index = GalleryIndex.open(index_dir)
-    index.check_model(verifier)
-    files = scan_gallery(gallery, person)
-    return _enrol(index, _Writer(index.root, dict(index.meta)), verifier, Path(gallery), files, **options)
-
-
-def _enrol(index: GalleryIndex, writer: _Writer, verifier: "FaceVerifier", gallery: Path,
-           files: list[GalleryFile], *, commit_every: int = COMMIT_EVERY, progress: bool | None = None,
-           log: Callable[[str], None] | None = None) -> EnrolReport:
-    from cnnlab.progress import progress_bar
-    report = EnrolReport()
-    row_of = {p: r for r, p in enumerate(index.paths)}
-    cols = index._columns
-    row_with = {h: r for r, h in enumerate(cols["sha256"].tolist()) if h}  # bytes -> a row embedding them
-    todo, copies, changed_rows, restat = [], [], [], {}
-    for f in files:
-        row = row_of.get(str(f.path))
-        if row is not None and (int(cols["sizes"][row]), int(cols["mtimes"][row])) == (f.size, f.mtime_ns):
-            report.unchanged += 1
-            continue
-        f = replace(f, sha256=_contents(f.path))
-        if row is not None and f.sha256 and f.sha256 == cols["sha256"][row]:
-            restat[row] = f  # same bytes, new stat (copied or touched): only the stat is refreshed
-            report.unchanged += 1
-            continue
-        if row is None:
-            report.added += 1
-        else:
-            changed_rows.append(row)
-            report.updated += 1
-        if f.sha256 in row_with:  # these bytes are indexed under another path: same embedding
-            copies.append((f, row_with[f.sha256]))
-        else:
-            todo.append(f)
-    report.copied = len(copies)
-    if str(gallery.resolve()) not in writer.meta["galleries"]:
-        writer.meta["galleries"] = [*writer.meta["galleries"], str(gallery.resolve())]
-    copied_rows = None
-    if copies:  # read before stale rows are dropped: a dropped row may hold the bytes a copy needs
-        copied_rows = _rows(cols["embeddings"][[r for _, r in copies]], [f for f, _ in copies])
-    if changed_rows or restat:  # drop the stale rows, refresh stats (one rewrite); changed ones are embedded below
-        keep = np.setdiff1d(np.arange(index.count), changed_rows)
-        rows = {c: cols[c][keep].copy() for c in _COLUMNS}
-        for i, r in enumerate(keep.tolist()):
-            if r in restat:
-                rows["sizes"][i], rows["mtimes"][i] = restat[r].size, restat[r].mtime_ns
-        writer.commit(rows, replace_all=True)
-    if copied_rows is not None:
-        writer.commit(copied_rows)
-    bar = progress_bar(total=len(todo), desc="embed", unit="img", enable=progress)
-    try:
-        for s in range(0, len(todo), max(1, commit_every)):
-            z, ok, bad = embed_files(verifier, todo[s:s + commit_every])
-            report.bad += bad
-            writer.commit(_rows(z, ok))
-            bar.update(len(todo[s:s + commit_every]))
-    finally:
-        bar.close()
-    changed = {str(index.paths[r]) for r in changed_rows}
-    for path, _ in report.bad:  # a bad file was counted as added (or updated) above
-        if path in changed:
-            report.updated -= 1
-        else:
-            report.added -= 1
-    if len(writer.meta["shards"]) > MAX_SHARDS:
-        merged = _load_shards(writer.root, writer.meta)
-        writer.commit(merged, replace_all=True)
-    report.total = int(writer.meta["count"])
-    if log:
-        log(f"index {writer.root}: {report.summary()}")
-    return report

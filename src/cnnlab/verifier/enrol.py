@@ -1,0 +1,207 @@
+"""Writing a gallery index (the format: `cnnlab.verifier.index`): build, add, remove, prune.
+
+One writer at a time. Every writer holds `.writer.lock` in the index folder (an OS file lock,
+`filelock`: released when the process ends, even by kill -9) from before it reads `index.json`
+until after its last commit, so it picks shard names from, and rewrites, the index as the
+previous writer left it. Without the lock two concurrent `add`s each rewrote `index.json` from
+their own copy, last writer winning, and deleted each other's shards. A second writer waits
+(saying so) or, with `lock_timeout=0`, stops with one line. Readers never wait: `index.json` is
+replaced atomically, and the shards it lists are never rewritten.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+from cnnlab.verifier.index import (_COLUMNS, COMMIT_EVERY, INDEX_FILE, MAX_SHARDS, EnrolReport, GalleryFile,
+                                   GalleryIndex, _contents, _load_shards, _new_meta, _rows, _Writer, embed_files,
+                                   scan_gallery)
+
+if TYPE_CHECKING:
+    from cnnlab.verifier.api import FaceVerifier
+
+LOCK_FILE = ".writer.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(root: str | Path, timeout: float | None = None,
+                log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the index's writer lock. `timeout`: None waits as long as it takes, 0 stops at once,
+    else seconds; a writer that has to wait is told so through `log` (default stderr)."""
+    from filelock import FileLock, Timeout
+    root = Path(root)
+    lock = FileLock(str(root / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if timeout == 0:
+            raise CnnlabError(f"index {root} is being written by another process; "
+                              "run this again when it has finished") from None
+        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(
+            f"index {root} is being written by another process: waiting for it to finish")
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except Timeout:
+            raise CnnlabError(f"index {root} was still being written by another process after "
+                              f"{timeout:g} s; nothing was changed") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _open_for_writing(root: Path) -> GalleryIndex:
+    if not (root / INDEX_FILE).is_file():
+        GalleryIndex.open(root)  # raises the one-line "not a face index" message
+    return GalleryIndex.open(root)
+
+
+def build_index(verifier: "FaceVerifier", gallery: str | Path, out: str | Path, *, person: str | None = None,
+                lock_timeout: float | None = None, **options) -> EnrolReport:
+    """Index every face under `gallery` into the folder `out` (`person`: who the images
+    directly in `gallery` show). An existing index there (built with the same model) is
+    extended, not rebuilt: this is how an interrupted build resumes."""
+    out = Path(out)
+    if (out / INDEX_FILE).is_file():
+        return add_to_index(out, gallery, verifier, person=person, lock_timeout=lock_timeout, **options)
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
+        raise CnnlabError(f"{out} exists and is not a face index; choose an empty or new folder")
+    files = scan_gallery(gallery, person)  # a missing gallery is reported before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out, lock_timeout):
+        if (out / INDEX_FILE).is_file():  # another build made it while this one waited: extend it
+            index = GalleryIndex.open(out)
+            index.check_model(verifier)
+            return _enrol(index, _Writer(out, dict(index.meta)), verifier, Path(gallery), files, **options)
+        writer = _Writer(out, _new_meta(verifier, Path(gallery)))
+        writer.commit(None)
+        index = GalleryIndex(out, writer.meta, _load_shards(out, writer.meta))
+        return _enrol(index, writer, verifier, Path(gallery), files, **options)
+
+
+def add_to_index(index_dir: str | Path, gallery: str | Path, verifier: "FaceVerifier", *,
+                 person: str | None = None, lock_timeout: float | None = None, **options) -> EnrolReport:
+    """Add the faces under `gallery` that the index does not hold yet (or whose file changed)."""
+    root = Path(index_dir)
+    _open_for_writing(root).check_model(verifier)  # a wrong model is refused before waiting or scanning
+    files = scan_gallery(gallery, person)
+    with writer_lock(root, lock_timeout):
+        index = GalleryIndex.open(root)  # as the last writer left it
+        return _enrol(index, _Writer(index.root, dict(index.meta)), verifier, Path(gallery), files, **options)
+
+
+def remove_from_index(index_dir: str | Path, *, person: str | None = None, paths: Sequence[str | Path] = (),
+                      lock_timeout: float | None = None) -> tuple[int, int]:
+    """Remove the rows of `person` and/or of `paths` (image files, or folders: every row under
+    them). Returns (rows removed, rows left); a selection that matches nothing is an error."""
+    if person is None and not paths:
+        raise CnnlabError("say what to remove: --person NAME and/or image or folder paths")
+    root = Path(index_dir)
+    _open_for_writing(root)
+    wanted = [os.path.abspath(p) for p in paths]
+    with writer_lock(root, lock_timeout):
+        index = GalleryIndex.open(root)
+        drop = np.zeros(index.count, dtype=bool)
+        if person is not None:
+            drop |= np.array([p == person for p in index.people], dtype=bool)
+        for target in wanted:
+            drop |= np.array([p == target or p.startswith(target.rstrip(os.sep) + os.sep) for p in index.paths],
+                             dtype=bool)
+        if not drop.any():
+            what = " and ".join(([f"person {person!r}"] if person is not None else [])
+                                + ([", ".join(map(str, paths))] if paths else []))
+            raise CnnlabError(f"nothing in index {root} matches {what}; nothing was removed")
+        return _keep(index, ~drop)
+
+
+def prune_index(index_dir: str | Path, *, lock_timeout: float | None = None) -> tuple[int, int]:
+    """Remove the rows whose image files are gone (moved or deleted since they were indexed);
+    a search would otherwise return them forever. Returns (rows removed, rows left)."""
+    root = Path(index_dir)
+    _open_for_writing(root)
+    with writer_lock(root, lock_timeout):
+        index = GalleryIndex.open(root)
+        keep = np.array([os.path.isfile(p) for p in index.paths], dtype=bool)
+        if keep.all():
+            return 0, index.count
+        return _keep(index, keep)
+
+
+def _keep(index: GalleryIndex, keep: np.ndarray) -> tuple[int, int]:
+    writer = _Writer(index.root, dict(index.meta))
+    writer.commit({c: index._columns[c][keep] for c in _COLUMNS}, replace_all=True)
+    return int((~keep).sum()), int(writer.meta["count"])
+
+
+def _enrol(index: GalleryIndex, writer: _Writer, verifier: "FaceVerifier", gallery: Path,
+           files: list[GalleryFile], *, commit_every: int = COMMIT_EVERY, progress: bool | None = None,
+           log: Callable[[str], None] | None = None) -> EnrolReport:
+    from cnnlab.progress import progress_bar
+    report = EnrolReport()
+    row_of = {p: r for r, p in enumerate(index.paths)}
+    cols = index._columns
+    row_with = {h: r for r, h in enumerate(cols["sha256"].tolist()) if h}  # bytes -> a row embedding them
+    todo, copies, changed_rows, restat = [], [], [], {}
+    for f in files:
+        row = row_of.get(str(f.path))
+        if row is not None and (int(cols["sizes"][row]), int(cols["mtimes"][row])) == (f.size, f.mtime_ns):
+            report.unchanged += 1
+            continue
+        f = replace(f, sha256=_contents(f.path))
+        if row is not None and f.sha256 and f.sha256 == cols["sha256"][row]:
+            restat[row] = f  # same bytes, new stat (copied or touched): only the stat is refreshed
+            report.unchanged += 1
+            continue
+        if row is None:
+            report.added += 1
+        else:
+            changed_rows.append(row)
+            report.updated += 1
+        if f.sha256 in row_with:  # these bytes are indexed under another path: same embedding
+            copies.append((f, row_with[f.sha256]))
+        else:
+            todo.append(f)
+    report.copied = len(copies)
+    if str(gallery.resolve()) not in writer.meta["galleries"]:
+        writer.meta["galleries"] = [*writer.meta["galleries"], str(gallery.resolve())]
+    copied_rows = None
+    if copies:  # read before stale rows are dropped: a dropped row may hold the bytes a copy needs
+        copied_rows = _rows(cols["embeddings"][[r for _, r in copies]], [f for f, _ in copies])
+    if changed_rows or restat:  # drop the stale rows, refresh stats (one rewrite); changed ones are embedded below
+        keep = np.setdiff1d(np.arange(index.count), changed_rows)
+        rows = {c: cols[c][keep].copy() for c in _COLUMNS}
+        for i, r in enumerate(keep.tolist()):
+            if r in restat:
+                rows["sizes"][i], rows["mtimes"][i] = restat[r].size, restat[r].mtime_ns
+        writer.commit(rows, replace_all=True)
+    if copied_rows is not None:
+        writer.commit(copied_rows)
+    bar = progress_bar(total=len(todo), desc="embed", unit="img", enable=progress)
+    try:
+        for s in range(0, len(todo), max(1, commit_every)):
+            z, ok, bad = embed_files(verifier, todo[s:s + commit_every])
+            report.bad += bad
+            writer.commit(_rows(z, ok))
+            bar.update(len(todo[s:s + commit_every]))
+    finally:
+        bar.close()
+    changed = {str(index.paths[r]) for r in changed_rows}
+    for path, _ in report.bad:  # a bad file was counted as added (or updated) above
+        if path in changed:
+            report.updated -= 1
+        else:
+            report.added -= 1
+    if len(writer.meta["shards"]) > MAX_SHARDS:
+        merged = _load_shards(writer.root, writer.meta)
+        writer.commit(merged, replace_all=True)
+    report.total = int(writer.meta["count"])
+    if log:
+        log(f"index {writer.root}: {report.summary()}")
+    return report
