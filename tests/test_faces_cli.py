@@ -53,8 +53,9 @@ def test_search_ranks_the_query_itself_first(trained, capsys):
                  "-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("threshold ") and "not an identity" in lines[0]
-    assert lines[1].split() == ["rank", "distance", "within", "image"]
-    rows = [line.split() for line in lines[2:]]
+    assert lines[1].startswith("threshold: the model's own")  # which calibration is in force
+    assert lines[2].split() == ["rank", "distance", "within", "image"]
+    rows = [line.split() for line in lines[3:]]
     assert len(rows) == 3
     assert rows[0][3] == "P03/P03_0002.jpg" and float(rows[0][1]) < 1e-3
 

@@ -248,7 +248,7 @@ def test_search_command_new_and_old_forms(setup, tmp_path, capsys):
     assert len(json.loads(capsys.readouterr().out)["results"][0]["matches"]) == 14
     assert main(["faces", "search", str(tmp_path / "idx"), str(queries[0]), "-k", "99"]) == 0
     out = capsys.readouterr().out
-    assert "the gallery holds 14 images: all of them, ranked" in out and out.count("\n") == 14 + 3
+    assert "the gallery holds 14 images: all of them, ranked" in out and out.count("\n") == 14 + 4
     # A folder that is neither an index nor a model is not called a model.
     (tmp_path / "photos").mkdir()
     assert main(["faces", "search", str(tmp_path / "photos"), str(queries[0])]) == 2

@@ -48,7 +48,7 @@ def load_verifier(model: str | Path, args: argparse.Namespace, **options):
 
 
 def register(commands) -> None:
-    """`faces index build|add`, `faces score` and `faces serve` (verify, search and export are registered in
+    """`faces index build|add|remove|prune`, `faces score`, `faces calibrate` and `faces serve` (verify, search and export are registered in
     cli/faces.py, where they always were)."""
     index = commands.add_parser("index", help="a persistent gallery index: enrol faces once, search many times")
     sub = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
@@ -86,8 +86,25 @@ def register(commands) -> None:
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--out", metavar="FILE.json", help="also write the full result to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--calibrate-people", type=positive_int, metavar="N",
+                   help="calibrate a threshold on N people (drawn with --seed) and score the others with it: "
+                        "what `faces calibrate` would buy on this population")
+    _add_calibration_flags(p)
     add_model_flags(p)
     p.set_defaults(func=run_score)
+
+    p = commands.add_parser("calibrate", help="move the model's threshold to your people: choose it on labelled "
+                            "pairs of an identity folder and write a new model file")
+    p.add_argument("model", help="model.pt (or its run directory) written by `faces train`")
+    p.add_argument("folder", metavar="FOLDER", help="one folder of images per person: FOLDER/<person>/<image>")
+    p.add_argument("--out", required=True, metavar="NEW.pt", help="the calibrated model file to write")
+    _add_calibration_flags(p)
+    p.add_argument("--negatives", type=positive_int, metavar="N",
+                   help="different-person pairs to draw (default: as many as same-person pairs)")
+    p.add_argument("--seed", type=int, default=0, help="which different-person pairs are drawn (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_flags(p)
+    p.set_defaults(func=run_calibrate)
 
     p = commands.add_parser("serve", help="HTTP service: POST /verify /embed /search, GET /healthz /docs, a page at /")
     p.add_argument("--model", required=True, help="model.pt (or its run directory) written by `faces train`")
@@ -99,6 +116,14 @@ def register(commands) -> None:
                    help="largest image accepted, in pixels, read from its header (default 40,000,000)")
     add_model_flags(p)
     p.set_defaults(func=run_serve)
+
+
+def _add_calibration_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--objective", choices=["far", "accuracy"], default="far",
+                   help="far: the most same-person pairs accepted at --far; accuracy: the best accuracy (default far)")
+    p.add_argument("--far", type=positive_float, default=1e-3,
+                   help="target false-accept rate for --objective far (default 1e-3); with n different-person "
+                        "pairs the smallest rate they can show is 1/n")
 
 
 def _add_wait_flag(p: argparse.ArgumentParser) -> None:
@@ -125,6 +150,7 @@ def run_verify(args) -> int:
     else:
         print(f"distance {result.distance:.4f}  threshold {result.threshold:.4f}  "
               f"{'same person' if result.same else 'different people'}")
+        print(f"threshold: {verifier.threshold_source}")
     return 0
 
 
@@ -176,6 +202,7 @@ def run_search(args) -> int:
     if verifier.has_threshold:
         print(f"threshold {verifier.threshold:.4f}: 'within' says whether a distance is at most the threshold "
               "(the model's decision, not an identity)")
+        print(f"threshold: {verifier.threshold_source}")
     if k < args.k:
         print(f"the gallery holds {index.count} images: all of them, ranked")
     for q, matches in zip(queries, results):
@@ -247,7 +274,8 @@ def run_score(args) -> int:
         check_output_file(args.out)  # before minutes of embedding
     verifier = load_verifier(args.model, args)
     result = score_identity_folder(verifier, args.folder, negatives=args.negatives, seed=args.seed,
-                                   progress=False if args.no_progress else None)
+                                   progress=False if args.no_progress else None,
+                                   calibrate_people=args.calibrate_people, objective=args.objective, far=args.far)
     if args.out:
         write_json(args.out, result)
     if args.json:
@@ -266,10 +294,38 @@ def run_score(args) -> int:
         print("accuracy at the model's threshold: none (the model holds no calibrated threshold)")
     else:
         print(f"accuracy at the model's threshold {at['threshold']:.4f}: {at['accuracy']:.4f}")
+    if "at_calibrated_threshold" in result:
+        c, at = result["calibration"], result["at_calibrated_threshold"]
+        print(f"calibrated on {c['people']} other people ({c['objective']}): threshold {at['threshold']:.4f}, "
+              f"accuracy {at['accuracy']:.4f}, false-accept rate {at['far']:.4f}, true-accept rate {at['tar']:.4f}"
+              + (f" ({c['note']})" if c.get("note") else ""))
     print(f"best-threshold accuracy {result['best_threshold_accuracy']:.4f} at {result['best_threshold']:.4f} "
           "(upper bound: peeks at these pairs' labels)")
     if args.out:
         print(f"written: {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- calibrate
+def run_calibrate(args) -> int:
+    from cnnlab.io import check_output_file
+    from cnnlab.verifier import resolve_model_path
+    from cnnlab.verifier.calibrate import calibrate, write_calibrated_model
+    check_output_file(args.out)
+    source = resolve_model_path(args.model)
+    verifier = load_verifier(source, args)
+    record = calibrate(verifier, args.folder, objective=args.objective, far=args.far, negatives=args.negatives,
+                       seed=args.seed, progress=False if args.no_progress else None)
+    write_calibrated_model(source, args.out, record)
+    pairs = record["pairs"]
+    print(f"{record['folder']}: {record['images']} images of {record['people']} people, {record['skipped']} skipped; "
+          f"{pairs['matched']} same-person + {pairs['mismatched']} different-person pairs")
+    goal = f"false-accept rate <= {args.far:g}" if args.objective == "far" else "best accuracy"
+    print(f"threshold {record['threshold']:.4f} ({goal}; was {record['replaced']}): false-accept rate "
+          f"{record['far']:.4f}, true-accept rate {record['tar']:.4f}, accuracy {record['accuracy']:.4f} on these pairs")
+    if record.get("note"):
+        print(f"note: {record['note']}")
+    print(f"written: {args.out} (same embeddings: gallery indexes built with {source} stay valid)")
     return 0
 
 

@@ -65,6 +65,30 @@ def best_threshold(distances, same) -> tuple[float, float]:
     return float(thresholds[best]), float(correct[best] / d.size)
 
 
+def threshold_at_far(distances, same, far_target: float) -> tuple[float, float, bool]:
+    """(threshold, false accept rate it gives here, limited): the threshold that accepts as many
+    same-person pairs as possible while at most `far_target` of the different-person pairs fall
+    within it, placed halfway between the last distance it accepts and the first it rejects.
+
+    With n different-person pairs the smallest non-zero rate they can show is 1/n; for a target
+    below that (`limited` = True) the threshold accepts none of them, which is the strictest
+    reading of the target these pairs allow, and the rate actually met is unknown below 1/n."""
+    if not 0.0 < far_target < 1.0:
+        raise CnnlabError(f"FAR target must be in (0, 1), got {far_target}")
+    d, s = _pairs(distances, same)
+    _need_both_classes(s)
+    negatives = np.sort(d[~s])
+    allowed = int(np.floor(far_target * negatives.size + 1e-9))  # different-person pairs it may accept
+    limited = far_target * negatives.size < 1
+    if allowed >= negatives.size:
+        threshold = float(d.max()) + 1.0
+    else:
+        first_rejected = negatives[allowed]
+        below = d[d < first_rejected]
+        threshold = float((below.max() + first_rejected) / 2) if below.size else float(np.nextafter(first_rejected, -np.inf))
+    return threshold, float(np.mean(negatives <= threshold)), limited
+
+
 def roc_curve(distances, same) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(far, tar, thresholds): accepting d <= thresholds[k] gives false accept rate far[k]
     and true accept rate tar[k]; every operating point is kept."""

@@ -268,6 +268,8 @@ def _check_extra(path: Path, extra) -> None:
     distance = extra.get("distance")
     if distance is not None and (not isinstance(distance, str) or distance not in DISTANCES):
         raise CnnlabError(f"model file {path}: unknown distance {distance!r}")
+    if "calibration" in extra and not isinstance(extra["calibration"], dict):
+        raise CnnlabError(f"model file {path}: calibration must be a mapping (from `faces calibrate`)")
 
 
 # --- verification and search ------------------------------------------------------------

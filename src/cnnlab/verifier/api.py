@@ -149,11 +149,21 @@ class FaceVerifier:
     def has_threshold(self) -> bool:
         return self._threshold is not None
 
+    @property
+    def threshold_source(self) -> str:
+        """Where the threshold in force comes from: given to `load`, a `faces calibrate` run
+        (folder, people, objective), or the model's own LFW validation calibration."""
+        from cnnlab.verifier.calibrate import describe_calibration
+        if self._threshold is not None and self._threshold != self.extra.get("threshold"):
+            return "given by the caller (overrides the model's)"
+        return describe_calibration(self.extra)
+
     def describe(self) -> dict:
         return {"model": str(self.source), "fingerprint": self.fingerprint, "preprocess": self.face.spec(),
                 "input_size": self.input_size, "embedding_dim": self.embedding_dim,
-                "distance": self.distance_name, "threshold": self._threshold, "runtime": self.runtime.name,
-                "device": str(self.device)}
+                "distance": self.distance_name, "threshold": self._threshold,
+                "threshold_source": self.threshold_source, "calibration": self.extra.get("calibration"),
+                "runtime": self.runtime.name, "device": str(self.device)}
 
     # ------------------------------------------------------------------ embeddings
     def prepare(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:

@@ -17,6 +17,7 @@ labels it is scored against.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,40 +27,41 @@ import torch
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.distances import create_distance
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics.verification import best_threshold, evaluate
+from cnnlab.metrics.verification import accuracy_at, best_threshold, evaluate
 from cnnlab.verifier.index import embed_files, scan_gallery
 
 if TYPE_CHECKING:
     from cnnlab.verifier.api import FaceVerifier
 
+DEFAULT_FAR = 1e-3
 BEST_THRESHOLD_NOTE = ("upper bound: the threshold is chosen on these same pairs, peeking at their labels; "
                        "the accuracy at the model's threshold is the honest one")
 
 
-def score_identity_folder(verifier: "FaceVerifier", folder: str | Path, *, negatives: int | None = None,
-                          seed: int = 0, batch_size: int = 64, progress: bool | None = None) -> dict:
-    """Verification metrics of `verifier` on `folder/<person>/<image>` (see the module docstring).
+@dataclass
+class FolderEmbeddings:
+    """Every readable image of an identity folder, embedded once by the model's face step."""
+    folder: Path
+    embeddings: np.ndarray          # N x D
+    people: list[str]               # N person names
+    files: list                     # N GalleryFile
+    skipped: list[dict]             # [{"path", "reason"}] of files that could not be used
+    unlabelled: int                 # images directly in the folder (no person): left out
 
-    `negatives`: how many different-person pairs (default: as many as same-person pairs; never
-    more than exist). `seed` fixes which ones (`numpy.random.default_rng(seed)`), so two runs
-    score the same pairs. `batch_size`: files decoded and embedded per step, which bounds
-    memory and paces the progress bar (`progress`: None = on a terminal, as `cnnlab.progress`).
-    Images directly in `folder` belong to no one and are left out (counted as `unlabelled`).
-    """
+
+def embed_identity_folder(verifier: "FaceVerifier", folder: str | Path, *, batch_size: int = 64,
+                          progress: bool | None = None) -> FolderEmbeddings:
+    """Embed `folder/<person>/<image>` (see the module docstring): at least two people with
+    readable images, or a one-line error."""
     from cnnlab.progress import progress_bar
     folder = Path(folder)
     if not folder.is_dir():
         raise CnnlabError(f"identity folder not found: {folder}")
-    if negatives is not None and int(negatives) < 1:
-        raise CnnlabError(f"negatives must be >= 1, got {negatives}")
-    if int(seed) < 0:
-        raise CnnlabError(f"seed must be >= 0, got {seed}")
     if batch_size < 1:
         raise CnnlabError(f"batch_size must be >= 1, got {batch_size}")
     scanned = scan_gallery(folder)
     files = [f for f in scanned if f.person is not None]
     _need_two_people({f.person for f in files}, folder)
-
     parts, ok, skipped = [], [], []
     bar = progress_bar(total=len(files), desc="embed", unit="img", enable=progress)
     try:
@@ -74,31 +76,79 @@ def score_identity_folder(verifier: "FaceVerifier", folder: str | Path, *, negat
     embeddings = np.concatenate(parts) if parts else np.zeros((0, verifier.embedding_dim), np.float32)
     people = [f.person for f in ok]
     _need_two_people(set(people), folder, readable=True)
+    return FolderEmbeddings(folder, embeddings, people, ok, skipped, len(scanned) - len(files))
 
+
+def pair_distances(verifier: "FaceVerifier", embedded: FolderEmbeddings, rows: np.ndarray | None = None, *,
+                   negatives: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(distances, same, pair counts) over the images `rows` (default all): every same-person
+    pair and `negatives` seeded different-person pairs (default as many as same-person pairs)."""
+    rows = np.arange(len(embedded.people)) if rows is None else np.asarray(rows, np.int64)
+    people = [embedded.people[r] for r in rows]
     first, second, same, available = _pairs(people, negatives, seed)
     if not same.any():
-        raise CnnlabError(f"no same-person pair in {folder}: every person has fewer than 2 readable images")
+        raise CnnlabError(f"no same-person pair in {embedded.folder}: every person has fewer than 2 readable images")
     distance = create_distance(verifier.distance_name)  # the very distance `verifier.distance` uses
+    z = embedded.embeddings[rows]
     with torch.no_grad():
-        d = distance.paired(torch.from_numpy(embeddings[first]), torch.from_numpy(embeddings[second]))
-    d = d.double().numpy()
+        d = distance.paired(torch.from_numpy(z[first]), torch.from_numpy(z[second]))
+    matched = int(same.sum())
+    counts = {"matched": matched, "mismatched": int(same.size - matched), "mismatched_available": available,
+              "seed": int(seed)}
+    return d.double().numpy(), same, counts
 
+
+def score_identity_folder(verifier: "FaceVerifier", folder: str | Path, *, negatives: int | None = None,
+                          seed: int = 0, batch_size: int = 64, progress: bool | None = None,
+                          calibrate_people: int | None = None, objective: str = "far",
+                          far: float = DEFAULT_FAR) -> dict:
+    """Verification metrics of `verifier` on `folder/<person>/<image>` (see the module docstring).
+
+    `negatives`: how many different-person pairs (default: as many as same-person pairs; never
+    more than exist). `seed` fixes which ones (`numpy.random.default_rng(seed)`), so two runs
+    score the same pairs. `batch_size`: files decoded and embedded per step, which bounds
+    memory and paces the progress bar (`progress`: None = on a terminal, as `cnnlab.progress`).
+    Images directly in `folder` belong to no one and are left out (counted as `unlabelled`).
+
+    `calibrate_people=N`: the honest estimate of what `calibrate` buys. N people (drawn with
+    `seed`) calibrate a threshold (`objective`, `far` as in `calibrate`); every score is then
+    taken on the other people only, and `at_calibrated_threshold` says how that threshold does
+    on them.
+    """
+    if negatives is not None and int(negatives) < 1:
+        raise CnnlabError(f"negatives must be >= 1, got {negatives}")
+    if int(seed) < 0:
+        raise CnnlabError(f"seed must be >= 0, got {seed}")
+    embedded = embed_identity_folder(verifier, folder, batch_size=batch_size, progress=progress)
+    rows, calibration = None, None
+    if calibrate_people is not None:
+        from cnnlab.verifier.calibrate import calibrate_embedded, split_people
+        calibrate_rows, rows = split_people(embedded.people, calibrate_people, seed)
+        calibration = calibrate_embedded(verifier, embedded, calibrate_rows, objective=objective, far=far,
+                                         negatives=negatives, seed=seed)
+    d, same, counts = pair_distances(verifier, embedded, rows, negatives=negatives, seed=seed)
+    scored_people = embedded.people if rows is None else [embedded.people[r] for r in rows]
     threshold = verifier.threshold if verifier.has_threshold else None
     report = evaluate(d, same, threshold=threshold)
     best, best_accuracy = best_threshold(d, same)
-    matched = int(same.sum())
-    return {
-        "folder": str(folder), "model": str(verifier.source), "distance": verifier.distance_name,
-        "images": len(ok), "people": len(set(people)), "unlabelled": len(scanned) - len(files),
-        "skipped": skipped,
-        "pairs": {"matched": matched, "mismatched": int(d.size - matched), "mismatched_available": available,
-                  "seed": int(seed)},
+    result = {
+        "folder": str(embedded.folder), "model": str(verifier.source), "distance": verifier.distance_name,
+        "images": len(scored_people), "people": len(set(scored_people)), "unlabelled": embedded.unlabelled,
+        "skipped": embedded.skipped, "pairs": counts,
         # None when the model file holds no calibrated threshold: then only the curve is honest.
         "at_model_threshold": report.to_dict() if threshold is not None else None,
         "auc": report.auc, "eer": report.eer, "tar_at_far": dict(report.tar_at_far),
         "best_threshold": best, "best_threshold_accuracy": best_accuracy,
         "best_threshold_note": BEST_THRESHOLD_NOTE,
     }
+    if calibration is not None:
+        t = calibration["threshold"]
+        result["calibration"] = calibration
+        result["at_calibrated_threshold"] = {
+            "threshold": t, "accuracy": accuracy_at(d, same, t), "far": float(np.mean(d[~same] <= t)),
+            "tar": float(np.mean(d[same] <= t)),
+            "note": f"threshold chosen on {calibration['people']} other people of this folder (people-disjoint)"}
+    return result
 
 
 def _need_two_people(people: set, folder: Path, readable: bool = False) -> None:
