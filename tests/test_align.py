@@ -256,3 +256,30 @@ def test_an_image_smaller_than_the_smallest_face_is_no_face_not_a_crash(tmp_path
     model = build_tiny_model(tmp_path / "aligned.pt", **FacePreprocess(size=32, align=True).model_extra())
     assert main(["faces", "verify", str(model), str(att / "s1" / "1.pgm"), str(path)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"cnnlab: error: {path}: no face found in the image"]
+
+
+def test_detection_runs_with_one_torch_thread_and_restores_the_count():
+    """Beside a busy process a two-thread pool made MTCNN 14x slower (BENCHMARKS.md): the
+    detector runs with DETECT_THREADS and gives the process its thread count back."""
+    import torch
+
+    from cnnlab.data import align
+    seen = []
+
+    class FakeMTCNN:
+        def detect(self, batch, landmarks=True):
+            seen.append(torch.get_num_threads())
+            return [None] * len(batch), [None] * len(batch), [None] * len(batch)
+
+    det = align.FaceDetector()
+    det._mtcnn = FakeMTCNN()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert det.detect([Image.new("RGB", (120, 120))] * 3) == [None] * 3
+        assert seen == [align.DETECT_THREADS] and torch.get_num_threads() == 2
+        with align.torch_threads(1), align.torch_threads(1):  # re-entrant (a detector inside a block)
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

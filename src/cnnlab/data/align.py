@@ -20,6 +20,8 @@ output size or padding re-warps without re-detecting.
 """
 from __future__ import annotations
 
+import contextlib
+
 import threading
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -125,6 +127,24 @@ def choose_face(boxes: np.ndarray, scores: np.ndarray, image_size: tuple[int, in
     return int(keep[int(np.argmax(score))])
 
 
+DETECT_THREADS = 1
+_THREADS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to `n` for the block, then restored. The setting is
+    process-wide: other threads' torch work meanwhile runs with it too."""
+    import torch
+    with _THREADS_LOCK:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
 class FaceDetector:
     """MTCNN on the CPU: `detect(images)` -> per image a 5 x 2 landmark array (source pixels)
     or None when no face scores high enough. Same-size images are detected as one batch."""
@@ -149,6 +169,14 @@ class FaceDetector:
         return img.resize(size, Image.Resampling.BOX), ratio
 
     def detect(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[np.ndarray | None]:
+        # One torch thread while MTCNN runs: its small convolutions gain little from a second
+        # thread on an idle machine, and beside a busy process every op of a two-thread pool
+        # waits at a barrier for the thread that is not getting the CPU (measured 20-40x slower;
+        # benchmarks/bench_detect.py, BENCHMARKS.md).
+        with torch_threads(DETECT_THREADS):
+            return self._detect(images, batch_size)
+
+    def _detect(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[np.ndarray | None]:
         import torch
 
         shrunk = [self._shrink(img.convert("RGB")) for img in images]
