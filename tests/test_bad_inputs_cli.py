@@ -281,3 +281,13 @@ def test_an_opset_the_model_cannot_be_exported_at_is_one_line(face_files, tmp_pa
     assert code == 2
     assert "cannot export to ONNX opset 7" in one_error_line(capsys)
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_a_usage_error_starts_like_every_other_error(capsys):
+    from cnnlab.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["faces", "verify", "model.pt", "only-one-image"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: the following arguments are required: image2") and err.count("\n") == 1
+    assert "(see cnnlab faces verify --help)" in err

@@ -238,7 +238,9 @@ def test_search_command_new_and_old_forms(setup, tmp_path, capsys):
     assert all(len(r["matches"]) == 4 for r in answer["results"])
     # The first form: a model and a folder embedded for this one search, same table as before.
     assert main(["faces", "search", str(model), "--gallery", str(gallery), "--query", str(queries[0]), "-k", "2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    assert "embed gallery" in captured.err  # the folder is embedded now: progress is shown (stderr)
+    lines = captured.out.strip().splitlines()
     rows = [line.split() for line in lines[lines.index(next(l for l in lines if l.startswith("rank"))) + 1:]]
     assert len(rows) == 2 and rows[0][3] == "person02/1.png" and float(rows[0][1]) < 1e-3
     assert main(["faces", "search", str(model), str(queries[0])]) == 2  # a model without --gallery

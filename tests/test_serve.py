@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -251,3 +252,19 @@ def test_search_of_an_empty_index_says_it_is_empty(service, tmp_path, capsys):
     assert main(["faces", "search", str(tmp_path / "idx"), str(gallery / "person01" / "0.png")]) == 2
     assert capsys.readouterr().err == (f"cnnlab: error: {tmp_path / 'idx'} is empty: add faces with "
                                        f"`cnnlab faces index add {tmp_path / 'idx'} DIR`\n")
+
+
+def test_answers_show_no_server_paths_unless_asked(service, tmp_path):
+    client, verifier, gallery, root = service
+    health = client.get("/healthz").json()
+    assert health["model"]["model"] == "model.pt" and health["index"]["index"] == "idx"
+    assert health["index"]["model"] == "model.pt" and str(root) not in json.dumps(health)
+    query = (gallery / "person01" / "1.png").read_bytes()
+    found = client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "2"}).json()
+    assert "path" not in found["matches"][0] and found["matches"][0]["name"] == "person01/1.png"
+    assert str(root) not in json.dumps(found)
+    index = GalleryIndex.open(root / "idx")
+    with TestClient(create_app(verifier, index, LIMITS, show_paths=True)) as operator:
+        assert operator.get("/healthz").json()["model"]["model"] == str(verifier.source)
+        found = operator.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "1"}).json()
+        assert found["matches"][0]["path"] == str((gallery / "person01" / "1.png").resolve())

@@ -36,7 +36,8 @@ class OneLineParser(argparse.ArgumentParser):
     bury the line that says what is wrong. `--help` still shows the usage."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # "cnnlab: error:" as every other error starts; the subcommand is named in the hint.
+        self.exit(2, f"cnnlab: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

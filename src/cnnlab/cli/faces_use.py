@@ -114,6 +114,8 @@ def register(commands) -> None:
     p.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="largest image file accepted (MB)")
     p.add_argument("--max-pixels", type=positive_int, default=None,
                    help="largest image accepted, in pixels, read from its header (default 40,000,000)")
+    p.add_argument("--show-paths", action="store_true",
+                   help="show the server's file paths (model, index, gallery images) in answers; default: names only")
     add_model_flags(p)
     p.set_defaults(func=run_serve)
 
@@ -158,7 +160,7 @@ def run_search(args) -> int:
     """`faces search INDEX QUERY... [-k K] [--json]`, or the first form,
     `faces search MODEL --gallery DIR --query IMG`, which embeds the folder for this search."""
     from cnnlab.errors import CnnlabError
-    from cnnlab.verifier import GalleryIndex, embed_files, scan_gallery
+    from cnnlab.verifier import GalleryIndex, scan_gallery
     from cnnlab.verifier.index import INDEX_FILE
     queries = [*args.queries, *args.query]
     if not queries:
@@ -169,7 +171,7 @@ def run_search(args) -> int:
             raise CnnlabError("--model goes with an INDEX; with --gallery the first argument is the model")
         verifier = load_verifier(target, args)
         files = scan_gallery(args.gallery)
-        embeddings, ok, bad = embed_files(verifier, files)
+        embeddings, ok, bad = _embed_with_progress(verifier, files)
         for path, reason in bad:
             print(f"skipped {path}: {reason}", file=sys.stderr if args.json else sys.stdout)
         if not ok:
@@ -214,6 +216,23 @@ def run_search(args) -> int:
             who = f"  ({m.person})" if m.person is not None else ""
             print(f"{m.rank:>4}  {m.distance:>8.4f}  {match:<6}  {m.name}{who}")
     return 0
+
+
+def _embed_with_progress(verifier, files, chunk: int = 64):
+    """`embed_files` in chunks under a progress bar (stderr; a bar on a terminal, else lines)."""
+    import numpy as np
+
+    from cnnlab.progress import progress_bar
+    from cnnlab.verifier import embed_files
+    parts, ok, bad = [], [], []
+    with progress_bar(total=len(files), desc="embed gallery", unit="img") as bar:
+        for s in range(0, len(files), chunk):
+            z, good, skipped = embed_files(verifier, files[s:s + chunk])
+            parts.append(z)
+            ok += good
+            bad += skipped
+            bar.update(len(files[s:s + chunk]))
+    return (np.concatenate(parts) if parts else np.zeros((0, verifier.embedding_dim), np.float32)), ok, bad
 
 
 # ---------------------------------------------------------------------------- index
@@ -345,7 +364,7 @@ def run_serve(args) -> int:
     _check_port(args.host, args.port)  # before minutes of loading; uvicorn's own failure is six lines
     verifier = load_verifier(args.model, args, max_pixels=limits.max_pixels)
     index = GalleryIndex.open(args.index) if args.index else None
-    app = create_app(verifier, index, limits)
+    app = create_app(verifier, index, limits, show_paths=args.show_paths)
     print(f"serving {verifier.source} ({verifier.runtime.name})"
           + (f" with {index.count} indexed images" if index is not None else "")
           + f" on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)

@@ -22,6 +22,7 @@ import io
 import logging
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -126,8 +127,13 @@ def _page() -> str:
     return resources.files("cnnlab.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
+def _names_only(info: dict, keys: tuple[str, ...]) -> dict:
+    """`info` with the server's absolute paths under `keys` cut to their last part."""
+    return {k: (Path(v).name if k in keys and isinstance(v, str) else v) for k, v in info.items()}
+
+
 def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
-               limits: ServeLimits | None = None) -> FastAPI:
+               limits: ServeLimits | None = None, *, show_paths: bool = False) -> FastAPI:
     """The service over an already loaded verifier (and index, checked against it here).
     Uploads are decoded under `limits`; the verifier is not changed (its own `max_pixels`
     still applies to what it is given, so the lower of the two limits wins)."""
@@ -170,8 +176,16 @@ def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
     @app.get("/healthz")
     def healthz() -> dict:
         index = current_index()
-        return {"status": "ok", "model": verifier.describe(),
-                "index": None if index is None else index.describe(), "limits": limits.to_dict()}
+        model = verifier.describe()
+        index_info = None if index is None else index.describe()
+        if not show_paths:  # the server's file layout is nobody's business but its operator's
+            model = _names_only(model, ("model",))
+            if isinstance(model.get("calibration"), dict):
+                from cnnlab.verifier.calibrate import describe_calibration
+                model["calibration"] = _names_only(model["calibration"], ("folder",))
+                model["threshold_source"] = describe_calibration({"calibration": model["calibration"]})
+            index_info = None if index_info is None else _names_only(index_info, ("index", "model"))
+        return {"status": "ok", "model": model, "index": index_info, "limits": limits.to_dict()}
 
     @app.post("/verify")
     def verify(image1: UploadFile = File(..., description="first face photo"),
@@ -202,7 +216,11 @@ def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
         if not 1 <= k <= top:
             raise HTTPException(422, f"k must be in 1..{top}, got {k}")
         matches = verifier.identify(_read_upload(image, "image", limits), index, k=k)
-        return {"matches": [m.to_dict() for m in matches], "threshold": verifier.threshold if verifier.has_threshold
+        found = [m.to_dict() for m in matches]
+        if not show_paths:  # the gallery-relative name says which image; the server path is private
+            for m in found:
+                m.pop("path")
+        return {"matches": found, "threshold": verifier.threshold if verifier.has_threshold
                 else None}
 
     return app
