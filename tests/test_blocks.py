@@ -230,3 +230,14 @@ def test_cli_bad_input_is_one_line(capsys):
     assert main(["blocks", "--width-multiplier", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cnnlab: error:") and err.count("\n") == 1
+
+
+MACS_GOLDEN = GOLDEN.parent / "macs.json"
+
+
+@pytest.mark.parametrize("name", ALL_BLOCKS)
+def test_golden_mac_counts(name):
+    """MACs per 32x32 image at full width (the results tables' column): torch's FlopCounterMode
+    gives exactly the figures the forward-hook counter it replaced published."""
+    from cnnlab.tasks import count_macs
+    assert count_macs(create_model(name)) == json.loads(MACS_GOLDEN.read_text())[name]

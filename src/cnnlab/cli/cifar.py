@@ -65,7 +65,9 @@ def register(sub) -> None:
     commands.required = True
 
     p = commands.add_parser("compare", help="train several blocks with one recipe; write results.{json,csv,md}")
-    p.add_argument("--blocks", nargs="+", default=["A", "B", "C", "D", "D-dw", "E"], metavar="BLOCK")
+    from cnnlab.blocks import BLOCKS
+    p.add_argument("--blocks", nargs="+", default=BLOCKS.default_names(), metavar="BLOCK",
+                   help=f"blocks to compare (default: {' '.join(BLOCKS.default_names())})")
     p.add_argument("--out", required=True, help="output folder; rerunning with it reuses finished blocks")
     p.add_argument("--no-report", action="store_true", help="skip writing report.md/report.html")
     _recipe_flags(p)

@@ -27,8 +27,10 @@ def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
     for name, arr in (("labels", labels), ("preds", preds)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(f"{name} must lie in [0, {num_classes}), got [{arr.min()}, {arr.max()}]")
-    flat = np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes).astype(np.int64)
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+    # scikit-learn counts; `labels=range(C)` keeps the rows and columns of classes that never
+    # occur (it would otherwise size the matrix by the classes present).
+    return sk_confusion_matrix(labels, preds, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def top_confused_pairs(cm, class_names: Sequence[str], k: int = 5) -> list[dict]:
