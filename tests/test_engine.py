@@ -7,10 +7,11 @@ import yaml
 
 from cnnlab.config import build_config
 from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.engine import Engine, TrainConfig, load_checkpoint, seed_everything
+from cnnlab.engine import Engine, TrainConfig, load_checkpoint, load_weights, seed_everything
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.optim import LRSchedule
+from cnnlab.task import Callback, Task
 from cnnlab.tasks import ClassificationConfig, ClassificationTask
 
 
@@ -41,7 +42,7 @@ def small_config(**changes):
                           "precision": "fp32", **changes})
 
 
-class StopAtEpoch:
+class StopAtEpoch(Task):
     """Wraps a task and raises at the start of one epoch: an interruption, as a crash would be."""
 
     def __init__(self, task, epoch):
@@ -191,3 +192,66 @@ def test_ema_model_is_what_gets_evaluated(splits):
     ema_weight = next(result.eval_model.parameters())
     assert not torch.equal(ema_weight, next(result.model.parameters()))
     assert result.final["ema"] is True
+
+
+class ScriptedVal(StopAtEpoch):
+    """Validation scores scripted per epoch, so which epoch is best is known in advance."""
+
+    def __init__(self, task, scores, stop_epoch=-1):
+        super().__init__(task, stop_epoch)
+        self.scores, self.calls = scores, 0
+
+    def evaluate(self, model):
+        score = self.scores[self.calls]
+        self.calls += 1
+        return {**self.task.evaluate(model), "score": score}
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_validation(self, epoch, record, selected_epoch):
+        self.seen.append((epoch, record["val_score"], selected_epoch))
+
+
+def test_the_engine_keeps_the_selected_epoch_and_every_record_agrees(splits, tmp_path):
+    config = small_config(epochs=4, select_metric="score")
+    recorder = Recorder()
+    weights = {}
+
+    class Snapshot(Callback):
+        def on_validation(self, epoch, record, selected_epoch):
+            weights[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model = tiny_model()
+    result = Engine(config, tmp_path).fit(model, ScriptedVal(make_task(splits), [0.2, 0.9, 0.5, 0.7]),
+                                          callbacks=[recorder, Snapshot()])
+    assert recorder.seen == [(1, 0.2, 1), (2, 0.9, 2), (3, 0.5, 2), (4, 0.7, 2)]
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert (final["selected_epoch"], final["epoch"], final["val_score"], final["epochs"]) == (2, 2, 0.9, 4)
+    assert final["train_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in result.history))
+    for name, value in result.model.state_dict().items():  # the result holds epoch 2's weights
+        assert torch.equal(value, weights[2][name]), name
+    assert load_checkpoint(tmp_path)["selected"]["epoch"] == 2
+    reloaded = load_weights(tmp_path, tiny_model(seed=3))  # what model.pt / eval would load
+    for name, value in reloaded.state_dict().items():
+        assert torch.equal(value, weights[2][name]), name
+    with pytest.raises(ValueError, match="select_mode must be max or min"):
+        small_config(select_mode="best")
+
+
+def test_selection_survives_an_interruption(splits, tmp_path):
+    config = small_config(epochs=4, select_metric="score", select_mode="min")
+    scores = [0.5, 0.1, 0.4, 0.3]  # min mode: epoch 2, chosen before the interruption
+    with pytest.raises(KeyboardInterrupt):
+        Engine(config, tmp_path).fit(tiny_model(), ScriptedVal(make_task(splits), scores, stop_epoch=3))
+    result = Engine(config, tmp_path).fit(tiny_model(seed=1), ScriptedVal(make_task(splits), scores[3:]),
+                                          resume=True)
+    assert result.final["selected_epoch"] == 2 and result.final["val_score"] == 0.1
+
+
+def test_without_a_select_metric_the_last_epoch_is_the_result(splits, tmp_path):
+    result = Engine(small_config(epochs=2), tmp_path).fit(tiny_model(), make_task(splits))
+    assert result.final["selected_epoch"] == 2 and result.final["select_metric"] is None
+    assert load_checkpoint(tmp_path)["selected"] is None

@@ -1,21 +1,18 @@
 """The one training loop of cnnlab. Tasks plug in; the engine owns everything they share.
 
-A `Task` says what differs between jobs (CIFAR classification, Siamese face verification):
-which batches make an epoch, the loss of one batch, how to evaluate. The `Engine` owns what
-does not differ: device placement, bf16 autocast, channels_last, optional `torch.compile`,
-the optimizer (SGD-Nesterov or AdamW), the per-step learning-rate schedule and an optional
-weight EMA (`cnnlab.optim`), gradient-norm and non-finite checks, the progress bar, `metrics.jsonl`,
-an atomic checkpoint each epoch and exact resume (torchvision's classification reference and
-Lightning's module/trainer split, without either's weight). Under `torchrun` the same loop trains data-parallel (`cnnlab.distributed`): the model in DDP,
-metrics summed over the ranks, rank 0's checkpoint resuming every rank, and only rank 0
-writing the run directory. `tensorboard` adds event files beside metrics.jsonl.
+A `Task` (`cnnlab.task`) says what differs between jobs: batches, the loss of one batch, how to
+evaluate. The `Engine` owns the rest: device, bf16 autocast, channels_last, `torch.compile`,
+SGD-Nesterov or AdamW, the per-step schedule, weight EMA (`cnnlab.optim`), non-finite checks,
+progress, `metrics.jsonl`, an atomic checkpoint each epoch, exact resume, which epoch is the
+result (`select_metric`), and callbacks after each validation (logging, pruning). Under
+`torchrun` the same loop trains data-parallel (`cnnlab.distributed`), rank 0 writing.
 
 A run directory holds:
     config.yaml        resolved configs: train (this module) + whatever the caller adds (task, model, data)
     environment.json   versions, device name, CPU model and flags, precision used (and why), world_size, backend
     metrics.jsonl      one JSON object per epoch: epoch, train_*, val_*, lr, epoch_time_s, images_per_s
     checkpoint.pt      model, optimizer, scheduler, EMA, epoch, history, RNG states (weights_only-loadable)
-    final.json         the last epoch's metrics plus totals; callers may add fields (test scores)
+    final.json         the selected epoch's metrics (the last without select_metric), totals; callers add test scores
     events.out.tfevents.*  with `tensorboard`: lr per step, the metrics.jsonl scalars per epoch
 """
 from __future__ import annotations
@@ -26,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sized
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -41,6 +38,7 @@ from cnnlab.models.utils import eval_mode
 from cnnlab.optim import SCHEDULES, LRSchedule, ModelEma
 from cnnlab.progress import progress_bar
 from cnnlab.rng import seed_everything
+from cnnlab.task import Callback, Selection, Task
 from cnnlab.rng import rng_state as _rng_state
 from cnnlab.rng import set_rng_state as _set_rng_state
 from cnnlab.tensorboard_log import TensorBoardLog, remove_event_files
@@ -69,6 +67,8 @@ class TrainConfig:
     sync_bn: bool = False           # under torchrun: BatchNorm statistics over the global batch (CUDA only)
     tensorboard: bool = False       # TensorBoard event files beside metrics.jsonl (needs the tensorboard package)
     seed: int = 0
+    select_metric: str = ""         # a validation metric ("auc"): the best epoch is the result; "" = the last
+    select_mode: str = "max"        # max | min: which way select_metric is better
     progress: bool | None = None    # None: a bar on a TTY, else plain lines (`cnnlab.progress`)
 
     def __post_init__(self):
@@ -83,29 +83,12 @@ class TrainConfig:
             (0 <= self.warmup < 1, f"warmup must be a fraction in [0, 1), got {self.warmup}"),
             (0 <= self.ema < 1, f"ema must be a decay in [0, 1), got {self.ema}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (self.select_mode in ("max", "min"), f"select_mode must be max or min, got {self.select_mode!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-
-
-class Task(Protocol):
-    """What a job supplies to the engine. Optional hooks, called when present:
-    `on_epoch_start(model, epoch)` (e.g. unfreeze a backbone), `param_groups(model)` ->
-    list of optimizer groups (dicts with "params" and optional "lr_scale", "weight_decay"),
-    `batch_size(batch)` -> number of images in a batch (default: len of its first tensor),
-    `training_module(model)` -> the module `training_step` calls (default: the model), for a
-    task whose training pass is not the model's `forward`: DDP synchronises what runs there."""
-
-    def train_batches(self, epoch: int) -> Iterable[Any] | Sized:
-        """The batches of epoch `epoch` (0-based), already on the engine's device; has len()."""
-
-    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(scalar loss, batch-mean metrics such as {"acc": ...}); runs under autocast."""
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """Validation metrics (e.g. {"loss":..., "acc":...}); runs in eval mode, no_grad, autocast."""
 
 
 @dataclass
@@ -169,11 +152,15 @@ class Engine:
         """Sections/keys where a saved config.yaml differs from this engine's resolved config,
         ignoring the train settings that do not change the result (`RUN_ONLY_FIELDS`): they
         may differ between an interrupted run and its resume."""
-        saved, current = _comparable(to_plain(saved)), _comparable(self._resolved_config())
+        saved = to_plain(saved)
+        if isinstance(saved.get("train"), dict):  # settings added since that run started: their defaults
+            saved["train"] = {**to_plain(TrainConfig()), **saved["train"]}
+        saved, current = _comparable(saved), _comparable(self._resolved_config())
         return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, model: nn.Module, task: Task, *, resume: bool = False) -> FitResult:
+    def fit(self, model: nn.Module, task: Task, *, resume: bool = False,
+            callbacks: Sequence[Callback] = ()) -> FitResult:
         cfg = self.config
         seed_everything(cfg.seed)
         model = self.prepare(model)
@@ -187,36 +174,40 @@ class Engine:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, LRSchedule(cfg.schedule, cfg.epochs * steps_per_epoch, warmup))
         ema = ModelEma(model, cfg.ema) if cfg.ema > 0 else None
+        selection = Selection(cfg.select_metric, cfg.select_mode)  # which epoch is the result
         history: list[dict] = []
         # Rank 0 decides and reads; every rank continues from what it read.
         found = resume and self.run_dir is not None and distributed.broadcast_object(
             self.dist.is_main and (self.run_dir / CHECKPOINT).is_file(), self.dist)
         if found:
-            history = self._load_checkpoint(model, optimizer, scheduler, ema)
+            history = self._load_checkpoint(model, optimizer, scheduler, ema, selection)
         else:
             self._start_run_dir()
         start_epoch = len(history)
         # What training runs: the task's training module (default the model), in DDP under
         # torchrun, compiled when asked; checkpoints and EMA keep using the plain `model`.
         trained = distributed.TrainingModule(
-            task.training_module(model) if hasattr(task, "training_module") else model,
+            task.training_module(model),
             self.dist, self.device, compile=cfg.compile)
         eval_model = ema.module if ema is not None else model
         with TensorBoardLog(self.run_dir if cfg.tensorboard and self.writes else None,
                             steps_done=start_epoch * steps_per_epoch) as board:
             for epoch in range(start_epoch, cfg.epochs):
-                if hasattr(task, "on_epoch_start"):
-                    task.on_epoch_start(model, epoch)
+                task.on_epoch_start(model, epoch)
                 distributed.seed_rank(self.dist, cfg.seed, epoch)
                 record = self._train_epoch(trained.current(), task, optimizer, scheduler, ema, epoch, board)
                 distributed.broadcast_buffers(self.dist, model, eval_model)
                 val = self.evaluate(eval_model, task.evaluate)
                 record.update({f"val_{k}": v for k, v in val.items()})
                 history.append(record)
+                selection.update(epoch + 1, val, eval_model)
                 # Checkpoint after the epoch's metrics are known: a crash later never loses it.
-                self._save_checkpoint(model, optimizer, scheduler, ema, history)
+                self._save_checkpoint(model, optimizer, scheduler, ema, history, selection)
                 board.epoch(record, (epoch + 1) * steps_per_epoch)
-        final = self._finish(history)
+                for callback in callbacks:  # logging, pruning: after the checkpoint, so a stop keeps it
+                    callback.on_validation(epoch + 1, record, selection.epoch)
+        selection.restore_into(eval_model)  # the result is the selected epoch's weights
+        final = self._finish(history, selection.epoch)
         return FitResult(model, eval_model, history, final, self.run_dir, start_epoch)
 
     def _train_epoch(self, model, task, optimizer, scheduler, ema, epoch, board: TensorBoardLog) -> dict:
@@ -264,8 +255,9 @@ class Engine:
     # ------------------------------------------------------------------ pieces of the loop
     def _optimizer(self, model: nn.Module, task) -> torch.optim.Optimizer:
         cfg = self.config
-        if hasattr(task, "param_groups"):
-            groups = [dict(g) for g in task.param_groups(model)]
+        custom = task.param_groups(model)
+        if custom is not None:
+            groups = [dict(g) for g in custom]
         else:
             # No weight decay on biases and BatchNorm scales: decaying them only fights the
             # normalisation (the usual practice, e.g. timm's filter_bias_and_bn).
@@ -290,7 +282,7 @@ class Engine:
 
     @staticmethod
     def _accumulate(state: _EpochState, task, batch, loss, metrics) -> None:
-        n = task.batch_size(batch) if hasattr(task, "batch_size") else len(batch[0])
+        n = task.batch_size(batch)
         state.images += n
         # Sums stay on the device; nothing is read back until a check or the epoch's end.
         for key, value in {"loss": loss, **metrics}.items():
@@ -323,13 +315,13 @@ class Engine:
         save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
         write_json(self.run_dir / "environment.json", self.environment())
 
-    def _save_checkpoint(self, model, optimizer, scheduler, ema, history) -> None:
+    def _save_checkpoint(self, model, optimizer, scheduler, ema, history, selection: Selection) -> None:
         if not self.writes:
             return
         state = {"epoch": len(history), "history": history, "config": self._resolved_config(),
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                 "rng": _rng_state(), "precision": self.precision}
+                 "rng": _rng_state(), "precision": self.precision, "selected": selection.to_dict()}
         save_torch_atomic(state, self.run_dir / CHECKPOINT)
         atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
         # A run folder deleted mid-run was remade by the writes above (atomic_path): refill it.
@@ -337,7 +329,7 @@ class Engine:
             save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
             write_json(self.run_dir / "environment.json", self.environment())
 
-    def _load_checkpoint(self, model, optimizer, scheduler, ema) -> list[dict]:
+    def _load_checkpoint(self, model, optimizer, scheduler, ema, selection: Selection) -> list[dict]:
         # Rank 0's checkpoint on every rank: other machines need not see rank 0's disk.
         state = distributed.broadcast_object(load_checkpoint(self.run_dir) if self.is_main else None, self.dist)
         diff = self.config_diff(state["config"])
@@ -348,6 +340,7 @@ class Engine:
         load_state_dict_checked(model, state["model"], origin)
         load_entries(state, {"optimizer": optimizer.load_state_dict, "scheduler": scheduler.load_state_dict,
                              "ema": ema.load_state_dict if ema else None, "rng": _set_rng_state}, origin)
+        selection.load(state.get("selected"))
         # An `auto` run resumed on another machine keeps the precision it started with: one run,
         # one arithmetic (bf16 runs everywhere, only its speed differs).
         started = state.get("precision")
@@ -357,10 +350,14 @@ class Engine:
             self.autocast_dtype = torch.bfloat16 if started == "bf16" else None
         return list(state["history"])
 
-    def _finish(self, history: list[dict]) -> dict:
+    def _finish(self, history: list[dict], selected: int) -> dict:
+        """final.json: the selected epoch's metrics (the last epoch's without selection), the
+        totals of the whole run, and which epoch was selected, by what."""
         train_time = sum(r["epoch_time_s"] for r in history)
         images = sum(r["images_per_s"] * r["epoch_time_s"] for r in history)
-        final = {**history[-1], "epochs": len(history), "train_time_s": train_time,
+        final = {**history[(selected or len(history)) - 1], "epochs": len(history),
+                 "selected_epoch": selected or len(history), "select_metric": self.config.select_metric or None,
+                 "train_time_s": train_time,
                  "images_per_s": images / max(train_time, 1e-9), "device": str(self.device),
                  "precision": self.precision,
                  "ema": self.config.ema > 0, "world_size": self.dist.world_size}
@@ -381,10 +378,14 @@ def load_checkpoint(run_dir: str | Path) -> dict:
 
 
 def load_weights(run_dir: str | Path, model: nn.Module, *, prefer_ema: bool = True) -> nn.Module:
-    """Load a run's trained weights into `model` (the EMA weights when the run kept them)."""
+    """Load a run's result into `model`: the selected epoch's weights when the run selected one
+    by a validation metric, else the last epoch's (the EMA weights when the run kept them)."""
     state = load_checkpoint(run_dir)
     ema = state.get("ema") if prefer_ema else None
     weights = (ema.get("module") if isinstance(ema, dict) else ema) if ema else state["model"]
+    selected = state.get("selected")
+    if isinstance(selected, dict) and selected.get("state") is not None:
+        weights = selected["state"]  # the run's result is its selected epoch (of the evaluated model)
     load_state_dict_checked(model, weights, f"checkpoint {Path(run_dir) / CHECKPOINT}")
     return model
 

@@ -19,6 +19,7 @@ from cnnlab.distributed import DistContext
 from cnnlab.errors import CnnlabError
 from cnnlab.io import save_npz_atomic
 from cnnlab.models.utils import eval_mode, module_device
+from cnnlab.task import Task
 
 
 @dataclass
@@ -40,7 +41,7 @@ class ClassificationConfig:
         return AugmentConfig(crop_padding=self.crop_padding, flip=self.flip, cutout=self.cutout)
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """Training batches are shuffled and augmented on the device; validation is scored
     without augmentation. The training loss includes label smoothing; `val_loss` is the
     plain cross-entropy, so it is comparable across recipes."""

@@ -11,8 +11,8 @@ replaced atomically, and the shards it lists are never rewritten.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -34,7 +34,8 @@ LOCK_FILE = ".writer.lock"
 def writer_lock(root: str | Path, timeout: float | None = None,
                 log: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold the index's writer lock. `timeout`: None waits as long as it takes, 0 stops at once,
-    else seconds; a writer that has to wait is told so through `log` (default stderr)."""
+    else seconds; a writer that has to wait is told so through `log` (default: this module's
+    logger, which Python shows on stderr when logging is not configured)."""
     from filelock import FileLock, Timeout
     root = Path(root)
     lock = FileLock(str(root / LOCK_FILE))
@@ -44,7 +45,8 @@ def writer_lock(root: str | Path, timeout: float | None = None,
         if timeout == 0:
             raise CnnlabError(f"index {root} is being written by another process; "
                               "run this again when it has finished") from None
-        (log or (lambda m: print(m, file=sys.stderr, flush=True)))(
+        # A library says it through logging (shown on stderr when nothing is configured).
+        (log or logging.getLogger(__name__).warning)(
             f"index {root} is being written by another process: waiting for it to finish")
         try:
             lock.acquire(timeout=-1 if timeout is None else timeout)

@@ -134,7 +134,8 @@ class FaceTrainConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(cls) if f.name in mine}
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(**self._shared_with(TrainConfig))
+        # The engine keeps the epoch with the best validation AUC when select_best is on.
+        return TrainConfig(**self._shared_with(TrainConfig), select_metric="auc" if self.select_best else "")
 
     def model_config(self) -> SiameseConfig:
         return SiameseConfig(**self._shared_with(SiameseConfig))

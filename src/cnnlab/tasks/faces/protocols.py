@@ -38,6 +38,7 @@ from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet, save_model
 from cnnlab.models.utils import eval_mode, module_device
+from cnnlab.task import Callback
 from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
 from cnnlab.tasks.faces.task import FaceVerificationTask
@@ -75,6 +76,28 @@ def pair_distances(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray, distanc
 
 
 # ---------------------------------------------------------------------------- one training
+class EpochLog(Callback):
+    """One line per epoch: validation AUC and accuracy, and the time since training started."""
+
+    def __init__(self, log: Callable[[str], None], epochs: int):
+        self.log, self.epochs, self.started = log, epochs, time.perf_counter()
+
+    def on_validation(self, epoch: int, record: dict, selected_epoch: int) -> None:
+        self.log(f"epoch {epoch}/{self.epochs}: val AUC {record['val_auc']:.4f}, val accuracy "
+                 f"{record['val_acc']:.2%} ({time.perf_counter() - self.started:.0f} s)")
+
+
+class PruningReport(Callback):
+    """`report(epoch, val_auc)` after each epoch (0-based epoch, as optuna's trial.report
+    steps): the tuner's pruner raises there to stop a trial that is behind."""
+
+    def __init__(self, report: Callable[[int, float], None]):
+        self.report = report
+
+    def on_validation(self, epoch: int, record: dict, selected_epoch: int) -> None:
+        self.report(epoch - 1, record["val_auc"])
+
+
 @dataclass
 class TrainedVerifier:
     model: SiameseNet
@@ -122,17 +145,15 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
                                batch_size=config.eval_batch_size, progress=config.progress, log=log, memo=features)
         cache_time = time.perf_counter() - start
     task = FaceVerificationTask(config, dataset, fit_rows, val_rows, engine.device, prefix=prefix,
-                                start_stage=stage, report=report, log=log, dist=engine.dist)
+                                start_stage=stage, dist=engine.dist)
     log(f"training on {len(fit_rows)} images of {len(fit_people)} people "
         f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k} per epoch, "
         f"{'from cached stage ' + str(stage) + ' features' if stage else 'from pixels'}); "
         f"validating on {len(task.val_same)} pairs of {len(val_people)} people")
-    task.started = time.perf_counter()
-    result = engine.fit(model, task)
-    best_epoch = len(result.history)
-    if config.select_best and task.best_state is not None:
-        model.load_state_dict(task.best_state)
-        best_epoch = task.best_epoch
+    callbacks = [EpochLog(log, config.epochs)] + ([PruningReport(report)] if report is not None else [])
+    result = engine.fit(model, task, callbacks=callbacks)
+    model = result.eval_model  # the engine put the selected epoch's weights there
+    best_epoch = int(result.final["selected_epoch"])
     model.eval()
     # The threshold comes from the validation people only; the test pairs never choose it.
     # The task embeds them as validation did (from the cached frozen features when there are

@@ -8,10 +8,7 @@ batch are then gathered on every rank (`cnnlab.distributed.gather_rows`), so the
 negatives and the loss are those of one process training on the whole batch."""
 from __future__ import annotations
 
-import copy
-import math
-import time
-from typing import Callable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +25,7 @@ from cnnlab.metrics.verification import evaluate
 from cnnlab.miners import create_miner
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.tasks.faces.config import FaceTrainConfig, frozen_prefix, set_trainable
+from cnnlab.task import Task
 from cnnlab.tasks.faces.features import PrefixFeatures, embed_from_prefix
 
 
@@ -89,19 +87,16 @@ class _EpochBatches:
             yield FaceBatch(x, labels, generator, shares)
 
 
-class FaceVerificationTask:
+class FaceVerificationTask(Task):
     """Contrastive training on P x K batches; validation = AUC (and best accuracy) on seeded
-    pairs among the validation people. `report(epoch, val_auc)` is called after each epoch
-    (optuna pruning hooks in there), and the best epoch's weights are kept when asked."""
+    pairs among the validation people. Which epoch is kept (the best validation AUC), the log
+    line and optuna's pruning are the engine's selection and callbacks (`train_verifier`)."""
 
     def __init__(self, config: FaceTrainConfig, dataset: FaceDataset, fit_rows: np.ndarray, val_rows: np.ndarray,
                  device: torch.device, *, prefix: PrefixFeatures | None, start_stage: int,
-                 report: Callable[[int, float], None] | None = None, log: Callable[[str], None] | None = None,
                  dist: DistContext | None = None):
         self.config, self.device, self.prefix, self.start_stage = config, device, prefix, start_stage
         self.dist = dist or DistContext()  # the engine's: which share of each batch this rank embeds
-        self.report, self.log = report, log
-        self.started = time.perf_counter()
         self.loss = ContrastiveLoss(config.margin, create_distance(config.distance))
         self.miner = create_miner(config.miner, self.loss.distance, balance=config.balance_pairs,
                                   negatives=config.miner_negatives)
@@ -118,9 +113,6 @@ class FaceVerificationTask:
         self.val_i, self.val_j = torch.as_tensor(vi, device=device), torch.as_tensor(vj, device=device)
         self.val_same = vsame
         self.epoch = 0
-        self.best_auc = -math.inf
-        self.best_epoch = 0
-        self.best_state: dict | None = None
 
     @property
     def distance(self):
@@ -178,12 +170,4 @@ class FaceVerificationTask:
         z = self.val_embeddings(model)
         d = self.distance.paired(z[self.val_i], z[self.val_j]).cpu().numpy()
         rep = evaluate(d, self.val_same)
-        if self.config.select_best and rep.auc > self.best_auc:
-            self.best_auc, self.best_epoch = rep.auc, self.epoch + 1
-            self.best_state = copy.deepcopy(model.state_dict())
-        if self.log is not None:
-            self.log(f"epoch {self.epoch + 1}/{self.config.epochs}: val AUC {rep.auc:.4f}, val accuracy "
-                     f"{rep.accuracy:.2%} ({time.perf_counter() - self.started:.0f} s)")
-        if self.report is not None:
-            self.report(self.epoch, rep.auc)
         return {"auc": rep.auc, "acc": rep.accuracy, "eer": rep.eer}
