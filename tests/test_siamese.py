@@ -231,3 +231,20 @@ def test_flip_tta_embeds_an_image_and_its_mirror_in_eval_mode_only():
         torch.testing.assert_close(tta.embed(x.flip(3)), tta.embed(x), rtol=1e-5, atol=1e-6)  # mirror-invariant
         tta.train()
         torch.testing.assert_close(tta.embed(x), plain.train().embed(x))  # training sees single images
+
+
+def test_in_batches_concatenates_slices_of_tensors_and_arrays():
+    import numpy as np
+
+    from cnnlab.models.utils import in_batches
+    seen = []
+
+    def fn(s):
+        seen.append((s.start, s.stop))
+        return torch.arange(s.start, s.stop)
+
+    assert torch.equal(in_batches(fn, 7, 3, empty=None), torch.arange(7)) and seen == [(0, 3), (3, 6), (6, 7)]
+    assert np.array_equal(in_batches(lambda s: np.arange(10)[s], 10, 4, empty=None), np.arange(10))
+    assert in_batches(fn, 0, 3, empty="nothing") == "nothing"
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        in_batches(fn, 3, 0, empty=None)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -27,3 +28,16 @@ def module_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def in_batches(fn: Callable[[slice], Any], count: int, batch_size: int, empty: Any) -> Any:
+    """`fn(slice)` over `count` items in slices of `batch_size`, the results concatenated
+    (torch tensors with torch.cat, NumPy arrays with np.concatenate); `empty` when count is 0.
+    The one batching loop of every embedding pass (training's validation, the frozen-feature
+    path, test sets, the verifier)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parts = [fn(slice(s, min(s + batch_size, count))) for s in range(0, count, batch_size)]
+    if not parts:
+        return empty
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)

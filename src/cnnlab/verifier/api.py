@@ -25,6 +25,7 @@ import torch
 
 from cnnlab.distances import DISTANCES, create_distance
 from cnnlab.errors import CnnlabError
+from cnnlab.models.utils import in_batches
 from cnnlab.verifier.images import (DEFAULT_MAX_PIXELS, FacePreprocessing, ImageInput, is_batch, prepare_faces,
                                     preprocessing_from_extra)
 from cnnlab.verifier.runtime import create_runtime, default_batch_size
@@ -176,11 +177,10 @@ class FaceVerifier:
         if faces.ndim != 4 or faces.shape[1:] != (self.input_size, self.input_size, 3) or faces.dtype != np.uint8:
             raise CnnlabError(f"expected N x {self.input_size} x {self.input_size} x 3 uint8 faces, "
                               f"got {faces.dtype} {faces.shape}")
-        if len(faces) == 0:
-            return np.zeros((0, self.embedding_dim), np.float32)
         with self._lock:
-            out = [self.runtime(faces[s:s + self.batch_size]) for s in range(0, len(faces), self.batch_size)]
-        return np.concatenate(out).astype(np.float32, copy=False)
+            out = in_batches(lambda s: self.runtime(faces[s]), len(faces), self.batch_size,
+                             empty=np.zeros((0, self.embedding_dim), np.float32))
+        return out.astype(np.float32, copy=False)
 
     def embed(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Embeddings of paths, bytes, PIL images or uint8 arrays: N x D for a list (or a 4-D

@@ -26,7 +26,7 @@ import torch
 from cnnlab.data.cache import ArrayCache
 from cnnlab.data.faces import FaceDataset
 from cnnlab.models.siamese import SiameseNet
-from cnnlab.models.utils import eval_mode, module_device
+from cnnlab.models.utils import eval_mode, in_batches, module_device
 from cnnlab.progress import progress_bar
 
 
@@ -80,16 +80,16 @@ def embed_from_prefix(model: SiameseNet, prefix: PrefixFeatures, rows: torch.Ten
     rows = torch.as_tensor(np.asarray(rows) if isinstance(rows, np.ndarray) else rows, dtype=torch.int64)
     rows = rows.to(prefix.features.device)
     tta = model.config.flip_tta and not model.training
-    out = []
-    for s in range(0, len(rows), batch_size):
-        r = rows[s:s + batch_size]
-        if tta:
-            z = [model.embed_from(prefix.stage, prefix.gather(r, torch.full_like(r, v, dtype=torch.bool))).float()
-                 for v in (False, True)]
-            out.append(model.merge_flips(z[0], z[1]))
-        else:
-            out.append(model.embed_from(prefix.stage, prefix.gather(r)).float())
-    return torch.cat(out) if out else torch.zeros(0, model.embedding_dim)
+
+    def embed(s: slice) -> torch.Tensor:
+        r = rows[s]
+        if not tta:
+            return model.embed_from(prefix.stage, prefix.gather(r)).float()
+        z = [model.embed_from(prefix.stage, prefix.gather(r, torch.full_like(r, v, dtype=torch.bool))).float()
+             for v in (False, True)]
+        return model.merge_flips(z[0], z[1])
+
+    return in_batches(embed, len(rows), batch_size, empty=torch.zeros(0, model.embedding_dim))
 
 
 class FeatureMemo:

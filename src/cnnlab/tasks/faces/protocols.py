@@ -37,7 +37,7 @@ from cnnlab.io import save_npz_atomic, save_yaml, to_plain, write_json
 from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet, save_model
-from cnnlab.models.utils import eval_mode, module_device
+from cnnlab.models.utils import eval_mode, in_batches, module_device
 from cnnlab.task import Callback
 from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
@@ -54,19 +54,18 @@ def embed_images(model: SiameseNet, images: np.ndarray, *, batch_size: int = 256
     """Embeddings (float32 N x D) of uint8 N x H x W x 3 images, eval mode, from pixels."""
     device = module_device(model)
     with eval_mode(model):
-        out = [model.embed(torch.from_numpy(images[s:s + batch_size]).to(device).permute(0, 3, 1, 2)).float().cpu()
-               for s in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, model.embedding_dim), np.float32)
+        return in_batches(lambda s: model.embed(torch.from_numpy(images[s]).to(device).permute(0, 3, 1, 2))
+                          .float().cpu().numpy(), len(images), batch_size,
+                          empty=np.zeros((0, model.embedding_dim), np.float32))
 
 
 def backbone_features(model: SiameseNet, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """L2-normalised pooled backbone features (no head): what the ImageNet network alone sees."""
     device = module_device(model)
     with eval_mode(model):
-        out = [F.normalize(model.forward_features(torch.from_numpy(images[s:s + batch_size]).to(device)
-                                                  .permute(0, 3, 1, 2)).float(), dim=1).cpu()
-               for s in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
+        return in_batches(lambda s: F.normalize(model.forward_features(torch.from_numpy(images[s]).to(device)
+                                                                       .permute(0, 3, 1, 2)).float(), dim=1)
+                          .cpu().numpy(), len(images), batch_size, empty=np.zeros((0, 0), np.float32))
 
 
 def pair_distances(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray, distance: str) -> np.ndarray:

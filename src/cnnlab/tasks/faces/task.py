@@ -24,6 +24,7 @@ from cnnlab.losses import ContrastiveLoss
 from cnnlab.metrics.verification import evaluate
 from cnnlab.miners import create_miner
 from cnnlab.models.siamese import SiameseNet
+from cnnlab.models.utils import in_batches
 from cnnlab.tasks.faces.config import FaceTrainConfig, frozen_prefix, set_trainable
 from cnnlab.task import Task
 from cnnlab.tasks.faces.features import PrefixFeatures, embed_from_prefix
@@ -163,8 +164,8 @@ class FaceVerificationTask(Task):
     def val_embeddings(self, model: SiameseNet) -> torch.Tensor:
         if self.prefix is not None:
             return embed_from_prefix(model, self.prefix, self.val_rows, batch_size=self.config.eval_batch_size)
-        return torch.cat([self.embed(model, self.pixels[self.val_rows[s:s + self.config.eval_batch_size]]).float()
-                          for s in range(0, len(self.val_rows), self.config.eval_batch_size)])
+        return in_batches(lambda s: self.embed(model, self.pixels[self.val_rows[s]]).float(), len(self.val_rows),
+                          self.config.eval_batch_size, empty=torch.zeros(0, model.embedding_dim))
 
     def evaluate(self, model: SiameseNet) -> dict[str, float]:
         z = self.val_embeddings(model)
