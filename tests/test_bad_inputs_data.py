@@ -322,7 +322,8 @@ def copy_lfw(source: Path, target: Path) -> Path:
 
 def stand_in_training(monkeypatch, calls: list):
     """Training replaced by a recorded no-op: these tests are about what happens around it."""
-    import cnnlab.tasks.faces.protocols as protocols
+    import cnnlab.tasks.faces.view1 as view1
+    import cnnlab.tasks.faces.view2 as view2
     from types import SimpleNamespace
 
     from cnnlab.metrics.verification import VerificationReport
@@ -332,9 +333,10 @@ def stand_in_training(monkeypatch, calls: list):
         validation = VerificationReport(accuracy=0.8, threshold=0.5, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
         return SimpleNamespace(model=None, threshold=0.5, validation=validation, history=[], best_epoch=1,
                                train_time_s=0.0, cache_time_s=0.0, start_stage=0)
-    monkeypatch.setattr(protocols, "train_verifier", fake_train)
-    monkeypatch.setattr(protocols, "embed_images", lambda model, images, **k: np.zeros((len(images), 16), np.float32))
-    monkeypatch.setattr(protocols, "save_model", lambda *a, **k: None)
+    for module in (view1, view2):  # each run module calls the training it imported
+        monkeypatch.setattr(module, "train_verifier", fake_train)
+        monkeypatch.setattr(module, "embed_images", lambda model, images, **k: np.zeros((len(images), 16), np.float32))
+        monkeypatch.setattr(module, "save_model", lambda *a, **k: None)
 
 
 def test_view1_names_every_bad_face_file_in_the_run_folder(fake_lfw, tmp_path, monkeypatch):

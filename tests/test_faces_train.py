@@ -14,7 +14,7 @@ from PIL import Image
 from cnnlab.config import build_config
 from cnnlab.errors import CnnlabError
 from cnnlab.models.siamese import load_model
-from cnnlab.cli.faces import margins_with_report, view1_with_plots
+from cnnlab.pipelines import margins_with_report, view1_with_plots
 from cnnlab.tasks.faces import FaceTrainConfig, cache_stage, outlier_counts, train_view1, train_view2
 
 SIDE = 48
@@ -328,7 +328,7 @@ def test_hard_miner_and_flip_tta_train_and_report_retrieval(fake_lfw, tmp_path):
     # Validation from cached features (the mirror's own cached features) = from pixels (`embed`).
     from cnnlab.data.faces import load_identity_folders
     from cnnlab.tasks.faces import cached_prefix
-    from cnnlab.tasks.faces.protocols import embed_images
+    from cnnlab.tasks.faces import embed_images
     dataset, _ = load_identity_folders(fake_lfw / "lfw-deepfunneled", config.preprocess(), progress=False)
     rows = np.arange(len(dataset))
     stage = len(model.backbone_stages()) - config.trainable_stages
@@ -348,7 +348,7 @@ def test_embeddings_from_cached_prefix_features_equal_embeddings_from_pixels(tta
     from cnnlab.tasks.faces import cached_prefix
     from cnnlab.data.faces import FaceDataset
     from cnnlab.tasks.faces.features import embed_from_prefix
-    from cnnlab.tasks.faces.protocols import embed_images
+    from cnnlab.tasks.faces import embed_images
     torch.manual_seed(0)
     model = SiameseNet.from_config(tiny_config(flip_tta=tta).model_config()).eval()
     images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)

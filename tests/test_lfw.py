@@ -199,7 +199,7 @@ def test_the_demo_preset_reads_a_fixed_sample_of_real_lfw():
     """`make demo`'s face step: 400 DevTrain people with 2+ images, the DevTest pairs' images;
     3,732 files that all exist (BENCHMARKS.md times the demo on exactly these)."""
     from cnnlab.tasks.faces import preset_config
-    from cnnlab.tasks.faces.protocols import view1_files
+    from cnnlab.tasks.faces.view1 import view1_files
     proto = LFWProtocol(data_dir("lfw"))
     config = preset_config("demo")
     fit, val = proto.validation_people(config.val_fraction, config.seed, config.train_people)

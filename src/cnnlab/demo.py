@@ -36,10 +36,10 @@ def cifar_comparison(out: Path) -> None:
 def faces_view1(out: Path) -> None:
     """LFW View 1 with the `demo` face preset: Lite0's last stages fine-tuned on cached
     early-stage features; DevTest scored once at the threshold calibrated on validation people."""
-    from cnnlab.cli.faces import view1_with_plots
+    from cnnlab.pipelines import view1_with_plots
     from cnnlab.io import load_yaml, read_json, to_plain
     from cnnlab.tasks.faces import default_lfw_root, format_retrieval, format_test, preset_config
-    from cnnlab.tasks.faces.protocols import retrieval_name
+    from cnnlab.tasks.faces.view1 import retrieval_name
 
     run_dir = out / "faces-view1"
     config = preset_config("demo")

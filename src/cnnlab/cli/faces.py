@@ -2,7 +2,6 @@
 `cnnlab.tasks.faces.FaceTrainConfig`; every field is a flag of the same name."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from cnnlab.cli.options import add_face_recipe_flags as add_config_flags
 from cnnlab.cli.options import face_config_from_args as config_from_args
@@ -80,34 +79,6 @@ def register(sub) -> None:
     register_tune(commands)
 
 
-# ---------------------------------------------------------------------------- runs, then figures
-def view1_with_plots(config, data_root, out_dir, *, evaluate_test: bool, report=None, log=print) -> dict:
-    """`train_view1`, then, when DevTest was scored, its figures drawn from the run's files
-    and listed in metrics.json ("plots"): what `faces train` and `make demo` produce."""
-    from cnnlab.plots.faces import plot_run
-    from cnnlab.tasks.faces import record_plots, train_view1
-    metrics = train_view1(config, data_root, out_dir, evaluate_test=evaluate_test, report=report, log=log)
-    if metrics["test"] is not None:
-        metrics = record_plots(out_dir, metrics, plot_run(out_dir))
-    return metrics
-
-
-def margins_with_report(config, margins, data_root, out_dir, *, log=print) -> dict:
-    """`compare_margins`, then each run's figures (as `faces train` draws them), the
-    side-by-side figures and the comparison (comparison.json lists the figures,
-    comparison.md embeds them)."""
-    from cnnlab.io import read_json
-    from cnnlab.plots.faces import plot_margin_comparison, plot_run
-    from cnnlab.tasks.faces import METRICS_FILE, compare_margins, record_plots, write_margins_report
-    comparison = compare_margins(config, margins, data_root, out_dir, log=log)
-    runs = comparison["runs"]
-    for run in runs:
-        record_plots(run["run_dir"], read_json(Path(run["run_dir"]) / METRICS_FILE), plot_run(run["run_dir"]))
-    figures = plot_margin_comparison([Path(r["run_dir"]) for r in runs], [f"margin {r['margin']:g}" for r in runs],
-                                     out_dir)
-    return write_margins_report(out_dir, comparison, figures)
-
-
 # ---------------------------------------------------------------------------- commands
 def run_train(args) -> int:
     from cnnlab.errors import CnnlabError
@@ -117,6 +88,7 @@ def run_train(args) -> int:
     if args.protocol == "view1":
         if args.folds:
             raise CnnlabError("--folds applies to --protocol view2 only")
+        from cnnlab.pipelines import view1_with_plots
         metrics = view1_with_plots(config, data_root_from_args(args), out, evaluate_test=not args.no_test)
         if metrics["test"] is None:
             v = metrics["validation"]
@@ -141,7 +113,8 @@ def run_train(args) -> int:
 
 
 def run_margins(args) -> int:
-    from cnnlab.tasks.faces import margins_markdown
+    from cnnlab.margins_report import margins_markdown
+    from cnnlab.pipelines import margins_with_report
     out = check_output_dir(args.out)  # before any image is read
     comparison = margins_with_report(config_from_args(args), args.margins, data_root_from_args(args), out)
     print(margins_markdown(comparison))

@@ -18,9 +18,9 @@ from cnnlab.models.siamese import save_model
 from cnnlab.models.utils import eval_mode
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo, embed_from_prefix
-from cnnlab.tasks.faces.protocols import (METRICS_FILE, MODEL_FILE, check_scored_pairs, embed_images, load_lfw_images,
-                                          pair_distances, record_bad_files, saved_model_extra, test_report,
-                                          train_verifier)
+from cnnlab.tasks.faces.training import (METRICS_FILE, MODEL_FILE, check_scored_pairs, embed_images, load_lfw_images,
+                                         pair_distances, record_bad_files, saved_model_extra, test_report,
+                                         train_verifier)
 
 
 def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,

@@ -1,0 +1,36 @@
+"""Workflows: train, then draw from the run's files, then report. What `cnnlab faces train`,
+`cnnlab faces margins` and `make demo` run, in one place (the CLI parses flags and prints; the
+tasks train and write files; the plots and reports read those files)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+
+def view1_with_plots(config, data_root, out_dir, *, evaluate_test: bool, report=None,
+                     log: Callable[[str], None] = print) -> dict:
+    """`train_view1`, then, when DevTest was scored, its figures drawn from the run's files
+    and listed in metrics.json ("plots"): what `faces train` and `make demo` produce."""
+    from cnnlab.plots.faces import plot_run
+    from cnnlab.tasks.faces import record_plots, train_view1
+    metrics = train_view1(config, data_root, out_dir, evaluate_test=evaluate_test, report=report, log=log)
+    if metrics["test"] is not None:
+        metrics = record_plots(out_dir, metrics, plot_run(out_dir))
+    return metrics
+
+
+def margins_with_report(config, margins, data_root, out_dir, *, log: Callable[[str], None] = print) -> dict:
+    """`compare_margins`, then each run's figures (as `faces train` draws them), the
+    side-by-side figures and the comparison (comparison.json lists the figures,
+    comparison.md embeds them)."""
+    from cnnlab.io import read_json
+    from cnnlab.margins_report import write_margins_report
+    from cnnlab.plots.faces import plot_margin_comparison, plot_run
+    from cnnlab.tasks.faces import METRICS_FILE, compare_margins, record_plots
+    comparison = compare_margins(config, margins, data_root, out_dir, log=log)
+    runs = comparison["runs"]
+    for run in runs:
+        record_plots(run["run_dir"], read_json(Path(run["run_dir"]) / METRICS_FILE), plot_run(run["run_dir"]))
+    figures = plot_margin_comparison([Path(r["run_dir"]) for r in runs], [f"margin {r['margin']:g}" for r in runs],
+                                     out_dir)
+    return write_margins_report(out_dir, comparison, figures)
