@@ -1,13 +1,13 @@
-"""`cnnlab faces train|margins|verify|search|export|baseline|plot|tune|index|score|serve`: Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
+"""`cnnlab faces train|margins|export|baseline|plot|tune` (here) and `verify|search|index|score|calibrate|serve` (`cli.faces_use`): Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
 `cnnlab.tasks.faces.FaceTrainConfig`; every field is a flag of the same name."""
 from __future__ import annotations
 
 
 from cnnlab.cli.options import add_face_recipe_flags as add_config_flags
 from cnnlab.cli.options import face_config_from_args as config_from_args
-from cnnlab.cli.options import distance_threshold, onnx_opset
+from cnnlab.cli.options import onnx_opset
+from cnnlab.cli.options import add_lfw_flag
 from cnnlab.cli.options import lfw_root_from_args as data_root_from_args
-from cnnlab.cli.faces_use import add_model_flags, positive_int, run_search, run_verify
 from cnnlab.cli.faces_use import register as register_use
 from cnnlab.io import check_output_dir
 
@@ -19,7 +19,7 @@ def register(sub) -> None:
 
     p = commands.add_parser("train", help="train on LFW View 1 (or the 10 View 2 folds) and score the test pairs")
     p.add_argument("--protocol", choices=["view1", "view2"], default="view1")
-    p.add_argument("--data", metavar="DIR", help="LFW folder with the protocol files (default: $CNNLAB_DATA/lfw)")
+    add_lfw_flag(p)
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/faces-<protocol>)")
     p.add_argument("--folds", type=int, nargs="+", metavar="N", help="view2: run only these folds (1-10)")
     p.add_argument("--no-test", action="store_true",
@@ -29,32 +29,10 @@ def register(sub) -> None:
 
     p = commands.add_parser("margins", help="one View 1 model per contrastive margin, compared side by side")
     p.add_argument("--margins", type=float, nargs="+", default=[1.0, 2.0], metavar="M")
-    p.add_argument("--data", metavar="DIR", help="LFW folder (default: $CNNLAB_DATA/lfw)")
+    add_lfw_flag(p)
     p.add_argument("--out", metavar="DIR", default="runs/faces-margins")
     add_config_flags(p)
     p.set_defaults(func=run_margins)
-
-    p = commands.add_parser("verify", help="same person? distance between two face images vs the model's threshold")
-    p.add_argument("model", help="model.pt written by `faces train`")
-    p.add_argument("image1")
-    p.add_argument("image2")
-    p.add_argument("--threshold", type=distance_threshold, help="override the calibrated threshold stored in the model")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    add_model_flags(p)
-    p.set_defaults(func=run_verify)
-
-    p = commands.add_parser("search", help="the k gallery faces nearest to each query: INDEX QUERY... "
-                                           "(or MODEL --gallery DIR --query IMG, embedding the folder now)")
-    p.add_argument("target", metavar="INDEX", help="index folder from `faces index build` (or a model, with --gallery)")
-    p.add_argument("queries", nargs="*", metavar="QUERY", help="query images")
-    p.add_argument("--query", action="append", default=[], metavar="IMG", help="a query image (repeatable)")
-    p.add_argument("--gallery", metavar="DIR", help="embed this folder for this search instead of reading an index "
-                   "(images, and/or one folder per person); the first argument is then the model")
-    p.add_argument("--model", help="with an INDEX: the model to search with (default: the one that built it)")
-    p.add_argument("-k", type=positive_int, default=5)
-    p.add_argument("--json", action="store_true", help="print the matches as JSON")
-    add_model_flags(p)
-    p.set_defaults(func=run_search)
 
     p = commands.add_parser("export", help="write the model's embedding network as ONNX (checked against PyTorch)")
     p.add_argument("model")
@@ -63,7 +41,7 @@ def register(sub) -> None:
     p.set_defaults(func=run_export)
 
     p = commands.add_parser("baseline", help="score the pretrained backbone without fine-tuning on View 1 DevTest")
-    p.add_argument("--data", metavar="DIR", help="LFW folder (default: $CNNLAB_DATA/lfw)")
+    add_lfw_flag(p)
     p.add_argument("--out", metavar="DIR", help="write baseline.json here")
     add_config_flags(p)
     p.set_defaults(func=run_baseline)
@@ -72,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("run_dir")
     p.set_defaults(func=run_plot)
 
-    register_use(commands)  # faces index build|add, faces score, faces serve
+    register_use(commands)  # faces verify, search, index, score, calibrate, serve
 
     # optuna is a dependency: a tuner that fails to import is an error, never a missing command.
     from cnnlab.cli.tune import register as register_tune

@@ -1,5 +1,5 @@
 """Using a trained face model from the command line: `faces verify`, `faces search`,
-`faces index build|add`, `faces score` and `faces serve`. Every command is a thin front end over
+`faces index build|add|remove|prune`, `faces score`, `faces calibrate` and `faces serve`. Every command is a thin front end over
 `cnnlab.verifier.FaceVerifier` (and the HTTP app of `cnnlab.serve`); none holds library logic."""
 from __future__ import annotations
 
@@ -8,25 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+from cnnlab.cli.options import distance_threshold, positive_float, positive_int
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -48,8 +30,30 @@ def load_verifier(model: str | Path, args: argparse.Namespace, **options):
 
 
 def register(commands) -> None:
-    """`faces index build|add|remove|prune`, `faces score`, `faces calibrate` and `faces serve` (verify, search and export are registered in
-    cli/faces.py, where they always were)."""
+    """`faces verify`, `faces search`, `faces index build|add|remove|prune`, `faces score`,
+    `faces calibrate` and `faces serve`: registered here, beside their implementations."""
+    p = commands.add_parser("verify", help="same person? distance between two face images vs the model's threshold")
+    p.add_argument("model", help="model.pt written by `faces train`")
+    p.add_argument("image1")
+    p.add_argument("image2")
+    p.add_argument("--threshold", type=distance_threshold, help="override the calibrated threshold stored in the model")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_flags(p)
+    p.set_defaults(func=run_verify)
+
+    p = commands.add_parser("search", help="the k gallery faces nearest to each query: INDEX QUERY... "
+                                           "(or MODEL --gallery DIR --query IMG, embedding the folder now)")
+    p.add_argument("target", metavar="INDEX", help="index folder from `faces index build` (or a model, with --gallery)")
+    p.add_argument("queries", nargs="*", metavar="QUERY", help="query images")
+    p.add_argument("--query", action="append", default=[], metavar="IMG", help="a query image (repeatable)")
+    p.add_argument("--gallery", metavar="DIR", help="embed this folder for this search instead of reading an index "
+                   "(images, and/or one folder per person); the first argument is then the model")
+    p.add_argument("--model", help="with an INDEX: the model to search with (default: the one that built it)")
+    p.add_argument("-k", type=positive_int, default=5)
+    p.add_argument("--json", action="store_true", help="print the matches as JSON")
+    add_model_flags(p)
+    p.set_defaults(func=run_search)
+
     index = commands.add_parser("index", help="a persistent gallery index: enrol faces once, search many times")
     sub = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
     sub.required = True

@@ -101,6 +101,26 @@ def lfw_root_from_args(args: argparse.Namespace) -> Path:
 # ---------------------------------------------------------------------------- flag value types
 # argparse `type=` functions: a bad value is argparse's one-line usage error (exit 2) before
 # any file is read, never a traceback or a silently meaningless result.
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def distance_threshold(text: str) -> float:
     """A verification threshold: a distance, so finite and >= 0. nan compares false with
     every distance (everyone would be "different people"), inf true (everyone the same)."""
