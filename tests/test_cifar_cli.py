@@ -206,3 +206,20 @@ def test_benchmark_script_alternates_paths_and_reports_ratio_and_accuracy(capsys
     rounds = [line for line in out.splitlines() if line.startswith("round")]
     assert [line.split(":")[1].split()[0] for line in rounds] == ["device-resident", "DataLoader"] * 2
     assert out.count("images/s   accuracy ") == 2 and "ratio (device-resident / DataLoader):" in out
+
+
+def test_every_recipe_flag_takes_its_help_from_the_config_field(capsys):
+    """Help text lives once, on the dataclass field (`config.option`); the flags read it."""
+    import dataclasses
+
+    from cnnlab.engine import TrainConfig
+    from cnnlab.tasks.cifar import CifarDataConfig
+    assert [f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("help")] == []
+    assert [f.name for f in dataclasses.fields(ClassificationConfig) if not f.metadata.get("help")] == []
+    assert [f.name for f in dataclasses.fields(CifarDataConfig) if not f.metadata.get("help")] == []
+    with pytest.raises(SystemExit):
+        main(["cifar", "compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(TrainConfig):
+        assert " ".join(field.metadata["help"].split()) in text, field.name
+    assert "stratified subset of training images" in text and "label smoothing of the training loss" in text

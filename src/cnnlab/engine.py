@@ -1,13 +1,11 @@
 """The one training loop of cnnlab. Tasks plug in; the engine owns everything they share.
 
 A `Task` (`cnnlab.task`) says what differs between jobs: batches, the loss of one batch, how to
-evaluate. The `Engine` owns the rest: device, bf16 autocast, channels_last, `torch.compile`,
-SGD-Nesterov or AdamW, the per-step schedule, weight EMA (`cnnlab.optim`), non-finite checks,
-progress, `metrics.jsonl`, an atomic checkpoint each epoch, exact resume, which epoch is the
-result (`select_metric`), and callbacks after each validation (logging, pruning). Under
-`torchrun` the same loop trains data-parallel (`cnnlab.distributed`), rank 0 writing.
-
-A run directory holds:
+evaluate. The `Engine` owns the rest: device, bf16 autocast, channels_last, `torch.compile`, the
+optimizer, the per-step schedule, weight EMA (`cnnlab.optim`), non-finite checks, progress, an
+atomic checkpoint each epoch, exact resume, which epoch is the result (`select_metric`), callbacks
+after each validation (logging, pruning), and data-parallel training under `torchrun`. A run
+directory holds:
     config.yaml        resolved configs: train (this module) + whatever the caller adds (task, model, data)
     environment.json   versions, device name, CPU model and flags, precision used (and why), world_size, backend
     metrics.jsonl      one JSON object per epoch: epoch, train_*, val_*, lr, epoch_time_s, images_per_s
@@ -29,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab import distributed
-from cnnlab.config import RUN_ONLY_FIELDS
+from cnnlab.config import RUN_ONLY_FIELDS, option
 from cnnlab.env import PRECISIONS, environment, resolve_device, resolve_precision
 from cnnlab.errors import CnnlabError
 from cnnlab.io import (atomic_write_text, load_entries, load_state_dict_checked, load_torch_file, read_json,
@@ -37,10 +35,10 @@ from cnnlab.io import (atomic_write_text, load_entries, load_state_dict_checked,
 from cnnlab.models.utils import eval_mode
 from cnnlab.optim import SCHEDULES, LRSchedule, ModelEma
 from cnnlab.progress import progress_bar
-from cnnlab.rng import seed_everything
-from cnnlab.task import Callback, Selection, Task
 from cnnlab.rng import rng_state as _rng_state
+from cnnlab.rng import seed_everything
 from cnnlab.rng import set_rng_state as _set_rng_state
+from cnnlab.task import Callback, Selection, Task
 from cnnlab.tensorboard_log import TensorBoardLog, remove_event_files
 
 CHECKPOINT = "checkpoint.pt"
@@ -50,26 +48,29 @@ FINAL = "final.json"
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 512
-    lr: float = 0.4                 # peak learning rate (the top of the schedule)
-    optimizer: str = "sgd"          # sgd (Nesterov momentum) | adamw
-    momentum: float = 0.9
-    weight_decay: float = 5e-4      # not applied to biases and norm parameters (1-D tensors)
-    schedule: str = "onecycle"      # onecycle | cosine | constant
-    warmup: float = 0.2             # fraction of all steps spent rising linearly to `lr`
-    ema: float = 0.0                # EMA decay of the weights per step; 0 = off
-    grad_clip: float = 0.0          # max global gradient norm; 0 = off (the norm is still checked)
-    device: str = "auto"            # auto | cpu | cuda[:N]
-    precision: str = "auto"         # auto | auto-cuda | fp32 | bf16: the rule is cnnlab.env.resolve_precision
-    channels_last: bool = True
-    compile: bool = False           # torch.compile the training model (opt-in: compile time is minutes on CPU)
-    sync_bn: bool = False           # under torchrun: BatchNorm statistics over the global batch (CUDA only)
-    tensorboard: bool = False       # TensorBoard event files beside metrics.jsonl (needs the tensorboard package)
-    seed: int = 0
-    select_metric: str = ""         # a validation metric ("auc"): the best epoch is the result; "" = the last
-    select_mode: str = "max"        # max | min: which way select_metric is better
-    progress: bool | None = None    # None: a bar on a TTY, else plain lines (`cnnlab.progress`)
+    """The engine's settings; each field's help text is its CLI flag's (`cnnlab.cli.flags`)."""
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(512, "images per optimizer step")
+    lr: float = option(0.4, "peak learning rate (the top of the schedule)")
+    optimizer: str = option("sgd", "sgd (Nesterov momentum) or adamw")
+    momentum: float = option(0.9, "SGD momentum (Nesterov)")
+    weight_decay: float = option(5e-4, "weight decay (not on biases and norm weights: 1-D tensors)")
+    schedule: str = option("onecycle", "onecycle, cosine or constant (after the warmup)")
+    warmup: float = option(0.2, "fraction of all steps spent rising linearly to the peak lr")
+    ema: float = option(0.0, "EMA decay of the weights per step (0 = off)")
+    grad_clip: float = option(0.0, "max global gradient norm (0 = off; the norm is still checked)")
+    device: str = option("auto", "auto (default), cpu or cuda[:N]")
+    precision: str = option("auto", "auto (bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32), "
+                                    "auto-cuda (bf16 on CUDA only), fp32 or bf16")  # rule: env.resolve_precision
+    channels_last: bool = option(True, "channels_last memory format for the model and batches")
+    compile: bool = option(False, "torch.compile the model (worth it on a GPU; compiling takes minutes on a CPU)")
+    sync_bn: bool = option(False, "under torchrun: BatchNorm statistics over the global batch (CUDA only)")
+    tensorboard: bool = option(False, "TensorBoard event files beside metrics.jsonl (needs the tensorboard package)")
+    seed: int = option(0, "seed of initialisation, augmentation and batch order")
+    select_metric: str = option("", "keep the epoch with the best value of this validation metric (empty: the last)")
+    select_mode: str = option("max", "max or min: which way select_metric is better")
+    progress: bool | None = option(None, "progress bars (default: a bar on a terminal, else a plain line every "
+                                         "30 s and per epoch)")
 
     def __post_init__(self):
         checks = [
@@ -134,9 +135,8 @@ class Engine:
                                          "reason": self.precision_reason})
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return (contextlib.nullcontext() if self.autocast_dtype is None
+                else torch.autocast(self.device.type, dtype=self.autocast_dtype))
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move a model to the engine's device (and memory format); fit calls it too."""

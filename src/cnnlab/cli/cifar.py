@@ -4,29 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-# Help texts of the recipe flags. Names, types and validation come from the dataclasses, so a
-# bad value is the same one-line error from a flag, a --config file or Python.
-_HELP = {
-    "lr": "peak learning rate",
-    "optimizer": "sgd (Nesterov momentum) or adamw",
-    "schedule": "onecycle, cosine or constant (after the warmup)",
-    "precision": "auto (bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32), auto-cuda (bf16 on CUDA only), fp32 or bf16",
-    "warmup": "fraction of steps warming up to the peak lr",
-    "ema": "EMA decay of the weights (0 = off)",
-    "grad_clip": "max gradient norm (0 = off)",
-    "compile": "torch.compile the model (worth it on a GPU)",
-    "cutout": "Cutout square side in pixels (0 = off)",
-    "crop_padding": "zero padding before the random crop, in pixels (0 = off)",
-    "flip": "random horizontal flips",
-    "eval_batch_size": "batch size of validation and test scoring",
-    "root": "CIFAR-10 folder (default: $CNNLAB_DATA), or 'synthetic'",
-    "train_subset": "stratified subset of training images",
-    "download": "download the official CIFAR-10 when no copy is found (needs internet)",
-    "device": "auto (default), cpu or cuda",
-    "progress": "progress bars (default: a bar on a terminal, else a plain line every 30 s and per epoch)",
-    "sync_bn": "under torchrun: BatchNorm statistics over the global batch (CUDA only)",
-    "tensorboard": "TensorBoard event files beside metrics.jsonl (needs the tensorboard package)",
-}
 # What the data section exposes: its seed and the synthetic sizes stay in --config files
 # (a second --seed would be ambiguous next to the training seed).
 _DATA_FLAGS = ("root", "val_size", "train_subset", "download")
@@ -37,7 +14,8 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     """--preset, --config, then one flag per recipe setting, generated from the dataclasses.
     Flags default to None ("not given"), so they override the preset and the file only when
     given; a bad value is the dataclass's one-line error."""
-    from cnnlab.config import RUN_ONLY_FIELDS, add_config_flags
+    from cnnlab.cli.flags import add_config_flags
+    from cnnlab.config import RUN_ONLY_FIELDS
     from cnnlab.engine import TrainConfig
     from cnnlab.models import BlockNetConfig
     from cnnlab.tasks.cifar import PRESETS, CifarDataConfig
@@ -48,7 +26,7 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
                    help="full: the 30-epoch reference recipe; quick: sized for ~10 min on a 2-core CPU")
     g.add_argument("--config", metavar="FILE", help="YAML with train:/task:/model:/data: sections")
     # The dataclass defaults are not the recipe's (the preset's are), so they are not shown.
-    common = dict(help=_HELP, show_default=False)
+    common = dict(show_default=False)  # help texts: on the config fields (`config.option`)
     flags = add_config_flags(g, TrainConfig, section="train", exclude=RUN_ONLY_FIELDS, **common)
     flags |= add_config_flags(g, ClassificationConfig, section="task", **common)
     flags |= add_config_flags(g, BlockNetConfig, section="model", only=_MODEL_FLAGS, **common)
@@ -88,7 +66,7 @@ def register(sub) -> None:
 
 
 def _recipe(args):
-    from cnnlab.config import flag_values
+    from cnnlab.cli.flags import flag_values
     from cnnlab.tasks.cifar import resolve_recipe
     return resolve_recipe(args.preset, args.config, flag_values(args, args.recipe_flags))
 

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from cnnlab.blocks import BLOCKS, create_block
 from cnnlab.blocks.plain import conv_bn
+from cnnlab.config import option
 
 
 @dataclass
@@ -37,8 +38,8 @@ class BlockNetConfig:
     widths: tuple[int, ...] = (128, 256, 512)
     depths: tuple[int, ...] = (2, 3, 3)
     stem_widths: tuple[int, ...] = (32, 64, 128)
-    width_multiplier: float = 1.0
-    dropout: float = 0.0
+    width_multiplier: float = option(1.0, "scale every stage width (1.0: the report's network)")
+    dropout: float = option(0.0, "dropout before the classifier (0 = off)")
     num_classes: int = 10
     in_channels: int = 3
     block_options: dict = field(default_factory=dict)

