@@ -162,3 +162,19 @@ def test_face_feature_caching_reports_images_per_second(tmp_path, capsys, one_th
     cached = [line for line in lines if line.startswith("cache frozen features: ")]
     assert cached and "(100%)" in cached[-1] and " img/s, done in " in cached[-1], lines
     assert any(line.startswith("epoch 1/1: ") and "(100%)" in line for line in lines), lines
+
+
+def test_tqdm_to_a_file_still_writes_carriage_returns_not_lines():
+    """Why PlainProgress exists: tqdm given a file redraws one bar with '\\r' and writes no
+    newline until it closes, so a log would hold one ever-growing line. If a tqdm release
+    changes this, PlainProgress can go."""
+    import io
+
+    from tqdm import tqdm
+    out = io.StringIO()
+    bar = tqdm(total=5, file=out, mininterval=0, desc="epoch")
+    for _ in range(5):
+        bar.update(1)
+    text = out.getvalue()
+    assert text.count("\r") >= 5 and "\n" not in text
+    bar.close()

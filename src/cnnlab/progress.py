@@ -10,7 +10,10 @@
                    and how long. A bar's carriage returns make an unreadable log, and a log
                    with no line for minutes cannot be told apart from a hang.
 
-A `PlainProgress` answers the parts of tqdm's interface that cnnlab's loops use (iteration,
+Why not tqdm itself for logs: given a file (`file=`, `mininterval=`), tqdm still redraws one
+bar with carriage returns and no newline (checked: five updates to a StringIO are one line of
+'\r'-separated bars), so a log holds a single ever-growing line; `tests/test_progress.py` checks
+that this is still so. A `PlainProgress` answers the parts of tqdm's interface that cnnlab's loops use (iteration,
 `update`, `n`, `total`, `disable`, `set_postfix`, `set_postfix_str`, `set_description`,
 `refresh`, `close`, use as a context manager), so callers need not know which one they got.
 """
