@@ -81,7 +81,7 @@ def test_a_reduced_budget_table_says_it_does_not_rank_the_blocks():
     from cnnlab.tasks.cifar import results_markdown
 
     text = results_markdown(_results(["A", "B"]))  # 1 epoch, width 0.25, a 100-image subset
-    assert "**Reduced budget (1 epochs instead of 30, width x0.25, 100 training images): these numbers do not " \
+    assert "**Reduced budget (1 epoch instead of 30, width x0.25, 100 training images): these numbers do not " \
            "rank the blocks." in text and "full table in the README" in text
     full = {"train": {"epochs": 30}, "model": {"width_multiplier": 1.0}}
     assert budget_caption(full, {"train": 45000, "train_subset": None}) is None

@@ -65,7 +65,7 @@ def budget_caption(recipe: dict, data: dict) -> str | None:
     train, model = recipe.get("train", {}), recipe.get("model", {})
     short = []
     if train.get("epochs", REPORT_EPOCHS) < REPORT_EPOCHS:
-        short.append(f"{train['epochs']} epochs instead of {REPORT_EPOCHS}")
+        short.append(f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} instead of {REPORT_EPOCHS}")
     if model.get("width_multiplier", 1.0) != 1.0:
         short.append(f"width x{model['width_multiplier']:g}")
     if data.get("train_subset"):
