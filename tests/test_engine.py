@@ -11,8 +11,9 @@ from cnnlab.engine import Engine, TrainConfig, load_checkpoint, load_weights, se
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.optim import LRSchedule
-from cnnlab.task import Callback, Task
+from cnnlab.task import Callback
 from cnnlab.tasks import ClassificationConfig, ClassificationTask
+from interrupt import StopAtEpoch
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,26 +41,6 @@ def small_config(**changes):
     # same on every machine (bf16 on the CPU: test_precision.py).
     return TrainConfig(**{"epochs": 3, "batch_size": 25, "lr": 0.2, "device": "cpu", "progress": False,
                           "precision": "fp32", **changes})
-
-
-class StopAtEpoch(Task):
-    """Wraps a task and raises at the start of one epoch: an interruption, as a crash would be."""
-
-    def __init__(self, task, epoch):
-        self.task, self.stop_epoch = task, epoch
-
-    def train_batches(self, epoch):
-        return self.task.train_batches(epoch)
-
-    def training_step(self, model, batch):
-        return self.task.training_step(model, batch)
-
-    def evaluate(self, model):
-        return self.task.evaluate(model)
-
-    def on_epoch_start(self, model, epoch):
-        if epoch == self.stop_epoch:
-            raise KeyboardInterrupt
 
 
 class PoisonAtEpoch(StopAtEpoch):

@@ -11,8 +11,8 @@ from cnnlab.engine import Engine, TrainConfig, load_checkpoint, seed_everything
 from cnnlab.env import cpu_info, environment, resolve_precision
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.task import Task
 from cnnlab.tasks import ClassificationConfig, ClassificationTask
+from interrupt import StopAtEpoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,24 +86,6 @@ def model(seed=0):
 
 def config(**changes):
     return TrainConfig(**{"epochs": 3, "batch_size": 25, "lr": 0.2, "device": "cpu", "progress": False, **changes})
-
-
-class StopAtEpoch(Task):
-    def __init__(self, task, epoch):
-        self.task, self.stop_epoch = task, epoch
-
-    def train_batches(self, epoch):
-        return self.task.train_batches(epoch)
-
-    def training_step(self, model, batch):
-        return self.task.training_step(model, batch)
-
-    def evaluate(self, model):
-        return self.task.evaluate(model)
-
-    def on_epoch_start(self, model, epoch):
-        if epoch == self.stop_epoch:
-            raise KeyboardInterrupt
 
 
 def fake_cpu(monkeypatch, flags):
