@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from cnnlab.tune import SearchSpace, run_study, worker_id
 from cnnlab.tune.recovery import MAX_RUNS, recover_dead_trials
+from cnnlab.tune.results import outcome_attrs
 from cnnlab.tune.storage import HEARTBEAT, Heartbeat, _pid_alive
 
 # Two workers of one study, both running the real FaceTrainer objective (run folders, weight
@@ -105,7 +106,8 @@ def test_a_worker_killed_mid_trial_has_its_parameters_rerun_and_its_weights_dele
     trials = sorted(optuna.load_study(study_name="kill", storage=storage).get_trials(), key=lambda t: t.number)
     assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
     dead, rerun = trials[0], trials[2]
-    assert dead.user_attrs["abandoned"] is True and "died during the trial" in dead.user_attrs["error"]
+    recorded = outcome_attrs(optuna.load_study(study_name="kill", storage=storage), dead)  # on the study
+    assert recorded["abandoned"] is True and "died during the trial" in recorded["error"]
     assert rerun.params == dead.params and rerun.params != trials[1].params != trials[3].params
     assert rerun.system_attrs["retry_history"] == [0] and rerun.system_attrs["failed_trial"] == 0
     assert rerun.value == pytest.approx(rerun.params["lr"] * 10 + rerun.params["margin"] / 10
@@ -147,7 +149,7 @@ def test_a_configuration_whose_worker_keeps_dying_is_failed_for_good(tmp_path, d
     assert f"as in all {MAX_RUNS} runs of these parameters; not run again" in messages[0]
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * MAX_RUNS
-    assert [t.user_attrs.get("abandoned", False) for t in trials] == [True] * (MAX_RUNS - 1) + [False]
+    assert [outcome_attrs(study, t).get("abandoned", False) for t in trials] == [True] * (MAX_RUNS - 1) + [False]
     assert recover_dead_trials(study) == []  # nothing left to recover, nothing queued
 
     # The last failure counts towards the total like any failed trial: one more trial makes 2.
@@ -194,15 +196,18 @@ def test_the_heartbeat_thread_beats_until_the_trial_ends(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="faces", storage=storage, direction="maximize")
     trial = study.ask(SearchSpace.default().distributions())
-    with Heartbeat(study._storage, trial._trial_id, interval=0.05):
-        first = study._storage.get_trial(trial._trial_id).user_attrs[HEARTBEAT]
+    def beat():  # read back through the public API, as another worker would
+        return study.get_trials(deepcopy=False)[trial.number].user_attrs[HEARTBEAT]
+
+    with Heartbeat(trial, interval=0.05):
+        first = beat()
         deadline = time.monotonic() + 10
-        while study._storage.get_trial(trial._trial_id).user_attrs[HEARTBEAT] == first:
+        while beat() == first:
             assert time.monotonic() < deadline, "no second beat"
             time.sleep(0.02)
-    last = study._storage.get_trial(trial._trial_id).user_attrs[HEARTBEAT]
+    last = beat()
     time.sleep(0.2)
-    assert study._storage.get_trial(trial._trial_id).user_attrs[HEARTBEAT] == last  # stopped
+    assert beat() == last  # stopped
 
 
 def test_a_trial_given_up_by_another_worker_is_dropped_and_the_study_goes_on(tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from cnnlab.tune.results import OUTCOME_PREFIX
 from cnnlab.tune.storage import STALE_AFTER, dead_trials
 
 # Runs of one configuration whose worker died, after which it is failed for good.
@@ -81,10 +82,9 @@ def recover_dead_trials(study: optuna.Study, stale_after: float = STALE_AFTER) -
                    f"worker {worker} {what}, as in all {runs} runs of these parameters; "
                    f"not run again (out of memory?)")
         try:
-            # optuna has no public setter for another process's trial attributes.
-            if again:
-                study._storage.set_trial_user_attr(trial._trial_id, "abandoned", True)
-            study._storage.set_trial_user_attr(trial._trial_id, "error", message)
+            # Another process's trial: what happened to it is recorded on the study (optuna's
+            # public API sets attributes only on one's own trials; `results.outcome_attrs`).
+            study.set_user_attr(f"{OUTCOME_PREFIX}{trial.number}", {"abandoned": again, "error": message})
             study.tell(trial.number, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
             continue  # it finished after all

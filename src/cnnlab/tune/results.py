@@ -50,15 +50,26 @@ def trial_config(base_config: dict | None, params: dict) -> dict:
     return config
 
 
-def counted(trial: FrozenTrial) -> bool:
+# Optuna lets a process set attributes only on the trials it runs (`Trial.set_user_attr`); what a
+# worker records about another worker's trial (recovery: abandoned, why) goes on the study, under
+# this prefix and the trial's number (`Study.set_user_attr`), and is read merged with the trial's own.
+OUTCOME_PREFIX = "trial-outcome:"
+
+
+def outcome_attrs(study: optuna.Study, trial: FrozenTrial) -> dict:
+    """The trial's user attributes, with what other workers recorded about it on the study."""
+    return {**trial.user_attrs, **study.user_attrs.get(f"{OUTCOME_PREFIX}{trial.number}", {})}
+
+
+def counted(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Trials that use up the `trials` budget: all but those whose worker died or was
     interrupted (`abandoned`), which a rerun replaces."""
-    return not trial.user_attrs.get("abandoned", False)
+    return not outcome_attrs(study, trial).get("abandoned", False)
 
 
 def finished_count(study: optuna.Study) -> int:
     """Finished trials that count towards the study's total."""
-    return sum(t.state.is_finished() and counted(t) for t in study.get_trials(deepcopy=False))
+    return sum(t.state.is_finished() and counted(study, t) for t in study.get_trials(deepcopy=False))
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -88,7 +99,8 @@ def trial_rows(study: optuna.Study, space: SearchSpace) -> list[dict]:
         row.update({name: t.params.get(name) for name in space.names})
         row.update({"steps": len(t.intermediate_values),
                      "duration_s": round(duration, 2) if duration is not None else None,
-                     "worker": t.user_attrs.get("worker", ""), "error": t.user_attrs.get("error", "")})
+                     "worker": t.user_attrs.get("worker", ""),
+                     "error": outcome_attrs(study, t).get("error", "")})
         rows.append(row)
     return rows
 

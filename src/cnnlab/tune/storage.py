@@ -70,10 +70,12 @@ def redact(url: str) -> str:
 
 
 class StudyLock:
-    """Mutual exclusion between workers, kept in the optuna storage itself.
+    """Mutual exclusion between workers, kept in the optuna storage itself (optuna has no lock
+    of its own; its workers only ever add trials, these also recover other workers' trials).
 
     Creating a study is atomic (study names are unique in every RDB backend), so the worker
-    that creates `<study>:lock` holds the lock and deleting it releases it. It is held for the
+    that creates `<study>:lock` (`optuna.create_study`) holds the lock and deleting it
+    (`optuna.delete_study`) releases it. It is held for the
     few milliseconds it takes to count the trials and create the next one. A holder that died
     inside that window would leave the lock behind; a worker that has waited `stale_after`
     seconds therefore removes it.
@@ -88,7 +90,7 @@ class StudyLock:
         waited_since = time.monotonic()
         while True:
             try:
-                self.storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], self.name)
+                optuna.create_study(storage=self.storage, study_name=self.name)
                 return self
             except optuna.exceptions.DuplicatedStudyError:
                 pass
@@ -105,7 +107,7 @@ class StudyLock:
     def _remove(self) -> None:
         for _ in range(20):
             try:
-                self.storage.delete_study(self.storage.get_study_id_from_name(self.name))
+                optuna.delete_study(study_name=self.name, storage=self.storage)
                 return
             except KeyError:
                 return
@@ -128,14 +130,16 @@ STALE_AFTER = 600.0
 
 
 class Heartbeat:
-    """`with Heartbeat(storage, trial_id):` around a trial: a daemon thread writes the time into
-    the trial's `heartbeat` attribute now and every `interval` seconds until the block ends.
-    (optuna's own heartbeat runs only inside `study.optimize`; these workers ask and tell.)"""
+    """`with Heartbeat(trial):` around a trial: a daemon thread writes the time into the trial's
+    `heartbeat` attribute (`Trial.set_user_attr`) now and every `interval` seconds until the block
+    ends. Optuna's own heartbeat (`RDBStorage(heartbeat_interval=...)`) "is supposed to be used
+    with optimize(); if you use ask() and tell() instead, it will not work" (its documentation),
+    and these workers ask and tell, so that several can share one study."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int, interval: float = HEARTBEAT_INTERVAL):
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    def __init__(self, trial: optuna.Trial, interval: float = HEARTBEAT_INTERVAL):
+        self.trial, self.interval = trial, interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"cnnlab-heartbeat-{trial_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"cnnlab-heartbeat-{trial.number}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
         self.beat()
@@ -154,7 +158,7 @@ class Heartbeat:
         # A database hiccup must not end the trial: the next beat tries again, and only ten
         # minutes of failures would make other workers give the trial up.
         with contextlib.suppress(Exception):
-            self.storage.set_trial_user_attr(self.trial_id, HEARTBEAT, time.time())
+            self.trial.set_user_attr(HEARTBEAT, time.time())
 
 
 def dead_trials(study: optuna.Study, stale_after: float = STALE_AFTER,

@@ -67,7 +67,7 @@ def _claim(study: optuna.Study, lock: StudyLock, space: SearchSpace, total: int,
     with lock:
         for message in recover_dead_trials(study, stale_after):
             log(message)
-        held = sum(counted(t) and t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        held = sum(counted(study, t) and t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
         if held >= total:
             return None
         trial = study.ask(space.distributions())
@@ -103,7 +103,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, l
     """Run one trial and tell the study its outcome: (state, error message or "")."""
     report = TrialReporter(trial)
     try:
-        with Heartbeat(study._storage, trial._trial_id, heartbeat_interval):
+        with Heartbeat(trial, heartbeat_interval):
             value = objective(dict(trial.params), report)
         value = float(value)
         if not math.isfinite(value):
@@ -131,7 +131,8 @@ def _tell(study: optuna.Study, trial: optuna.Trial, log: Log, **outcome) -> tupl
     (no heartbeat for too long: this machine was unreachable or suspended, and the trial's
     parameters were queued again there), (FAIL, why) and the outcome is dropped."""
     try:
-        if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        now = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        if now.state != TrialState.RUNNING:
             raise optuna.exceptions.UpdateFinishedTrialError
         study.tell(trial, **outcome)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
