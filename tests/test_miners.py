@@ -68,3 +68,24 @@ def test_registry_and_validation():
         HardPairMiner(negatives=0)
     with pytest.raises(KeyError):
         create_miner("semi")
+
+
+def test_an_option_a_miner_would_ignore_is_refused():
+    with pytest.raises(ValueError, match="the random miner does not use negatives"):
+        create_miner("random", negatives=5)
+    with pytest.raises(ValueError, match="the hard miner does not use balance"):
+        create_miner("hard", balance=False)
+    assert isinstance(create_miner("random", balance=False), RandomPairMiner)
+
+
+def test_the_face_recipe_refuses_miner_settings_that_do_nothing(capsys):
+    from cnnlab.cli import main
+    from cnnlab.config import build_config
+    from cnnlab.errors import CnnlabError
+    from cnnlab.tasks.faces import FaceTrainConfig
+    with pytest.raises(CnnlabError, match="miner_negatives=5 has no effect with miner=random"):
+        build_config(FaceTrainConfig, {"miner": "random", "miner_negatives": 5})
+    with pytest.raises(CnnlabError, match="balance_pairs=false has no effect with miner=hard"):
+        build_config(FaceTrainConfig, {"miner": "hard", "balance_pairs": False})
+    assert main(["faces", "train", "--miner", "random", "--miner-negatives", "5", "--out", "/nonexistent/x"]) == 2
+    assert "miner_negatives=5 has no effect with miner=random" in capsys.readouterr().err

@@ -13,6 +13,8 @@ generator)` -> (i, j, same) row indices into the batch, chosen without gradients
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from cnnlab.data.pairs import batch_pairs
@@ -22,11 +24,11 @@ from cnnlab.registry import Registry
 MINERS = Registry("pair miner")
 
 
-# Every miner takes the same options (distance, balance, negatives) and uses those it needs, so
-# the training task builds whichever one the recipe names with one call.
+# Each miner takes only the options it uses: an option given to a miner that would ignore it is
+# an error (`create_miner`), never silently dropped.
 @MINERS.register("random")
 class RandomPairMiner:
-    def __init__(self, distance: Distance | None = None, balance: bool = True, negatives: int = 1):
+    def __init__(self, balance: bool = True):
         self.balance = balance
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
@@ -40,8 +42,7 @@ class HardPairMiner:
     `negatives` nearest different-person images. A pair may be chosen from both of its ends;
     it then counts twice, as both images found it hard."""
 
-    def __init__(self, distance: Distance | None = None, negatives: int = 1, positives: int | None = None,
-                 balance: bool = True):
+    def __init__(self, distance: Distance | None = None, negatives: int = 1, positives: int | None = None):
         if negatives < 1:
             raise ValueError(f"negatives must be >= 1, got {negatives}")
         if positives is not None and positives < 1:
@@ -80,5 +81,12 @@ class HardPairMiner:
         return i, j, labels[i] == labels[j]
 
 
-def create_miner(name: str, distance: Distance | None = None, **options):
-    return MINERS.create(name, distance=distance, **options)
+def create_miner(name: str, **options):
+    """The miner `name` with `options`; one it does not take is a ValueError naming it."""
+    cls = MINERS.get(name)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unused = sorted(set(options) - accepted)
+    if unused:
+        raise ValueError(f"the {MINERS.canonical(name)} miner does not use {', '.join(unused)} "
+                         f"(it takes {', '.join(sorted(accepted)) or 'no options'})")
+    return cls(**options)

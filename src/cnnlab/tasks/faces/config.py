@@ -147,6 +147,11 @@ class FaceTrainConfig:
             (self.cache_frozen_features in CACHE_MODES,
              f"cache_frozen_features must be one of {', '.join(CACHE_MODES)}, got {self.cache_frozen_features!r}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            # A setting the chosen miner would ignore is refused, as any other bad value is.
+            (self.miner != "random" or self.miner_negatives == 1,
+             f"miner_negatives={self.miner_negatives} has no effect with miner=random (it applies to miner=hard)"),
+            (self.miner != "hard" or self.balance_pairs,
+             "balance_pairs=false has no effect with miner=hard (it applies to miner=random)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -162,6 +167,11 @@ class FaceTrainConfig:
         """This recipe's values of the fields `cls` also has; `cls`'s defaults fill the rest."""
         mine = {f.name for f in dataclasses.fields(self)}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(cls) if f.name in mine}
+
+    def miner_options(self, distance) -> dict:
+        """The options of the chosen miner (`cnnlab.miners`): each takes only what it uses."""
+        return {"random": {"balance": self.balance_pairs},
+                "hard": {"distance": distance, "negatives": self.miner_negatives}}[self.miner]
 
     def train_config(self) -> TrainConfig:
         # The engine keeps the epoch with the best validation AUC when select_best is on.

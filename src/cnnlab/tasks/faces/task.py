@@ -99,8 +99,7 @@ class FaceVerificationTask(Task):
         self.config, self.device, self.prefix, self.start_stage = config, device, prefix, start_stage
         self.dist = dist or DistContext()  # the engine's: which share of each batch this rank embeds
         self.loss = ContrastiveLoss(config.margin, create_distance(config.distance))
-        self.miner = create_miner(config.miner, self.loss.distance, balance=config.balance_pairs,
-                                  negatives=config.miner_negatives)
+        self.miner = create_miner(config.miner, **config.miner_options(self.loss.distance))
         fit_labels = dataset.labels[fit_rows]
         self.sampler = PKSampler(fit_labels, config.people_per_batch, config.k, seed=config.seed)
         self.train_rows = torch.as_tensor(fit_rows, device=device)
