@@ -1,8 +1,8 @@
 """The reference report's published figures per block, shown beside cnnlab's own in
-`cnnlab blocks`, results.md and report.{md,html}: its whole Part 1 table (issue 21 quotes it).
+`cnnlab blocks`, results.md and report.{md,html}: its whole Part 1 table.
 
-Parameter counts are for the report's network at full width (issue 12 quotes them; the
-README's "BlockNet" section derives the network from them). E's count is the one cnnlab does
+Parameter counts are for the report's network at full width (the README's "BlockNet" section
+derives the network from them). E's count is the one cnnlab does
 not reproduce: its E has 1,443,050 parameters (+20,672).
 
 Each block trained 30 epochs; the report does not state its hardware. Its training accuracy is

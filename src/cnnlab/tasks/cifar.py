@@ -77,11 +77,9 @@ PRESETS: dict[str, dict] = {
         "model": dict(width_multiplier=1.0, dropout=0.0),
         "data": dict(val_size=5000, train_subset=None),
     },
-    # Sized to keep `make demo` within 15 minutes on the 2-core VM. On the report's network
-    # (issue 12) 5 epochs x 12,000 images ran at 711-912 training images/s with 2 threads on an
-    # idle machine (A 786, B 828, C 734, D 711, D-dw 912, E 795) and the CIFAR step took 598 s,
-    # the whole demo ~17 min; 4 epochs x 9,000 images is 0.6x the samples, chosen to bring it
-    # back under budget (BENCHMARKS.md has the re-timing). Validation uses 2,000 images per epoch, the test set all 10,000 once.
+    # Sized so that `make demo` stays within 15 minutes on a 2-core CPU without AMX (fp32): the
+    # CIFAR step is then ~7.5 of them (BENCHMARKS.md, "The whole make demo"). Too short to rank
+    # the blocks; results.md says so and points to the full table.
     "quick": {
         "train": dict(epochs=4, batch_size=128, lr=0.2, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
                       schedule="onecycle", warmup=0.2, ema=0.0, precision="auto", channels_last=True),
