@@ -168,11 +168,20 @@ def test_engine_applies_the_schedule_per_step(splits):
 
 
 def test_ema_model_is_what_gets_evaluated(splits):
-    result = Engine(small_config(epochs=1, ema=0.5)).fit(tiny_model(), make_task(splits))
-    assert result.eval_model is not result.model
-    ema_weight = next(result.eval_model.parameters())
-    assert not torch.equal(ema_weight, next(result.model.parameters()))
-    assert result.final["ema"] is True
+    seen = []
+
+    class Recording(StopAtEpoch):
+        def evaluate(self, model):
+            seen.append(model)
+            return {"first_weight": float(next(model.parameters()).sum())}
+
+    result = Engine(small_config(epochs=2, ema=0.5)).fit(tiny_model(), Recording(make_task(splits), -1))
+    assert result.eval_model is not result.model and result.final["ema"] is True
+    assert all(model is result.eval_model for model in seen)  # the EMA model, every epoch
+    ema_weight, raw_weight = next(result.eval_model.parameters()), next(result.model.parameters())
+    assert not torch.equal(ema_weight, raw_weight)
+    # The reported validation is the EMA weights' (the last epoch's, as scored then).
+    assert result.final["val_first_weight"] == pytest.approx(float(ema_weight.sum()), rel=1e-6)
 
 
 class ScriptedVal(StopAtEpoch):

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from cnnlab.io import load_yaml
 from cnnlab.errors import CnnlabError
+from cnnlab.tune.samplers import _SeededStartupTPE
 from cnnlab.tune import (Categorical, IntRange, LogUniform, SearchSpace, Uniform, final_test, redact, run_study,
                          trial_config, worker_id)
 
@@ -171,9 +172,14 @@ def test_seeded_random_sampler_proposes_the_same_first_configurations(tmp_path):
         assert set(params) == set(space.names)
 
 
-def test_tpe_starts_with_the_seeded_random_configurations(tmp_path):
-    assert first_configs(tmp_path / "tpe", seed=3, sampler="tpe", trials=3) == \
-        first_configs(tmp_path / "rnd", seed=3, sampler="random", trials=3)
+def test_tpe_starts_with_the_seeded_random_configurations_then_models(tmp_path):
+    """TPE's 10 start-up trials are the seeded random ones; after them it proposes from its
+    model, not the random sequence (so "tpe" is not the random sampler under another name)."""
+    startup = _SeededStartupTPE().n_startup_trials
+    tpe = first_configs(tmp_path / "tpe", seed=3, sampler="tpe", trials=startup + 2)
+    rnd = first_configs(tmp_path / "rnd", seed=3, sampler="random", trials=startup + 2)
+    assert tpe[:startup] == rnd[:startup]
+    assert tpe[startup:] != rnd[startup:]
 
 
 def test_unknown_sampler_and_pruner_are_errors(tmp_path):
