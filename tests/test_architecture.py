@@ -124,3 +124,18 @@ def test_one_atomic_write_helper():
                  for token in ("mkstemp", "os.replace(", ".replace(path)", "NamedTemporaryFile")
                  if token in path.read_text()]
     assert not offenders, offenders
+
+
+def test_library_functions_do_not_default_log_to_print():
+    """A library says nothing unless its caller passes `log` (`cnnlab.progress.no_log`)."""
+    offenders = []
+    for name, path in MODULES.items():
+        if not (name.split(".")[1:2] and name.split(".")[1] in LIBRARY):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args
+                for default in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
+                    if isinstance(default, ast.Name) and default.id == "print":
+                        offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}")
+    assert not offenders, f"library functions defaulting to print: {offenders}"

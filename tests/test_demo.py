@@ -44,6 +44,6 @@ def test_cifar_step_draws_the_report_after_the_comparison_and_prints_its_path(tm
     monkeypatch.setattr(cifar, "results_markdown", lambda results: "TABLE\n")
     monkeypatch.setattr(cnnlab.report, "write_report", write_report)
     demo.cifar_comparison(tmp_path)
-    assert calls == [("compare", tmp_path / "cifar", "quick", {}), ("report", tmp_path / "cifar")]
+    assert calls == [("compare", tmp_path / "cifar", "quick", {"log": print}), ("report", tmp_path / "cifar")]
     assert capsys.readouterr().out.splitlines() == [
         "", "TABLE", f"results: {tmp_path / 'cifar' / 'results.md'}", f"report: {tmp_path / 'cifar' / 'report.html'}"]

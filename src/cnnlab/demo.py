@@ -23,7 +23,7 @@ def cifar_comparison(out: Path) -> None:
     from cnnlab.tasks.cifar import compare, resolve_recipe, results_markdown
 
     recipe = resolve_recipe("quick")
-    results = compare(BLOCKS.default_names(), recipe, out / "cifar")
+    results = compare(BLOCKS.default_names(), recipe, out / "cifar", log=print)
     # The report is drawn from the files the comparison wrote, after it.
     report = write_report(out / "cifar", progress=recipe.train.progress)
     print()

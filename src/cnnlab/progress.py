@@ -35,6 +35,11 @@ INTERVAL_ENV = "CNNLAB_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 30.0
 
 
+def no_log(message: str) -> None:
+    """The default `log` of library functions: they say nothing unless the caller (the CLI, the
+    demo, a tuning worker's log file) passes where their lines go."""
+
+
 def is_interactive() -> bool:
     try:
         return bool(sys.stderr is not None and sys.stderr.isatty())

@@ -77,7 +77,7 @@ def run_compare(args) -> int:
     check_blocks(args.blocks)  # an unknown name fails here, before data or training
     recipe = _recipe(args)
     check_output_dir(args.out)  # so does an --out that cannot be written
-    results = compare(args.blocks, recipe, args.out)
+    results = compare(args.blocks, recipe, args.out, log=print)
     # Training first, then the report, which reads only the files the training wrote.
     report = None
     from cnnlab.distributed import is_main_process
@@ -105,7 +105,8 @@ def run_train(args) -> int:
         load_checkpoint(out)  # a malformed checkpoint is one line now, not after the data is loaded
     from cnnlab.distributed import is_main_process
     main = is_main_process()  # under torchrun rank 0 writes and reports; the others only train
-    row = train_block(block, recipe, load_data(recipe.data, recipe.train.progress, out=out if main else None), out)
+    splits = load_data(recipe.data, recipe.train.progress, log=print, out=out if main else None)
+    row = train_block(block, recipe, splits, out, log=print)
     if not main:
         return 0
     print(f"{block}: val {row['val_acc']:.2%}  test {row['test_acc']:.2%}  train {row['train_acc']:.2%}  "
@@ -115,7 +116,7 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     from cnnlab.tasks.cifar import evaluate_run
-    r = evaluate_run(args.run_dir, data=args.data, device=args.device)
+    r = evaluate_run(args.run_dir, data=args.data, device=args.device, log=print)
     print(f"val acc {r['val_acc']:.2%} (loss {r['val_loss']:.4f})  "
           f"test acc {r['test_acc']:.2%} (loss {r['test_loss']:.4f})  -> {args.run_dir}/eval.json")
     return 0

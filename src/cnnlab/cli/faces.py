@@ -77,7 +77,7 @@ def run_train(args) -> int:
             if any(not 1 <= f <= 10 for f in args.folds):
                 raise CnnlabError(f"--folds are numbered 1-10, got {args.folds}")
             folds = [f - 1 for f in args.folds]
-        summary = train_view2(config, data_root_from_args(args), out, folds=folds)
+        summary = train_view2(config, data_root_from_args(args), out, folds=folds, log=print)
         from cnnlab.distributed import is_main_process
         if not is_main_process():
             return 0  # the other ranks of a torchrun run only trained; rank 0 reports
@@ -118,7 +118,7 @@ def run_baseline(args) -> int:
     config = config_from_args(args)
     if args.out is not None:
         check_output_dir(args.out)  # before any image is read
-    untrained_baseline(config, data_root_from_args(args), args.out)
+    untrained_baseline(config, data_root_from_args(args), args.out, log=print)
     return 0
 
 

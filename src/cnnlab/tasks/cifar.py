@@ -37,6 +37,7 @@ from cnnlab.env import device_name, environment, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_text, check_output_dir, load_yaml, read_json, to_plain, write_json
 from cnnlab.models import BlockNet, BlockNetConfig, count_parameters
+from cnnlab.progress import no_log
 from cnnlab.tasks.classification import (ClassificationConfig, ClassificationTask, count_macs, eval_loader,
                                          save_embeddings, score)
 
@@ -147,7 +148,7 @@ def check_blocks(blocks: list[str]) -> list[str]:
     return names
 
 
-def load_data(config: CifarDataConfig, progress: bool | None = None, log: Callable[[str], None] = print,
+def load_data(config: CifarDataConfig, progress: bool | None = None, log: Callable[[str], None] = no_log,
               out: str | Path | None = None):
     """The splits. Unreadable files are skipped and summarised through `log` (the first few
     and a count); every one of them is listed in `out`/bad_files.json when `out` is given
@@ -176,7 +177,7 @@ def data_summary(splits, config: CifarDataConfig) -> dict:
 
 # ---------------------------------------------------------------------------- one block
 def train_block(block: str, recipe: Recipe, splits, run_dir: str | Path, *,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = no_log) -> dict:
     """Train (or resume, or reuse) one block in `run_dir`; score the test set once at the end.
     Returns the results row (empty on the other ranks of a torchrun run)."""
     run_dir = Path(run_dir)
@@ -247,7 +248,7 @@ def _row(final: dict, block: str) -> dict:
 
 # ---------------------------------------------------------------------------- the comparison
 def compare(blocks: list[str], recipe: Recipe, out: str | Path, *,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = no_log) -> dict:
     """Train every block with the same recipe into OUT/<block>/, writing the results files
     after each block, so an interruption never loses finished rows; a rerun reuses them.
     Returns the results (the contents of results.json)."""
@@ -338,7 +339,8 @@ def recipe_line(results: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- re-scoring
-def evaluate_run(run_dir: str | Path, *, data: str | None = None, device: str | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, *, data: str | None = None, device: str | None = None,
+                 log: Callable[[str], None] = no_log) -> dict:
     """Re-score a run's checkpoint (EMA weights when kept) on its validation and test sets,
     rebuilt from the run's own config.yaml; writes RUN/eval.json."""
     run_dir = Path(run_dir)
@@ -357,7 +359,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, device: str | 
     engine = Engine(train)
     # The checkpoint before the data: a malformed one is one line before minutes of loading.
     model = engine.prepare(load_weights(run_dir, BlockNet(model_config)))
-    splits = load_data(data_config)
+    splits = load_data(data_config, log=log)
     results = {}
     for split, images, labels in (("val", splits.val_images, splits.val_labels),
                                   ("test", splits.test_images, splits.test_labels)):

@@ -17,6 +17,7 @@ import numpy as np
 from cnnlab.errors import CnnlabError
 from cnnlab.io import to_plain, write_json
 from cnnlab.metrics.retrieval import retrieval_scores
+from cnnlab.progress import no_log
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo
 from cnnlab.tasks.faces.training import TEST_EMBEDDINGS, TEST_PAIRS
@@ -45,7 +46,7 @@ def outlier_counts(distances: np.ndarray, same: np.ndarray, threshold: float, em
 
 
 def compare_margins(config: FaceTrainConfig, margins: Sequence[float], data_root: str | Path,
-                    out_dir: str | Path, *, log: Callable[[str], None] = print) -> dict:
+                    out_dir: str | Path, *, log: Callable[[str], None] = no_log) -> dict:
     """One View 1 model per margin, everything else equal, in OUT/margin-M/; their metrics
     and outlier counts in OUT/comparison.json. Returns the comparison."""
     out_dir = Path(out_dir)

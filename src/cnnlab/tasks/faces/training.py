@@ -32,6 +32,7 @@ from cnnlab.io import to_plain
 from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches, module_device
+from cnnlab.progress import no_log
 from cnnlab.task import Callback
 from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
@@ -105,7 +106,7 @@ class TrainedVerifier:
 
 def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Sequence[str],
                    val_people: Sequence[str], run_dir: str | Path, *, report=None,
-                   log: Callable[[str], None] = print, data_info: dict | None = None,
+                   log: Callable[[str], None] = no_log, data_info: dict | None = None,
                    features: FeatureMemo | None = None, cache_rows: np.ndarray | None = None) -> TrainedVerifier:
     """Train on `fit_people`, select the epoch and calibrate the threshold on pairs sampled
     among `val_people` (disjoint from them). Writes the engine's run files into `run_dir`.
@@ -167,7 +168,7 @@ def default_lfw_root() -> Path:
     return Path(os.environ.get("CNNLAB_DATA", "../shared/data")) / "lfw"
 
 
-def load_lfw_images(protocol: LFWProtocol, config: FaceTrainConfig, log: Callable[[str], None] = print,
+def load_lfw_images(protocol: LFWProtocol, config: FaceTrainConfig, log: Callable[[str], None] = no_log,
                     files: Sequence[str] | None = None) -> tuple[FaceDataset, DecodeReport]:
     """Every LFW image (or only `files`, see `view1_files`), decoded once into the shared uint8
     cache (one entry serves View 1, View 2 and tuning alike); splits then select people from

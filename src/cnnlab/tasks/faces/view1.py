@@ -23,6 +23,7 @@ from cnnlab.io import save_npz_atomic, save_yaml, write_json
 from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet, save_model
+from cnnlab.progress import no_log
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo
 from cnnlab.tasks.faces.training import (
@@ -97,7 +98,7 @@ def record_plots(out_dir: str | Path, metrics: dict, plots: Sequence[str | Path]
 # ---------------------------------------------------------------------------- View 1
 def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,
                 evaluate_test: bool, report: Callable[[int, float], None] | None = None,
-                log: Callable[[str], None] = print, features: FeatureMemo | None = None) -> dict:
+                log: Callable[[str], None] = no_log, features: FeatureMemo | None = None) -> dict:
     """Train on View 1's DevTrain people minus a seeded validation split; select and calibrate
     on validation pairs. Only with `evaluate_test` are the 1,000 DevTest pairs read and scored
     (once, at the calibrated threshold). Writes metrics.json, model.pt and the engine's files
@@ -148,7 +149,7 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
 
 
 def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path | None = None, *,
-                       log: Callable[[str], None] = print) -> dict:
+                       log: Callable[[str], None] = no_log) -> dict:
     """The reference point a trained model must beat: the backbone with its pretrained
     weights and no fine-tuning, Euclidean distance between L2-normalised pooled features,
     threshold calibrated on the same validation people as `train_view1`, DevTest scored once."""

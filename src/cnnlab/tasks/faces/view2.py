@@ -16,6 +16,7 @@ from cnnlab.io import load_yaml, read_json, save_yaml, to_plain, write_json
 from cnnlab.metrics.verification import evaluate, kfold_accuracy
 from cnnlab.models.siamese import save_model
 from cnnlab.models.utils import eval_mode
+from cnnlab.progress import no_log
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo, embed_from_prefix
 from cnnlab.tasks.faces.training import (METRICS_FILE, MODEL_FILE, check_scored_pairs, embed_images, load_lfw_images,
@@ -24,7 +25,7 @@ from cnnlab.tasks.faces.training import (METRICS_FILE, MODEL_FILE, check_scored_
 
 
 def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,
-                folds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> dict:
+                folds: Sequence[int] | None = None, log: Callable[[str], None] = no_log) -> dict:
     """LFW View 2: for each fold, train on the other nine folds' people (a seeded validation
     split of them selects the epoch and calibrates a threshold), then test on the fold's 600
     pairs. Two accuracies per fold, both at thresholds chosen without the fold's own pairs, as
