@@ -139,3 +139,29 @@ def test_library_functions_do_not_default_log_to_print():
                     if isinstance(default, ast.Name) and default.id == "print":
                         offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}")
     assert not offenders, f"library functions defaulting to print: {offenders}"
+
+
+def test_no_import_cycle_inside_a_part_of_the_package():
+    """Modules of one part (cnnlab.verifier, cnnlab.tasks, ...) do not import each other in a
+    circle either, type-only imports (`if TYPE_CHECKING:`) included: a module that needs an
+    object of a module that needs it depends on a small contract instead (`verifier.model`)."""
+    graph = defaultdict(set)
+    for name, path in MODULES.items():
+        for imp in imports_of(path):
+            if imp in MODULES and imp != name and component(imp) == component(name):
+                graph[name].add(imp)
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for start in sorted(MODULES):
+        if start not in state:
+            visit(start, [start])
+    assert not cycles, cycles

@@ -13,7 +13,7 @@ from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics.verification import threshold_at_far
 from cnnlab.verifier import FaceVerifier, GalleryIndex, build_index
-from cnnlab.verifier.calibrate import split_people
+from cnnlab.verifier.folder import split_people
 from face_models import build_tiny_model, make_gallery
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -181,7 +181,7 @@ def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
         if not show_paths:  # the server's file layout is nobody's business but its operator's
             model = _names_only(model, ("model",))
             if isinstance(model.get("calibration"), dict):
-                from cnnlab.verifier.calibrate import describe_calibration
+                from cnnlab.verifier.api import describe_calibration
                 model["calibration"] = _names_only(model["calibration"], ("folder",))
                 model["threshold_source"] = describe_calibration({"calibration": model["calibration"]})
             index_info = None if index_info is None else _names_only(index_info, ("index", "model"))

@@ -154,7 +154,6 @@ class FaceVerifier:
     def threshold_source(self) -> str:
         """Where the threshold in force comes from: given to `load`, a `faces calibrate` run
         (folder, people, objective), or the model's own LFW validation calibration."""
-        from cnnlab.verifier.calibrate import describe_calibration
         if self._threshold is not None and self._threshold != self.extra.get("threshold"):
             return "given by the caller (overrides the model's)"
         return describe_calibration(self.extra)
@@ -226,3 +225,15 @@ class FaceVerifier:
                        path=index.paths[i], same=None if limit is None else bool(d <= limit))
                  for r, (d, i) in enumerate(zip(dq.tolist(), iq.tolist()))]
                 for dq, iq in zip(distances, rows)]
+
+
+def describe_calibration(extra: dict) -> str:
+    """One line saying where a model's threshold comes from."""
+    c = extra.get("calibration")
+    if not isinstance(c, dict):
+        return "the model's own (chosen on its validation people when it was trained)"
+    goal = (f"false-accept rate {c.get('far_target'):g}" if c.get("objective") == "far" and c.get("far_target")
+            else "best accuracy")
+    return (f"calibrated on {c.get('folder')} ({c.get('people')} people, {c.get('pairs', {}).get('matched')} "
+            f"same-person + {c.get('pairs', {}).get('mismatched')} different-person pairs) for {goal}, "
+            f"on {c.get('date')}; replaced {c.get('replaced')}")

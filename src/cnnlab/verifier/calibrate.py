@@ -21,64 +21,20 @@ index built with the original, stay valid.
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
 
 from cnnlab.data.cache import file_sha256
 from cnnlab.errors import CnnlabError
 from cnnlab.io import load_torch_file, save_torch_atomic
-from cnnlab.metrics.verification import accuracy_at, best_threshold, threshold_at_far
-from cnnlab.verifier.folder import DEFAULT_FAR, FolderEmbeddings, embed_identity_folder, pair_distances
-
-if TYPE_CHECKING:
-    from cnnlab.verifier.api import FaceVerifier
-
-OBJECTIVES = ("far", "accuracy")
+from cnnlab.verifier.folder import (DEFAULT_FAR, OBJECTIVES, FolderEmbeddings, calibrate_embedded,
+                                   embed_identity_folder)
+from cnnlab.verifier.model import EmbeddingModel
 
 
-def split_people(people: list[str], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows of `n` people drawn with `seed`, rows of everyone else): people-disjoint."""
-    names = sorted(set(people))
-    if not 2 <= n <= len(names) - 2:
-        raise CnnlabError(f"--calibrate-people must leave at least 2 people on each side: the folder has "
-                          f"{len(names)} people with readable images, got {n}")
-    chosen = set(np.random.default_rng(seed).choice(names, size=n, replace=False).tolist())
-    inside = np.array([p in chosen for p in people], dtype=bool)
-    return np.flatnonzero(inside), np.flatnonzero(~inside)
 
 
-def calibrate_embedded(verifier: "FaceVerifier", embedded: FolderEmbeddings, rows: np.ndarray | None = None, *,
-                       objective: str = "far", far: float = DEFAULT_FAR, negatives: int | None = None,
-                       seed: int = 0) -> dict:
-    """The calibration record of the images `rows` (default all) of an embedded folder."""
-    if objective not in OBJECTIVES:
-        raise CnnlabError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    d, same, counts = pair_distances(verifier, embedded, rows, negatives=negatives, seed=seed)
-    limited = False
-    if objective == "far":
-        threshold, _, limited = threshold_at_far(d, same, far)
-    else:
-        threshold, _ = best_threshold(d, same)
-    people = embedded.people if rows is None else [embedded.people[r] for r in rows]
-    record = {
-        "threshold": float(threshold), "objective": objective, "far_target": far if objective == "far" else None,
-        "far": float(np.mean(d[~same] <= threshold)), "tar": float(np.mean(d[same] <= threshold)),
-        "accuracy": accuracy_at(d, same, threshold), "far_limited": bool(limited),
-        "folder": str(embedded.folder), "people": len(set(people)), "images": len(people),
-        "pairs": counts, "replaced": verifier.threshold if verifier.has_threshold else None,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    if limited:
-        record["note"] = (f"{counts['mismatched']} different-person pairs cannot show a false-accept rate of "
-                          f"{far:g} (the smallest they show is 1/{counts['mismatched']} = "
-                          f"{1 / counts['mismatched']:.2g}): the threshold accepts none of them")
-    return record
-
-
-def calibrate(verifier: "FaceVerifier", folder: str | Path, *, objective: str = "far", far: float = DEFAULT_FAR,
+def calibrate(verifier: EmbeddingModel, folder: str | Path, *, objective: str = "far", far: float = DEFAULT_FAR,
               negatives: int | None = None, seed: int = 0, progress: bool | None = None) -> dict:
     """The calibration record of a whole identity folder (see the module docstring)."""
     if objective not in OBJECTIVES:
@@ -114,15 +70,3 @@ def write_calibrated_model(source: str | Path, out: str | Path, record: dict) ->
     extra["calibration"] = {k: v for k, v in record.items() if k != "threshold"}
     save_torch_atomic({**blob, "extra": extra}, out)
     return out
-
-
-def describe_calibration(extra: dict) -> str:
-    """One line saying where a model's threshold comes from."""
-    c = extra.get("calibration")
-    if not isinstance(c, dict):
-        return "the model's own (chosen on its validation people when it was trained)"
-    goal = (f"false-accept rate {c.get('far_target'):g}" if c.get("objective") == "far" and c.get("far_target")
-            else "best accuracy")
-    return (f"calibrated on {c.get('folder')} ({c.get('people')} people, {c.get('pairs', {}).get('matched')} "
-            f"same-person + {c.get('pairs', {}).get('mismatched')} different-person pairs) for {goal}, "
-            f"on {c.get('date')}; replaced {c.get('replaced')}")

@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,9 +23,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.verifier.index import (_COLUMNS, COMMIT_EVERY, INDEX_FILE, MAX_SHARDS, EnrolReport, GalleryFile,
                                    GalleryIndex, _contents, _load_shards, _new_meta, _rows, _Writer, embed_files,
                                    scan_gallery)
+from cnnlab.verifier.model import EmbeddingModel
 
-if TYPE_CHECKING:
-    from cnnlab.verifier.api import FaceVerifier
 
 LOCK_FILE = ".writer.lock"
 
@@ -65,7 +64,7 @@ def _open_for_writing(root: Path) -> GalleryIndex:
     return GalleryIndex.open(root)
 
 
-def build_index(verifier: "FaceVerifier", gallery: str | Path, out: str | Path, *, person: str | None = None,
+def build_index(verifier: EmbeddingModel, gallery: str | Path, out: str | Path, *, person: str | None = None,
                 lock_timeout: float | None = None, **options) -> EnrolReport:
     """Index every face under `gallery` into the folder `out` (`person`: who the images
     directly in `gallery` show). An existing index there (built with the same model) is
@@ -88,7 +87,7 @@ def build_index(verifier: "FaceVerifier", gallery: str | Path, out: str | Path, 
         return _enrol(index, writer, verifier, Path(gallery), files, **options)
 
 
-def add_to_index(index_dir: str | Path, gallery: str | Path, verifier: "FaceVerifier", *,
+def add_to_index(index_dir: str | Path, gallery: str | Path, verifier: EmbeddingModel, *,
                  person: str | None = None, lock_timeout: float | None = None, **options) -> EnrolReport:
     """Add the faces under `gallery` that the index does not hold yet (or whose file changed)."""
     root = Path(index_dir)
@@ -142,7 +141,7 @@ def _keep(index: GalleryIndex, keep: np.ndarray) -> tuple[int, int]:
     return int((~keep).sum()), int(writer.meta["count"])
 
 
-def _enrol(index: GalleryIndex, writer: _Writer, verifier: "FaceVerifier", gallery: Path,
+def _enrol(index: GalleryIndex, writer: _Writer, verifier: EmbeddingModel, gallery: Path,
            files: list[GalleryFile], *, commit_every: int = COMMIT_EVERY, progress: bool | None = None,
            log: Callable[[str], None] | None = None) -> EnrolReport:
     from cnnlab.progress import progress_bar

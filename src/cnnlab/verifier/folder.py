@@ -17,9 +17,9 @@ labels it is scored against.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,13 +27,13 @@ import torch
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.distances import create_distance
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics.verification import accuracy_at, best_threshold, evaluate
+from cnnlab.metrics.verification import accuracy_at, best_threshold, evaluate, threshold_at_far
 from cnnlab.verifier.index import embed_files, scan_gallery
+from cnnlab.verifier.model import EmbeddingModel
 
-if TYPE_CHECKING:
-    from cnnlab.verifier.api import FaceVerifier
 
 DEFAULT_FAR = 1e-3
+OBJECTIVES = ("far", "accuracy")   # how `calibrate_embedded` chooses a threshold
 BEST_THRESHOLD_NOTE = ("upper bound: the threshold is chosen on these same pairs, peeking at their labels; "
                        "the accuracy at the model's threshold is the honest one")
 
@@ -49,7 +49,7 @@ class FolderEmbeddings:
     unlabelled: int                 # images directly in the folder (no person): left out
 
 
-def embed_identity_folder(verifier: "FaceVerifier", folder: str | Path, *, batch_size: int = 64,
+def embed_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, batch_size: int = 64,
                           progress: bool | None = None) -> FolderEmbeddings:
     """Embed `folder/<person>/<image>` (see the module docstring): at least two people with
     readable images, or a one-line error."""
@@ -79,7 +79,7 @@ def embed_identity_folder(verifier: "FaceVerifier", folder: str | Path, *, batch
     return FolderEmbeddings(folder, embeddings, people, ok, skipped, len(scanned) - len(files))
 
 
-def pair_distances(verifier: "FaceVerifier", embedded: FolderEmbeddings, rows: np.ndarray | None = None, *,
+def pair_distances(verifier: EmbeddingModel, embedded: FolderEmbeddings, rows: np.ndarray | None = None, *,
                    negatives: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """(distances, same, pair counts) over the images `rows` (default all): every same-person
     pair and `negatives` seeded different-person pairs (default as many as same-person pairs)."""
@@ -98,7 +98,7 @@ def pair_distances(verifier: "FaceVerifier", embedded: FolderEmbeddings, rows: n
     return d.double().numpy(), same, counts
 
 
-def score_identity_folder(verifier: "FaceVerifier", folder: str | Path, *, negatives: int | None = None,
+def score_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, negatives: int | None = None,
                           seed: int = 0, batch_size: int = 64, progress: bool | None = None,
                           calibrate_people: int | None = None, objective: str = "far",
                           far: float = DEFAULT_FAR) -> dict:
@@ -122,7 +122,6 @@ def score_identity_folder(verifier: "FaceVerifier", folder: str | Path, *, negat
     embedded = embed_identity_folder(verifier, folder, batch_size=batch_size, progress=progress)
     rows, calibration = None, None
     if calibrate_people is not None:
-        from cnnlab.verifier.calibrate import calibrate_embedded, split_people
         calibrate_rows, rows = split_people(embedded.people, calibrate_people, seed)
         calibration = calibrate_embedded(verifier, embedded, calibrate_rows, objective=objective, far=far,
                                          negatives=negatives, seed=seed)
@@ -177,3 +176,43 @@ def _pairs(people: list[str], negatives: int | None, seed: int
     neg_first, neg_second, _ = sample_pairs(labels, 0, min(wanted, available), seed=seed)
     same = np.r_[np.ones(len(pos_first), bool), np.zeros(len(neg_first), bool)]
     return np.r_[pos_first, neg_first].astype(np.int64), np.r_[pos_second, neg_second].astype(np.int64), same, available
+
+
+# ---------------------------------------------------------------------------- calibration on a folder
+def split_people(people: list[str], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of `n` people drawn with `seed`, rows of everyone else): people-disjoint."""
+    names = sorted(set(people))
+    if not 2 <= n <= len(names) - 2:
+        raise CnnlabError(f"--calibrate-people must leave at least 2 people on each side: the folder has "
+                          f"{len(names)} people with readable images, got {n}")
+    chosen = set(np.random.default_rng(seed).choice(names, size=n, replace=False).tolist())
+    inside = np.array([p in chosen for p in people], dtype=bool)
+    return np.flatnonzero(inside), np.flatnonzero(~inside)
+
+
+def calibrate_embedded(verifier: EmbeddingModel, embedded: FolderEmbeddings, rows: np.ndarray | None = None, *,
+                       objective: str = "far", far: float = DEFAULT_FAR, negatives: int | None = None,
+                       seed: int = 0) -> dict:
+    """The calibration record of the images `rows` (default all) of an embedded folder."""
+    if objective not in OBJECTIVES:
+        raise CnnlabError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    d, same, counts = pair_distances(verifier, embedded, rows, negatives=negatives, seed=seed)
+    limited = False
+    if objective == "far":
+        threshold, _, limited = threshold_at_far(d, same, far)
+    else:
+        threshold, _ = best_threshold(d, same)
+    people = embedded.people if rows is None else [embedded.people[r] for r in rows]
+    record = {
+        "threshold": float(threshold), "objective": objective, "far_target": far if objective == "far" else None,
+        "far": float(np.mean(d[~same] <= threshold)), "tar": float(np.mean(d[same] <= threshold)),
+        "accuracy": accuracy_at(d, same, threshold), "far_limited": bool(limited),
+        "folder": str(embedded.folder), "people": len(set(people)), "images": len(people),
+        "pairs": counts, "replaced": verifier.threshold if verifier.has_threshold else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if limited:
+        record["note"] = (f"{counts['mismatched']} different-person pairs cannot show a false-accept rate of "
+                          f"{far:g} (the smallest they show is 1/{counts['mismatched']} = "
+                          f"{1 / counts['mismatched']:.2g}): the threshold accepts none of them")
+    return record

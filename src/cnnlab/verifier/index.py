@@ -30,7 +30,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -39,9 +39,8 @@ from cnnlab.data.images import decode_images, list_folders, list_images
 from cnnlab.errors import CnnlabError
 from cnnlab.io import read_json, save_npz_atomic, write_json
 from cnnlab.metrics.retrieval import FaissGallery, choose_backend, nearest_neighbours
+from cnnlab.verifier.model import EmbeddingModel
 
-if TYPE_CHECKING:
-    from cnnlab.verifier.api import FaceVerifier
 
 INDEX_FILE = "index.json"
 FORMAT = "cnnlab.face-index"
@@ -113,7 +112,7 @@ class EnrolReport:
                 f"{len(self.bad)} unreadable skipped; {self.total} images in the index")
 
 
-def embed_files(verifier: "FaceVerifier", files: Sequence[GalleryFile]
+def embed_files(verifier: EmbeddingModel, files: Sequence[GalleryFile]
                 ) -> tuple[np.ndarray, list[GalleryFile], list[tuple[str, str]]]:
     """(embeddings, the files they belong to, [(path, reason)] of files that could not be used).
     Gallery files go through training's decoder and bad-file report, with the model's face step."""
@@ -184,7 +183,7 @@ class GalleryIndex:
         return GalleryIndex.open(self.root)
 
     @classmethod
-    def in_memory(cls, verifier: "FaceVerifier", files: Sequence[GalleryFile], embeddings: np.ndarray,
+    def in_memory(cls, verifier: EmbeddingModel, files: Sequence[GalleryFile], embeddings: np.ndarray,
                   root: str | Path) -> "GalleryIndex":
         """An index that is never written: a gallery embedded for one search."""
         meta = {**_new_meta(verifier, Path(root)), "count": len(files)}
@@ -213,7 +212,7 @@ class GalleryIndex:
         return {"index": str(self.root), "images": self.count, "people": len({p for p in self.people if p}),
                 "model": self.meta["model"], "fingerprint": self.fingerprint}
 
-    def check_model(self, verifier: "FaceVerifier") -> None:
+    def check_model(self, verifier: EmbeddingModel) -> None:
         """Refuse a model whose embeddings would not be comparable with the index's."""
         if verifier.fingerprint != self.fingerprint or verifier.distance_name != self.distance_name:
             raise IndexModelMismatch(
@@ -294,7 +293,7 @@ class _Writer:
                 stale.unlink(missing_ok=True)
 
 
-def _new_meta(verifier: "FaceVerifier", gallery: Path) -> dict:
+def _new_meta(verifier: EmbeddingModel, gallery: Path) -> dict:
     return {"format": FORMAT, "version": VERSION, "fingerprint": verifier.fingerprint,
             "model": str(Path(verifier.source).resolve()), "distance": verifier.distance_name,
             "embedding_dim": verifier.embedding_dim, "preprocess": verifier.face.spec(),
