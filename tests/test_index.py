@@ -315,3 +315,22 @@ def test_person_names_the_images_directly_in_the_folder(setup, verifier, tmp_pat
     assert "3 added" in capsys.readouterr().out
     people = GalleryIndex.open(tmp_path / "idx").people
     assert people.count("Bo") == 3 and people.count("Ada") == 3
+
+
+def test_one_search_checks_the_index_model_once_and_before_embedding(setup, verifier, tmp_path, monkeypatch, capsys):
+    model, _, gallery, _ = setup
+    build_index(verifier, gallery, tmp_path / "idx", progress=False)
+    events = []
+    real_check, real_embed = GalleryIndex.check_model, FaceVerifier.embed
+    monkeypatch.setattr(GalleryIndex, "check_model", lambda self, v: (events.append("check"), real_check(self, v))[1])
+    monkeypatch.setattr(FaceVerifier, "embed", lambda self, images: (events.append("embed"), real_embed(self, images))[1])
+    assert main(["faces", "search", str(tmp_path / "idx"), str(gallery / "loose0.png"), str(gallery / "loose1.png")]) == 0
+    assert events == ["check", "embed"]
+
+
+def test_k_is_checked_in_one_place():
+    from cnnlab.metrics.retrieval import BadK, check_k
+    assert check_k(3, 3) == 3
+    with pytest.raises(BadK, match=r"^k must be in 1..5 \(images in the index\), got 6$"):
+        check_k(6, 5, "images in the index")
+    assert issubclass(BadK, CnnlabError) and issubclass(BadK, ValueError)

@@ -195,11 +195,10 @@ def run_search(args) -> int:
         if not args.model and not Path(model).exists():
             raise CnnlabError(f"the model that built {target} ({model}) is gone; pass --model")
         verifier = load_verifier(model, args)
-        index.check_model(verifier)
     if index.count == 0:
         raise CnnlabError(f"{target} is empty: add faces with `cnnlab faces index add {target} DIR`")
     k = min(args.k, index.count)  # more than the gallery holds: the whole gallery, ranked
-    results = verifier.search(verifier.embed(queries), index, k=k)
+    results = verifier.identify_all(queries, index, k=k)  # checks the index's model, then embeds
     if args.json:
         print(json.dumps({"index": str(index.root), "model": str(verifier.source), "threshold": verifier.threshold if verifier.has_threshold else None,
                           "results": [{"query": q, "matches": [m.to_dict() for m in ms]}

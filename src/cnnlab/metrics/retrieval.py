@@ -19,10 +19,23 @@ import numpy as np
 import torch
 
 from cnnlab.distances import CosineDistance, Distance, EuclideanDistance, create_distance
+from cnnlab.errors import CnnlabError
 
 BACKENDS = ("torch", "faiss", "auto")
 FAISS_MIN_ROWS = 50_000
 
+
+
+class BadK(CnnlabError, ValueError):
+    """A neighbour count outside 1..gallery size: a user error (CnnlabError: one line in the CLI)
+    and a ValueError for library callers."""
+
+
+def check_k(k: int, available: int, what: str = "gallery size") -> int:
+    """The one check of how many neighbours may be asked for."""
+    if not 1 <= k <= available:
+        raise BadK(f"k must be in 1..{available} ({what}), got {k}")
+    return k
 
 def faiss_available() -> bool:
     try:
@@ -74,8 +87,7 @@ class FaissGallery:
         q = _float_copy(queries)
         if q.ndim != 2 or q.shape[1] != self.shape[1]:
             raise ValueError(f"expected Q x {self.shape[1]} query embeddings, got shape {q.shape}")
-        if not 1 <= k <= self.shape[0]:
-            raise ValueError(f"k must be in [1, {self.shape[0]}] (gallery size), got {k}")
+        check_k(k, self.shape[0])
         if isinstance(self.distance, CosineDistance):
             faiss.normalize_L2(q)
             similarity, rows = self.index.search(q, k)
@@ -117,8 +129,7 @@ def nearest_neighbours(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor
     g = torch.as_tensor(np.asarray(gallery, np.float32) if isinstance(gallery, np.ndarray) else gallery)
     g = g.to(q.device, q.dtype)
     available = g.shape[0] - (1 if query_rows is not None else 0)
-    if not 1 <= k <= available:
-        raise ValueError(f"k must be in [1, {available}] (gallery size), got {k}")
+    check_k(k, available)
     rows = None if query_rows is None else torch.as_tensor(np.asarray(query_rows), dtype=torch.int64)
     values, indices = [], []
     for s in range(0, q.shape[0], chunk):

@@ -301,6 +301,4 @@ def search(model: SiameseNet, gallery_embeddings: torch.Tensor, query: torch.Ten
     indices), nearest first. `query` is one image (3 x H x W) or a batch."""
     if query.dim() == 3:
         query = query.unsqueeze(0)
-    if not 1 <= k <= gallery_embeddings.shape[0]:
-        raise ValueError(f"k must be in [1, {gallery_embeddings.shape[0]}] (gallery size), got {k}")
     return nearest_neighbours(_embed_eval(model, query), gallery_embeddings, k, distance or EuclideanDistance())

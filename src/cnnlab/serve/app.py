@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
 from cnnlab.errors import CnnlabError
+from cnnlab.metrics.retrieval import BadK, check_k
 from cnnlab.verifier import DEFAULT_MAX_PIXELS, FaceVerifier, GalleryIndex, ImageRejected, ImageTooLarge
 from cnnlab.verifier.images import to_rgb
 
@@ -212,9 +213,10 @@ def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
         index = current_index()
         if index is None:
             raise HTTPException(404, "this server has no gallery index; start it with --index INDEX")
-        top = min(limits.max_k, index.count)
-        if not 1 <= k <= top:
-            raise HTTPException(422, f"k must be in 1..{top}, got {k}")
+        try:
+            check_k(k, min(limits.max_k, index.count), "this gallery and service")
+        except BadK as exc:
+            raise HTTPException(422, str(exc)) from None
         matches = verifier.identify(_read_upload(image, "image", limits), index, k=k)
         found = [m.to_dict() for m in matches]
         if not show_paths:  # the gallery-relative name says which image; the server path is private

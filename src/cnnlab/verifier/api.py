@@ -213,12 +213,22 @@ class FaceVerifier:
     def identify(self, image: ImageInput, index: "GalleryIndex", k: int = 5,
                  backend: str = "auto") -> list[Match]:
         """The k gallery entries nearest to one image, nearest first."""
-        return self.search(self.embed([image]), index, k, backend)[0]
+        return self.identify_all([image], index, k, backend)[0]
+
+    def identify_all(self, images: Sequence[ImageInput], index: "GalleryIndex", k: int = 5,
+                     backend: str = "auto") -> list[list[Match]]:
+        """`identify` for several images: the index is checked against this model once, before
+        any image is embedded."""
+        index.check_model(self)
+        return self._matches(self.embed(list(images)), index, k, backend)
 
     def search(self, embeddings: np.ndarray, index: "GalleryIndex", k: int = 5,
                backend: str = "auto") -> list[list[Match]]:
         """`identify` for query embeddings (Q x D): one list of matches per query."""
         index.check_model(self)
+        return self._matches(embeddings, index, k, backend)
+
+    def _matches(self, embeddings: np.ndarray, index: "GalleryIndex", k: int, backend: str) -> list[list[Match]]:
         distances, rows = index.nearest(embeddings, k, backend=backend)
         limit = self._threshold
         return [[Match(rank=r + 1, distance=float(d), name=index.names[i], person=index.people[i],

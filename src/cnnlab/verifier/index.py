@@ -38,7 +38,7 @@ from cnnlab.data.cache import file_sha256
 from cnnlab.data.images import decode_images, list_folders, list_images
 from cnnlab.errors import CnnlabError
 from cnnlab.io import read_json, save_npz_atomic, write_json
-from cnnlab.metrics.retrieval import FaissGallery, choose_backend, nearest_neighbours
+from cnnlab.metrics.retrieval import FaissGallery, check_k, choose_backend, nearest_neighbours
 from cnnlab.verifier.model import EmbeddingModel
 
 
@@ -223,8 +223,7 @@ class GalleryIndex:
 
     def nearest(self, queries: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """(Q x k distances, Q x k rows), nearest first; exact, or FAISS for large galleries."""
-        if not 1 <= k <= self.count:
-            raise CnnlabError(f"k must be in 1..{self.count} (images in the index), got {k}")
+        check_k(k, self.count, "images in the index")
         chosen = choose_backend(backend, self.count, self.distance_name)
         gallery = self.embeddings
         if chosen == "faiss":
