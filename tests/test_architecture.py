@@ -165,3 +165,19 @@ def test_no_import_cycle_inside_a_part_of_the_package():
         if start not in state:
             visit(start, [start])
     assert not cycles, cycles
+
+
+def test_tasks_write_no_report_files():
+    """Tasks train and write data (json, csv, npz, pt); Markdown and HTML reports are the
+    report layer's. A bare file name ending in .md or .html in a task module is a report file
+    it would write."""
+    import re
+    report_file = re.compile(r"^[\w.-]+\.(md|html)$")
+    offenders = []
+    for name, path in MODULES.items():
+        if not name.startswith("cnnlab.tasks"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and report_file.match(node.value):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {node.value!r}")
+    assert not offenders, f"tasks naming report files: {offenders}"

@@ -27,6 +27,7 @@ def test_demo_stops_with_one_line_error(tmp_path, monkeypatch, capsys):
 
 
 def test_cifar_step_draws_the_report_after_the_comparison_and_prints_its_path(tmp_path, monkeypatch, capsys):
+    import cnnlab.cifar_results
     import cnnlab.report
     import cnnlab.tasks.cifar as cifar
 
@@ -41,9 +42,10 @@ def test_cifar_step_draws_the_report_after_the_comparison_and_prints_its_path(tm
         return out / "report.html"
 
     monkeypatch.setattr(cifar, "compare", compare)
-    monkeypatch.setattr(cifar, "results_markdown", lambda results: "TABLE\n")
+    monkeypatch.setattr(cnnlab.cifar_results, "results_markdown", lambda results: "TABLE\n")
     monkeypatch.setattr(cnnlab.report, "write_report", write_report)
     demo.cifar_comparison(tmp_path)
-    assert calls == [("compare", tmp_path / "cifar", "quick", {"log": print}), ("report", tmp_path / "cifar")]
+    assert [c[:3] for c in calls] == [("compare", tmp_path / "cifar", "quick"), ("report", tmp_path / "cifar")]
+    assert calls[0][3]["log"] is print and callable(calls[0][3]["on_results"])  # results.md after each block
     assert capsys.readouterr().out.splitlines() == [
         "", "TABLE", f"results: {tmp_path / 'cifar' / 'results.md'}", f"report: {tmp_path / 'cifar' / 'report.html'}"]

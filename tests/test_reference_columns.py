@@ -19,7 +19,7 @@ def _table(text):
 
 
 def test_results_markdown_puts_the_reports_figures_beside_ours():
-    from cnnlab.tasks.cifar import results_markdown
+    from cnnlab.cifar_results import results_markdown
 
     text = results_markdown(_results(["A", "E", "D2"]))
     rows = {r["block"]: r for r in _table(text)}
@@ -45,7 +45,7 @@ def test_the_report_table_is_complete_for_the_six_blocks():
 
 
 def test_results_line_names_the_precision():
-    from cnnlab.tasks.cifar import results_markdown
+    from cnnlab.cifar_results import results_markdown
 
     results = _results(["A", "B"])
     for row in results["rows"]:
@@ -78,7 +78,7 @@ def test_note_names_the_blocks_without_a_report_accuracy():
 
 def test_a_reduced_budget_table_says_it_does_not_rank_the_blocks():
     from cnnlab.blocks.reference import budget_caption
-    from cnnlab.tasks.cifar import results_markdown
+    from cnnlab.cifar_results import results_markdown
 
     text = results_markdown(_results(["A", "B"]))  # 1 epoch, width 0.25, a 100-image subset
     assert "**Reduced budget (1 epoch instead of 30, width x0.25, 100 training images): these numbers do not " \

@@ -19,13 +19,12 @@ from typing import Callable
 
 def cifar_comparison(out: Path) -> None:
     from cnnlab.blocks import BLOCKS
-    from cnnlab.report import write_report
-    from cnnlab.tasks.cifar import compare, resolve_recipe, results_markdown
+    from cnnlab.cifar_results import results_markdown
+    from cnnlab.pipelines import compare_blocks
+    from cnnlab.tasks.cifar import resolve_recipe
 
-    recipe = resolve_recipe("quick")
-    results = compare(BLOCKS.default_names(), recipe, out / "cifar", log=print)
     # The report is drawn from the files the comparison wrote, after it.
-    report = write_report(out / "cifar", progress=recipe.train.progress)
+    results, report = compare_blocks(BLOCKS.default_names(), resolve_recipe("quick"), out / "cifar", log=print)
     print()
     print(results_markdown(results), end="")
     print(f"results: {out / 'cifar' / 'results.md'}")

@@ -34,3 +34,18 @@ def margins_with_report(config, margins, data_root, out_dir, *, log: Callable[[s
     figures = plot_margin_comparison([Path(r["run_dir"]) for r in runs], [f"margin {r['margin']:g}" for r in runs],
                                      out_dir)
     return write_margins_report(out_dir, comparison, figures)
+
+
+def compare_blocks(blocks, recipe, out, *, report: bool = True,
+                   log: Callable[[str], None] = print) -> tuple[dict, Path | None]:
+    """`compare` (results.md rewritten after each block, so an interruption never loses the
+    table of the finished ones), then report.{md,html} drawn from the files it wrote (rank 0
+    only under torchrun). Returns (results, report path or None)."""
+    from cnnlab.cifar_results import write_results_markdown
+    from cnnlab.distributed import is_main_process
+    from cnnlab.tasks.cifar import compare
+    results = compare(blocks, recipe, out, log=log, on_results=lambda r: write_results_markdown(r, out))
+    if not report or not is_main_process():
+        return results, None
+    from cnnlab.report import write_report
+    return results, write_report(out, progress=recipe.train.progress)

@@ -73,17 +73,14 @@ def _recipe(args):
 
 def run_compare(args) -> int:
     from cnnlab.io import check_output_dir
-    from cnnlab.tasks.cifar import check_blocks, compare, results_markdown
+    from cnnlab.cifar_results import results_markdown
+    from cnnlab.pipelines import compare_blocks
+    from cnnlab.tasks.cifar import check_blocks
     check_blocks(args.blocks)  # an unknown name fails here, before data or training
     recipe = _recipe(args)
     check_output_dir(args.out)  # so does an --out that cannot be written
-    results = compare(args.blocks, recipe, args.out, log=print)
     # Training first, then the report, which reads only the files the training wrote.
-    report = None
-    from cnnlab.distributed import is_main_process
-    if not args.no_report and is_main_process():  # under torchrun rank 0 writes the report
-        from cnnlab.report import write_report
-        report = write_report(args.out, progress=recipe.train.progress)
+    results, report = compare_blocks(args.blocks, recipe, args.out, report=not args.no_report, log=print)
     print(results_markdown(results), end="")
     if report is not None:
         print(f"report: {report}")

@@ -18,6 +18,11 @@ from typing import Sequence
 import numpy as np
 
 
+# What cnnlab's `train_acc` is, said beside every table that shows it.
+TRAIN_ACC_NOTE = ("train acc = running accuracy over the final epoch's augmented training batches "
+                  "(free to measure; usually below clean training accuracy)")
+
+
 def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
     """`cm[t, p]` = number of samples of true class t predicted as p (int64, C x C)."""
     labels = np.asarray(labels, dtype=np.int64).ravel()

@@ -11,7 +11,7 @@ says which was used.
 
 Layout of `compare --out OUT`:
     OUT/results.json  {"preset", "recipe", "data", "environment", "rows": [...]}  (accuracies 0..1)
-    OUT/results.csv   the rows;  OUT/results.md  a markdown table in percent + the recipe line
+    OUT/results.csv   the rows (OUT/results.md, the Markdown table, is the report layer's)
     OUT/<block>/      an engine run directory + embeddings_test.npz (test features and logits)
 
 The figures and report.{md,html} are drawn from these files afterwards (`cnnlab.report`, run
@@ -36,6 +36,7 @@ from cnnlab.engine import FINAL, Engine, TrainConfig, load_weights, seed_everyth
 from cnnlab.env import device_name, environment, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_text, check_output_dir, load_yaml, read_json, to_plain, write_json
+from cnnlab.metrics.classification import TRAIN_ACC_NOTE
 from cnnlab.models import BlockNet, BlockNetConfig, count_parameters
 from cnnlab.progress import no_log
 from cnnlab.tasks.classification import (ClassificationConfig, ClassificationTask, count_macs, eval_loader,
@@ -43,9 +44,6 @@ from cnnlab.tasks.classification import (ClassificationConfig, ClassificationTas
 
 ROW_FIELDS = ["block", "params", "macs", "val_acc", "test_acc", "train_acc", "train_time_s",
               "images_per_s", "device", "precision", "run_dir"]
-TRAIN_ACC_NOTE = ("train acc = running accuracy over the final epoch's augmented training batches "
-                  "(free to measure; usually below clean training accuracy)")
-
 
 @dataclass
 class CifarDataConfig:
@@ -247,11 +245,12 @@ def _row(final: dict, block: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- the comparison
-def compare(blocks: list[str], recipe: Recipe, out: str | Path, *,
-            log: Callable[[str], None] = no_log) -> dict:
+def compare(blocks: list[str], recipe: Recipe, out: str | Path, *, log: Callable[[str], None] = no_log,
+            on_results: Callable[[dict], None] | None = None) -> dict:
     """Train every block with the same recipe into OUT/<block>/, writing the results files
     after each block, so an interruption never loses finished rows; a rerun reuses them.
-    Returns the results (the contents of results.json)."""
+    `on_results(results)` runs after each block's files are written (the report layer's
+    results.md, `cnnlab.pipelines`). Returns the results (the contents of results.json)."""
     blocks = check_blocks(blocks)
     out = Path(out)
     results_path = out / "results.json"
@@ -272,6 +271,8 @@ def compare(blocks: list[str], recipe: Recipe, out: str | Path, *,
         log(f"{block}: val {row['val_acc']:.2%}  test {row['test_acc']:.2%}  "
             f"{row['train_time_s']:.1f} s  {row['images_per_s']:.0f} img/s")
         write_results(results, out)
+        if on_results is not None:
+            on_results(results)
     return results
 
 
@@ -283,59 +284,13 @@ def _comparable_recipe(recipe: Recipe) -> dict:
 
 
 def write_results(results: dict, out: Path) -> None:
+    """results.json and results.csv (the Markdown table is the report layer's: `cnnlab.cifar_results`)."""
     write_json(out / "results.json", results)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(results["rows"])
     atomic_write_text(out / "results.csv", buffer.getvalue())
-    atomic_write_text(out / "results.md", results_markdown(results))
-
-
-def results_markdown(results: dict) -> str:
-    from cnnlab.blocks.reference import (
-        REPORT_PARAMS,
-        REPORT_TRAIN_ACC,
-        REPORT_TRAIN_TIME_S,
-        REPORT_VAL_ACC,
-        budget_caption,
-        minutes,
-        reference_note,
-    )
-
-    def pct(x):
-        return "-" if x is None else f"{x:.2%}"
-
-    lines = ["| block | params | report params | MACs/image | val acc | report val acc | test acc | train acc "
-             "| report train acc | train time (s) | report train time | images/s | device |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in results["rows"]:
-        b = r["block"]
-        ref_params = REPORT_PARAMS.get(b)
-        lines.append(f"| {b} | {r['params']:,} | {'-' if ref_params is None else f'{ref_params:,}'} | "
-                     f"{r['macs'] / 1e6:,.1f}M | {r['val_acc']:.2%} | {pct(REPORT_VAL_ACC.get(b))} | "
-                     f"{r['test_acc']:.2%} | {r['train_acc']:.2%} | {pct(REPORT_TRAIN_ACC.get(b))} | "
-                     f"{r['train_time_s']:.1f} | {minutes(REPORT_TRAIN_TIME_S.get(b))} | "
-                     f"{r['images_per_s']:,.0f} | {r['device']} |")
-    caption = budget_caption(results["recipe"], results["data"])
-    return ("\n".join(lines) + "\n\n" + (f"**{caption}**\n\n" if caption else "") + reference_note() + "\n\n"
-            + recipe_line(results) + "\n")
-
-
-def recipe_line(results: dict) -> str:
-    recipe, data = results["recipe"], results["data"]
-    train = recipe["train"]
-    subset = (f"stratified subset of {data['train']:,} training images"
-              if data.get("train_subset") else f"all {data['train']:,} training images")
-    devices = sorted({r["device"] for r in results["rows"]}) or ["-"]
-    used = sorted({r.get("precision", "?") for r in results["rows"]}) or ["-"]
-    asked = train.get("precision", "?")
-    precision = f"precision {'/'.join(used)}" + (f" ({asked})" if asked not in used else "")
-    return (f"Preset `{results['preset']}`: {train['epochs']} epochs, {subset}, {data['val']:,} validation, "
-            f"{data['test']:,} test (scored once); width multiplier {recipe['model']['width_multiplier']}; "
-            f"batch {train['batch_size']}, {train['optimizer']} lr {train['lr']} {train['schedule']}, "
-            f"label smoothing {recipe['task']['label_smoothing']}; {precision}; device {', '.join(devices)}; "
-            f"data {data['source']}. {TRAIN_ACC_NOTE}.")
 
 
 # ---------------------------------------------------------------------------- re-scoring
