@@ -169,10 +169,11 @@ class FaceDetector:
         return img.resize(size, Image.Resampling.BOX), ratio
 
     def detect(self, images: Sequence[Image.Image], batch_size: int = 16) -> list[np.ndarray | None]:
-        # One torch thread while MTCNN runs: its small convolutions gain little from a second
-        # thread on an idle machine, and beside a busy process every op of a two-thread pool
-        # waits at a barrier for the thread that is not getting the CPU (measured 20-40x slower;
-        # benchmarks/bench_detect.py, BENCHMARKS.md).
+        # One torch thread while MTCNN runs. Beside a busy process every op of a two-thread
+        # pool waits at a barrier for the thread that is not getting the CPU: 48 LFW images ran
+        # at 3.0 img/s with two threads and 42.8 with one (14x); on an idle machine two threads
+        # are faster (77 vs 45 img/s, 0.59x). One thread bounds the worst case
+        # (benchmarks/bench_detect.py, BENCHMARKS.md).
         with torch_threads(DETECT_THREADS):
             return self._detect(images, batch_size)
 
