@@ -360,3 +360,31 @@ def test_embeddings_from_cached_prefix_features_equal_embeddings_from_pixels(tta
     with torch.no_grad():
         cached = embed_from_prefix(model, prefix, rows, batch_size=2)
     torch.testing.assert_close(cached, torch.from_numpy(embed_images(model, images[rows])), rtol=1e-4, atol=1e-5)
+
+
+def test_each_frozen_prefix_is_computed_once_per_value_across_trials(tmp_path, monkeypatch):
+    """Tuning trainable_stages moves the frozen prefix: each value's features are computed once
+    (then read from the disk cache), whatever order the trials come in."""
+    from cnnlab.data.faces import FaceDataset
+    from cnnlab.models.siamese import SiameseNet
+    from cnnlab.tasks.faces import FeatureMemo, cache_stage, cached_prefix
+    from cnnlab.tasks.faces.features import PrefixFeatures
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    computed = []
+    real = PrefixFeatures.compute
+
+    def counting(model, images, rows, stage, **kw):
+        computed.append(stage)
+        return real(model, images, rows, stage, **kw)
+
+    monkeypatch.setattr(PrefixFeatures, "compute", staticmethod(counting))
+    model = SiameseNet.from_config(tiny_config().model_config())
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    dataset = FaceDataset(images, np.array([0, 0, 1, 1, 2, 2]), ["a", "b", "c"], [f"{k}.jpg" for k in range(6)],
+                          tmp_path)
+    memo, num_stages = FeatureMemo(), len(model.backbone_stages())
+    stages = [cache_stage(tiny_config(trainable_stages=t), num_stages) for t in (3, 4, 3, 4, 3)]
+    assert len(set(stages)) == 2  # two values, two different frozen prefixes
+    for stage in stages:
+        cached_prefix(model, dataset, np.arange(6), stage, batch_size=4, progress=False, log=quiet, memo=memo)
+    assert sorted(computed) == sorted(set(stages))

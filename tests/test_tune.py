@@ -546,3 +546,35 @@ def test_the_tuner_library_has_no_cli_argparse_or_print():
                 assert not any(n == "argparse" or n.startswith("cnnlab.cli") for n in names), (path.name, names)
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 assert node.func.id != "print", f"{path.name}:{node.lineno}"
+
+
+def test_the_recipe_space_types_and_ranges():
+    """`--space recipe`: the current face recipe's knobs, each a face train config field, each
+    sampled value a config the recipe accepts (batch shape from batch_size x k)."""
+    import dataclasses
+
+    from cnnlab.config import build_config
+    from cnnlab.tasks.faces import FaceTrainConfig
+    space = SearchSpace.resolve("recipe")
+    assert space.names == ["lr", "batch_size", "k", "embedding_dim", "margin", "miner_negatives", "weight_decay",
+                           "trainable_stages"]
+    assert space.params["lr"] == LogUniform(3e-4, 3e-3)
+    assert space.params["batch_size"] == Categorical((64, 128)) and space.params["k"] == Categorical((4, 8))
+    assert space.params["embedding_dim"] == Categorical((64, 128, 256, 512))
+    assert space.params["margin"] == Uniform(0.5, 2.0)
+    assert space.params["miner_negatives"] == IntRange(1, 4, 1)
+    assert space.params["weight_decay"] == LogUniform(1e-3, 1e-1)
+    assert space.params["trainable_stages"] == Categorical((3, 4, 5))
+    fields = {f.name for f in dataclasses.fields(FaceTrainConfig)}
+    assert set(space.names) <= fields
+    defaults = FaceTrainConfig()
+    assert defaults.lr >= 3e-4 and defaults.weight_decay <= 1e-1 and defaults.trainable_stages in (3, 4, 5)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    for _ in range(20):
+        trial = study.ask(space.distributions())
+        config = build_config(FaceTrainConfig, dict(trial.params))  # every sample is a valid recipe
+        assert config.people_per_batch * config.k == config.batch_size and config.people_per_batch >= 8
+        study.tell(trial, 0.0)
+    assert SearchSpace.resolve(None).names == SearchSpace.default().names
+    with pytest.raises(CnnlabError, match="unknown search space 'fast'; packaged: default, recipe"):
+        SearchSpace.resolve("fast")

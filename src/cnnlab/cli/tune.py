@@ -39,7 +39,8 @@ def register(faces_commands) -> None:
     g.add_argument("--sampler", choices=SAMPLERS.names(), default="random", help="random (default) or tpe")
     g.add_argument("--pruner", choices=PRUNERS.names(), default="none",
                    help="median: stop a trial whose validation AUC is below the median at the same epoch")
-    g.add_argument("--space", metavar="FILE", help=f"search space YAML (default: cnnlab/{DEFAULT_SPACE_FILE})")
+    g.add_argument("--space", metavar="NAME|FILE", help=f"search space: a YAML file, or a packaged one: "
+                   f"default (cnnlab/{DEFAULT_SPACE_FILE}) or recipe (the current face recipe's knobs)")
     g.add_argument("--out", default="runs/faces-tune", metavar="DIR", help="report folder (default runs/faces-tune)")
     add_lfw_flag(g)
     g.add_argument("--no-test", dest="test", action="store_false",
@@ -63,7 +64,7 @@ def _warn(message: str) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    space = SearchSpace.from_yaml(args.space) if args.space else SearchSpace.default()
+    space = SearchSpace.resolve(args.space)
     base = base_config_from_args(args, space)
     out_dir = check_output_dir(args.out)  # before the study opens or any image is read
     trainer = FaceTrainer(base, lfw_root_from_args(args), out_dir, device=args.device or "auto",

@@ -22,6 +22,8 @@ from cnnlab.registry import Registry
 
 # Installed beside the package modules (pyproject's package-data); the CLI help names it.
 DEFAULT_SPACE_FILE = "tune_space.yaml"
+# Other spaces installed beside it, by the name `--space` takes.
+PACKAGED_SPACES = {"default": DEFAULT_SPACE_FILE, "recipe": "tune_space_recipe.yaml"}
 
 DISTRIBUTIONS = Registry("distribution")
 
@@ -172,6 +174,25 @@ class SearchSpace:
     def default(cls) -> "SearchSpace":
         text = resources.files("cnnlab").joinpath(DEFAULT_SPACE_FILE).read_text()
         return cls.from_dict(yaml.safe_load(text), source=f"cnnlab/{DEFAULT_SPACE_FILE}")
+
+    @classmethod
+    def packaged(cls, name: str) -> "SearchSpace":
+        """A space installed with cnnlab: `recipe` is cnnlab/tune_space_recipe.yaml."""
+        if name not in PACKAGED_SPACES:
+            raise CnnlabError(f"unknown search space {name!r}; packaged: {', '.join(PACKAGED_SPACES)} "
+                              "(or give the path of a YAML file)")
+        file = PACKAGED_SPACES[name]
+        return cls.from_dict(yaml.safe_load(resources.files("cnnlab").joinpath(file).read_text()),
+                             source=f"cnnlab/{file}")
+
+    @classmethod
+    def resolve(cls, spec: str | None) -> "SearchSpace":
+        """`--space`: None (the default space), a packaged name, or a YAML file."""
+        if spec is None:
+            return cls.default()
+        if spec in PACKAGED_SPACES or not (spec.endswith((".yaml", ".yml")) or "/" in spec):
+            return cls.packaged(spec)
+        return cls.from_yaml(spec)
 
     @property
     def names(self) -> list[str]:
