@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from cnnlab.engine import Engine, TrainConfig, seed_everything
 from cnnlab.tasks.classification import ClassificationConfig, ClassificationTask

@@ -12,7 +12,7 @@ import torch
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics.verification import threshold_at_far
-from cnnlab.verifier import FaceVerifier, GalleryIndex, build_index
+from cnnlab.verifier import FaceVerifier, build_index
 from cnnlab.verifier.folder import split_people
 from face_models import build_tiny_model, make_gallery
 

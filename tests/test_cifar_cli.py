@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import torch.nn as nn
 
 from cnnlab.cli import build_parser, main
