@@ -309,7 +309,7 @@ def test_base_config_may_not_fix_a_tuned_parameter(tmp_path):
 def test_report_files(tmp_path):
     result = run_study(cheap_objective, SearchSpace.default(), trials=3, out_dir=tmp_path, seed=1,
                        base_config={"epochs": 2, "protocol": "view1"})
-    for name in ("trials.csv", "trials.md", "best.yaml", "study.yaml", "environment.json",
+    for name in ("trials.csv", "trials.md", "best.yaml", "study.yaml", "environment.json", "importances.json",
                  "score_vs_params.png", "history.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     best = load_yaml(tmp_path / "best.yaml")
@@ -321,6 +321,25 @@ def test_report_files(tmp_path):
     assert "optuna" in json.loads((tmp_path / "environment.json").read_text())
     md = (tmp_path / "trials.md").read_text()
     assert "| trial | state | validation score | lr |" in md
+
+
+def test_parameter_importances_name_what_the_score_depends_on(tmp_path):
+    # synthetic_score is quadratic in log10(lr) and margin, nearly flat in embedding_dim and
+    # freeze_epochs, and ignores batch_size and weight_decay.
+    run_study(cheap_objective, SearchSpace.default(), trials=24, out_dir=tmp_path, seed=0, plots=False)
+    record = json.loads((tmp_path / "importances.json").read_text())
+    shares = record["importances"]
+    assert record["completed_trials"] == 24 and set(shares) == set(SearchSpace.default().names)
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert set(list(shares)[:2]) == {"lr", "margin"}  # largest first
+    assert shares["batch_size"] < 0.1 and shares["weight_decay"] < 0.1
+    assert "Parameter importances (optuna's fANOVA over the 24 completed trials" in (tmp_path / "trials.md").read_text()
+
+
+def test_parameter_importances_wait_for_enough_completed_trials(tmp_path):
+    run_study(cheap_objective, SearchSpace.default(), trials=3, out_dir=tmp_path, plots=False)
+    assert json.loads((tmp_path / "importances.json").read_text())["importances"] is None
+    assert "not estimated (3 completed trials, fANOVA needs 8)" in (tmp_path / "trials.md").read_text()
 
 
 def test_trial_config_sets_dotted_names_inside_sections():

@@ -3,6 +3,8 @@
     trials.csv, trials.md   every trial (params, state, score, duration, worker, error), best first
     score_vs_params.png     the score against each parameter
     history.png             score per trial and the best so far
+    importances.json        each parameter's share of the score's variance (fANOVA), once
+                            enough trials completed
     best.yaml               the best trial's params merged into the base train config
     study.yaml              resolved study settings, search space and base config
     environment.json        versions and machine (`cnnlab.env.environment`)
@@ -71,7 +73,10 @@ def write_study_report(study: optuna.Study, space: SearchSpace, result: StudyRes
             if result.best_trial is not None else ". No trial completed.\n\n")
     summary = (f"# Study `{study.study_name}`\n\n{len(rows)} trials: "
                + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + best)
-    atomic_write_text(out_dir / "trials.md", summary + rows_to_markdown(rows, metric))
+    importances = param_importances(study)
+    write_json(out_dir / "importances.json", importances)
+    written["importances.json"] = out_dir / "importances.json"
+    atomic_write_text(out_dir / "trials.md", summary + importances_markdown(importances) + rows_to_markdown(rows, metric))
     written["trials.md"] = out_dir / "trials.md"
 
     if result.best_config is not None:
@@ -91,6 +96,35 @@ def write_study_report(study: optuna.Study, space: SearchSpace, result: StudyRes
     if plots:
         written["score_vs_params.png"] = plot_score_vs_params(study, space, out_dir / "score_vs_params.png", metric)
         written["history.png"] = plot_history(study, out_dir / "history.png", metric)
+
+
+# fANOVA fits a random forest to (params -> score): with fewer completed trials than this its
+# shares are noise (two trials give any parameter any share).
+MIN_TRIALS_FOR_IMPORTANCE = 8
+
+
+def param_importances(study: optuna.Study, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE) -> dict:
+    """Which parameters the score depends on: optuna's fANOVA (seeded, so a rerun of the report
+    gives the same shares) over the completed trials. Pruned trials are left out (optuna's
+    importances take completed trials only; a pruned trial's last score is from an earlier epoch
+    than the others'). `importances` is None below `min_trials` completed trials."""
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    complete, _ = _scored(study)
+    record = {"method": "fanova", "completed_trials": len(complete), "min_trials": min_trials, "importances": None}
+    if len(complete) >= min_trials:
+        shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        record["importances"] = {name: float(share) for name, share in shares.items()}
+    return record
+
+
+def importances_markdown(record: dict) -> str:
+    if record["importances"] is None:
+        return (f"Parameter importances: not estimated ({record['completed_trials']} completed trials, "
+                f"fANOVA needs {record['min_trials']}).\n\n")
+    shares = ", ".join(f"{name} {share:.2f}" for name, share in record["importances"].items())
+    return (f"Parameter importances (optuna's fANOVA over the {record['completed_trials']} completed trials; "
+            f"shares of the score's variance, largest first): {shares}.\n\n")
 
 
 def _scored(study: optuna.Study) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
