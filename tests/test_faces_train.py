@@ -127,6 +127,9 @@ def test_embedding_helpers_restore_the_models_mode():
         assert embed_images(model, images, batch_size=2).shape == (5, 16)
         assert backbone_features(model, images, batch_size=2).shape == (5, 1280)
         assert model.training == training
+    # No images: empty arrays of the right width, so callers can stack them with others.
+    assert embed_images(model, images[:0]).shape == (0, 16)
+    assert backbone_features(model, images[:0]).shape == (0, 1280)
 
 
 def test_feature_memo_is_explicit_and_keeps_one_entry(tmp_path):

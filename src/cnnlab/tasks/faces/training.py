@@ -60,7 +60,8 @@ def backbone_features(model: SiameseNet, images: np.ndarray, *, batch_size: int 
     with eval_mode(model):
         return in_batches(lambda s: F.normalize(model.forward_features(torch.from_numpy(images[s]).to(device)
                                                                        .permute(0, 3, 1, 2)).float(), dim=1)
-                          .cpu().numpy(), len(images), batch_size, empty=np.zeros((0, 0), np.float32))
+                          .cpu().numpy(), len(images), batch_size,
+                          empty=np.zeros((0, model.backbone.num_features), np.float32))
 
 
 def pair_distances(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray, distance: str) -> np.ndarray:
