@@ -170,3 +170,24 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     other = subprocess.run([sys.executable, "-c", SPEAKER, "other-pipe"], capture_output=True, timeout=60)
     assert other.returncode == 1
     assert other.stderr.decode().startswith("cnnlab speak: unexpected error: BrokenPipeError")
+
+
+
+@pytest.mark.parametrize("entry", [
+    "import cnnlab.cli.blocks as b; b.run = lambda args: print('one line') or 0; "
+    "from cnnlab.cli import main; main(['blocks'])",
+    "from cnnlab import demo; demo.STEPS[:] = [('one step', lambda out: (print('one line'), os._exit(0)))]; "
+    "demo.main(['--out', OUT])",
+])
+def test_printed_lines_reach_a_log_file_before_the_process_ends(entry, tmp_path):
+    # os._exit skips the flush at exit, like kill -9 of a long run writing to `> run.log`:
+    # what was printed is in the file only if each line was written when printed.
+    import os
+    import subprocess
+    import sys
+    log = tmp_path / "run.log"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # Python's default buffering
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, "-c", f"import os; OUT = {str(tmp_path / 'demo')!r}; {entry}; os._exit(0)"],
+                       stdout=out, stderr=subprocess.DEVNULL, check=True, env=env)
+    assert "one line" in log.read_text()

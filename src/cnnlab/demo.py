@@ -67,9 +67,10 @@ STEPS: list[tuple[str, Callable[[Path], None]]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cnnlab.cli import DEBUG_HELP, run_guarded
+    from cnnlab.cli import DEBUG_HELP, line_buffered_output, run_guarded
     from cnnlab.io import check_output_dir
 
+    line_buffered_output()
     parser = argparse.ArgumentParser(prog="python -m cnnlab.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import select
 import sys
@@ -121,7 +122,17 @@ def command_name(args: argparse.Namespace) -> str:
     return " ".join(words + ([sub] if sub else []))
 
 
+def line_buffered_output() -> None:
+    """Each printed line reaches a log file when it is printed. Python block-buffers stdout that
+    is not a terminal, so `nohup cnnlab faces train > run.log` would show its epoch lines only
+    at exit (or lose them to kill -9)."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and not stream.line_buffering:
+            stream.reconfigure(line_buffering=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    line_buffered_output()
     parser = build_parser()
     args = parser.parse_args(argv)
     if os.environ.get("RANK", "0").strip() not in ("", "0"):
