@@ -181,3 +181,29 @@ def test_tasks_write_no_report_files():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and report_file.match(node.value):
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {node.value!r}")
     assert not offenders, f"tasks naming report files: {offenders}"
+
+
+TRAINING = ("cnnlab.tasks", "cnnlab.tune")
+DRAWING = ("cnnlab.plots", "cnnlab.report")  # figures and the HTML report (tables to print are fine)
+
+
+def test_no_workflow_in_the_cli():
+    """A CLI command parses flags, calls one thing and prints. Training, then drawing from the
+    run is a workflow (`cnnlab.pipelines`), which the demo and tests call too: a CLI function
+    that imports both a training layer and the figures or the report is one (`faces plot` and
+    `report`, which draw from a finished run, import no training layer)."""
+    def under(module: str, prefixes) -> bool:
+        return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+    offenders = []
+    for name, path in MODULES.items():
+        if not name.startswith("cnnlab.cli"):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            imported = {n.module for n in ast.walk(node) if isinstance(n, ast.ImportFrom) and n.module}
+            imported |= {a.name for n in ast.walk(node) if isinstance(n, ast.Import) for a in n.names}
+            if any(under(m, TRAINING) for m in imported) and any(under(m, DRAWING) for m in imported):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name}")
+    assert not offenders, f"workflows in the CLI (move them to cnnlab.pipelines): {offenders}"

@@ -1,5 +1,5 @@
 """Workflows: train, then draw from the run's files, then report. What `cnnlab faces train`,
-`cnnlab faces margins` and `make demo` run, in one place (the CLI parses flags and prints; the
+`cnnlab faces margins`, `cnnlab faces tune`'s final test and `make demo` run, in one place (the CLI parses flags and prints; the
 tasks train and write files; the plots and reports read those files)."""
 from __future__ import annotations
 
@@ -17,6 +17,19 @@ def view1_with_plots(config, data_root, out_dir, *, evaluate_test: bool, report=
     if metrics["test"] is not None:
         metrics = record_plots(out_dir, metrics, plot_run(out_dir))
     return metrics
+
+
+def with_run_plots(test_best: Callable[[dict, Path], dict]) -> Callable[[dict, Path], dict]:
+    """A tuner's once-only DevTest run (`FaceTrainer.test_best`) that also draws the figures
+    `faces train` draws, from the run's files, and lists them in its metrics.json."""
+    def run(config: dict, run_dir: Path) -> dict:
+        from cnnlab.io import read_json
+        from cnnlab.plots.faces import plot_run
+        from cnnlab.tasks.faces import METRICS_FILE, record_plots
+        record = test_best(config, run_dir)
+        record_plots(run_dir, read_json(Path(run_dir) / METRICS_FILE), plot_run(run_dir))
+        return record
+    return run
 
 
 def margins_with_report(config, margins, data_root, out_dir, *, log: Callable[[str], None] = print) -> dict:

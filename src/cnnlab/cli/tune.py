@@ -13,6 +13,7 @@ from cnnlab.cli.options import (add_face_recipe_flags, add_lfw_flag, explicit_fa
                                 lfw_root_from_args)
 from cnnlab.errors import CnnlabError
 from cnnlab.io import check_output_dir, load_yaml, to_plain
+from cnnlab.pipelines import with_run_plots
 from cnnlab.tune import (DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, FaceTrainer, SearchSpace, default_storage,
                          face_base_config, final_test, run_study)
 from cnnlab.tune.space import DEFAULT_SPACE_FILE
@@ -80,7 +81,7 @@ def run_tune(args: argparse.Namespace) -> int:
         raise CnnlabError(f"no trial completed; the errors are in {out_dir / 'trials.md'}")
     print(f"best: trial {result.best_trial}, {result.metric} {result.best_value:.4f}; config {out_dir / 'best.yaml'}")
     if args.test and result.complete:
-        record = final_test(result, storage, _with_plots(trainer.test_best), retest=args.retest, log=_warn)
+        record = final_test(result, storage, with_run_plots(trainer.test_best), retest=args.retest, log=_warn)
         if record is not None:
             test = record["test"]
             print(f"View 1 DevTest, scored once after tuning (not used to choose): "
@@ -90,19 +91,6 @@ def run_tune(args: argparse.Namespace) -> int:
         print("the DevTest score is computed once the study is complete: run the command again after the "
               "other workers finish")
     return 0
-
-
-def _with_plots(test_best):
-    """The best configuration's DevTest run gets the figures `faces train` draws (the library
-    trains and scores; drawing happens here, from the run's files)."""
-    def run(config: dict, run_dir: Path) -> dict:
-        from cnnlab.io import read_json
-        from cnnlab.plots.faces import plot_run
-        from cnnlab.tasks.faces import METRICS_FILE, record_plots
-        record = test_best(config, run_dir)
-        record_plots(run_dir, read_json(Path(run_dir) / METRICS_FILE), plot_run(run_dir))
-        return record
-    return run
 
 
 def _resolved_device(name: str | None):
