@@ -391,3 +391,15 @@ def test_each_frozen_prefix_is_computed_once_per_value_across_trials(tmp_path, m
     for stage in stages:
         cached_prefix(model, dataset, np.arange(6), stage, batch_size=4, progress=False, log=quiet, memo=memo)
     assert sorted(computed) == sorted(set(stages))
+
+
+def test_frozen_features_do_not_depend_on_the_batch_size_and_keep_their_shape_when_empty():
+    from cnnlab.models.siamese import SiameseNet
+    from cnnlab.tasks.faces.features import PrefixFeatures
+    model = SiameseNet.from_config(tiny_config().model_config())
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    rows = np.array([0, 2, 4])
+    whole = PrefixFeatures.compute(model, images, rows, 4, batch_size=3)
+    assert whole.shape[:2] == (3, 2)  # each row and its mirror image
+    assert torch.allclose(PrefixFeatures.compute(model, images, rows, 4, batch_size=2), whole, atol=1e-6)
+    assert PrefixFeatures.compute(model, images, rows[:0], 4).shape == (0, *whole.shape[1:])

@@ -165,7 +165,7 @@ def run_search(args) -> int:
     `faces search MODEL --gallery DIR --query IMG`, which embeds the folder for this search."""
     from cnnlab.errors import CnnlabError
     from cnnlab.verifier import GalleryIndex, scan_gallery
-    from cnnlab.verifier.index import INDEX_FILE
+    from cnnlab.verifier.index import INDEX_FILE, embed_file_batches
     queries = [*args.queries, *args.query]
     if not queries:
         raise CnnlabError("give at least one query image (QUERY, or --query IMG)")
@@ -175,7 +175,7 @@ def run_search(args) -> int:
             raise CnnlabError("--model goes with an INDEX; with --gallery the first argument is the model")
         verifier = load_verifier(target, args)
         files = scan_gallery(args.gallery)
-        embeddings, ok, bad = _embed_with_progress(verifier, files)
+        embeddings, ok, bad = embed_file_batches(verifier, files, desc="embed gallery")
         for path, reason in bad:
             print(f"skipped {path}: {reason}", file=sys.stderr if args.json else sys.stdout)
         if not ok:
@@ -219,23 +219,6 @@ def run_search(args) -> int:
             who = f"  ({m.person})" if m.person is not None else ""
             print(f"{m.rank:>4}  {m.distance:>8.4f}  {match:<6}  {m.name}{who}")
     return 0
-
-
-def _embed_with_progress(verifier, files, chunk: int = 64):
-    """`embed_files` in chunks under a progress bar (stderr; a bar on a terminal, else lines)."""
-    import numpy as np
-
-    from cnnlab.progress import progress_bar
-    from cnnlab.verifier import embed_files
-    parts, ok, bad = [], [], []
-    with progress_bar(total=len(files), desc="embed gallery", unit="img") as bar:
-        for s in range(0, len(files), chunk):
-            z, good, skipped = embed_files(verifier, files[s:s + chunk])
-            parts.append(z)
-            ok += good
-            bad += skipped
-            bar.update(len(files[s:s + chunk]))
-    return (np.concatenate(parts) if parts else np.zeros((0, verifier.embedding_dim), np.float32)), ok, bad
 
 
 # ---------------------------------------------------------------------------- index

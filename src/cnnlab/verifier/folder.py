@@ -28,7 +28,7 @@ from cnnlab.data.pairs import sample_pairs
 from cnnlab.distances import create_distance
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics.verification import accuracy_at, best_threshold, evaluate, threshold_at_far
-from cnnlab.verifier.index import embed_files, scan_gallery
+from cnnlab.verifier.index import embed_file_batches, scan_gallery
 from cnnlab.verifier.model import EmbeddingModel
 
 
@@ -53,27 +53,14 @@ def embed_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, batch
                           progress: bool | None = None) -> FolderEmbeddings:
     """Embed `folder/<person>/<image>` (see the module docstring): at least two people with
     readable images, or a one-line error."""
-    from cnnlab.progress import progress_bar
     folder = Path(folder)
     if not folder.is_dir():
         raise CnnlabError(f"identity folder not found: {folder}")
-    if batch_size < 1:
-        raise CnnlabError(f"batch_size must be >= 1, got {batch_size}")
     scanned = scan_gallery(folder)
     files = [f for f in scanned if f.person is not None]
     _need_two_people({f.person for f in files}, folder)
-    parts, ok, skipped = [], [], []
-    bar = progress_bar(total=len(files), desc="embed", unit="img", enable=progress)
-    try:
-        for s in range(0, len(files), batch_size):
-            z, good, bad = embed_files(verifier, files[s:s + batch_size])
-            parts.append(z)
-            ok += good
-            skipped += [{"path": path, "reason": reason} for path, reason in bad]
-            bar.update(len(files[s:s + batch_size]))
-    finally:
-        bar.close()
-    embeddings = np.concatenate(parts) if parts else np.zeros((0, verifier.embedding_dim), np.float32)
+    embeddings, ok, bad = embed_file_batches(verifier, files, batch_size=batch_size, progress=progress)
+    skipped = [{"path": path, "reason": reason} for path, reason in bad]
     people = [f.person for f in ok]
     _need_two_people(set(people), folder, readable=True)
     return FolderEmbeddings(folder, embeddings, people, ok, skipped, len(scanned) - len(files))

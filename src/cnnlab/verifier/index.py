@@ -121,6 +121,26 @@ def embed_files(verifier: EmbeddingModel, files: Sequence[GalleryFile]
     return verifier.embed_faces(faces), [files[i] for i in ok], report.bad
 
 
+def embed_file_batches(verifier: EmbeddingModel, files: Sequence[GalleryFile], *, batch_size: int = 64,
+                       progress: bool | None = None, desc: str = "embed"
+                       ) -> tuple[np.ndarray, list[GalleryFile], list[tuple[str, str]]]:
+    """`embed_files` over many files, `batch_size` at a time (bounding memory) under a progress
+    bar counted in images (`progress`: None = a bar on a terminal, else periodic lines)."""
+    from cnnlab.progress import progress_bar
+    if batch_size < 1:
+        raise CnnlabError(f"batch_size must be >= 1, got {batch_size}")
+    parts, ok, bad = [], [], []
+    with progress_bar(total=len(files), desc=desc, unit="img", enable=progress) as bar:
+        for s in range(0, len(files), batch_size):
+            z, good, skipped = embed_files(verifier, files[s:s + batch_size])
+            parts.append(z)
+            ok += good
+            bad += skipped
+            bar.update(len(files[s:s + batch_size]))
+    embeddings = np.concatenate(parts) if parts else np.zeros((0, verifier.embedding_dim), np.float32)
+    return embeddings, ok, bad
+
+
 def _rows(embeddings: np.ndarray, files: Sequence[GalleryFile]) -> dict[str, np.ndarray]:
     return {"embeddings": np.asarray(embeddings, np.float32),
             "names": np.array([f.name for f in files], dtype=str),

@@ -47,17 +47,19 @@ class PrefixFeatures:
     def compute(model: SiameseNet, images: np.ndarray, rows: np.ndarray, stage: int, *,
                 batch_size: int = 256, progress: bool | None = None) -> torch.Tensor:
         device = module_device(model)
-        chunks = []
+
+        def batch(rows_slice: slice) -> torch.Tensor:
+            x = torch.from_numpy(images[rows[rows_slice]]).to(device).permute(0, 3, 1, 2)
+            x = x.contiguous(memory_format=torch.channels_last)
+            out = torch.stack([model.features_until(v, stage) for v in (x, x.flip(3))], dim=1).contiguous()
+            bar.update(len(x))
+            return out
+
         # Counted in images, so the progress line says images/s (the last batch is smaller).
         with eval_mode(model), progress_bar(total=len(rows), enable=progress, desc="cache frozen features",
                                             unit="img") as bar:
-            for s in range(0, len(rows), batch_size):
-                x = torch.from_numpy(images[rows[s:s + batch_size]]).to(device).permute(0, 3, 1, 2)
-                x = x.contiguous(memory_format=torch.channels_last)
-                chunks.append(torch.stack([model.features_until(v, stage) for v in (x, x.flip(3))], dim=1)
-                              .contiguous())
-                bar.update(len(x))
-        return torch.cat(chunks)
+            # No rows: the zero-image batch, so the result still has the features' shape.
+            return in_batches(batch, len(rows), batch_size, empty=None) if len(rows) else batch(slice(0, 0))
 
     def __len__(self) -> int:
         return len(self.features)
