@@ -13,7 +13,7 @@ from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics.verification import threshold_at_far
 from cnnlab.verifier import FaceVerifier, build_index
-from cnnlab.verifier.folder import split_people
+from cnnlab.verifier.folder import people_for_far, split_people
 from face_models import build_tiny_model, make_gallery
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,8 +78,23 @@ def test_calibrate_writes_a_new_model_with_the_threshold_and_where_it_came_from(
     if objective == "far":
         assert c["far"] == 0 and c["far_target"] == 0.02
         assert c["far_limited"] is True and "cannot show a false-accept rate of 0.02" in c["note"]  # 24 pairs < 1/0.02
+        # 0.02 x 28 pairs of people < 2: the rate will not carry over to other people.
+        assert c["people_pairs"] == 28 and "read from 8 people (28 pairs of people)" in c["note"]
+        assert "about 15 people pin it" in c["note"] and "note: " in printed
+    else:
+        assert "note" not in c  # the accuracy objective reads no tail
     assert calibrated.fingerprint == FaceVerifier.load(model, device="cpu", runtime="torch").fingerprint
     assert "calibrated on" in calibrated.threshold_source and calibrated.describe()["calibration"]["objective"] == objective
+
+
+def test_a_rate_the_people_can_pin_gets_no_caution(setup, tmp_path):
+    model, folder, _ = setup
+    out = tmp_path / "calibrated.pt"
+    assert main(["faces", "calibrate", str(model), str(folder), "--out", str(out), "--far", "0.5",
+                 "--no-progress", "--runtime", "torch"]) == 0  # 0.5 x 28 pairs of people >= 2, 12 of 24 pairs
+    c = torch.load(out, weights_only=True)["extra"]["calibration"]
+    assert c["far_limited"] is False and "note" not in c and c["far"] <= 0.5
+    assert people_for_far(0.5) == 4 and people_for_far(1e-2) == 21 and people_for_far(1e-3) == 64
 
 
 def test_an_index_built_with_the_original_stays_valid_and_verify_names_the_calibration(setup, tmp_path, capsys):

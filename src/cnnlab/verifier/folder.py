@@ -34,6 +34,12 @@ from cnnlab.verifier.model import EmbeddingModel
 
 DEFAULT_FAR = 1e-3
 OBJECTIVES = ("far", "accuracy")   # how `calibrate_embedded` chooses a threshold
+# Different-person distances cluster by the pair of people (a look-alike pair sits far inside
+# the others), so a false-accept rate is read from pairs of people, not pairs of images. On AT&T
+# (BENCHMARKS.md, "Calibrating on your own people") a threshold for FAR 1e-2 chosen on 10
+# people (45 pairs of people) gave 0.2x-5.9x the target on 30 others, on 20 people (190 pairs)
+# 0.3x-1.9x; FAR 1e-3 missed 2x on both. The rule that fits: target x pairs of people >= 2.
+MIN_FAR_PEOPLE_PAIRS = 2.0
 BEST_THRESHOLD_NOTE = ("upper bound: the threshold is chosen on these same pairs, peeking at their labels; "
                        "the accuracy at the model's threshold is the honest one")
 
@@ -198,8 +204,25 @@ def calibrate_embedded(verifier: EmbeddingModel, embedded: FolderEmbeddings, row
         "pairs": counts, "replaced": verifier.threshold if verifier.has_threshold else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    n = record["people"]
+    record["people_pairs"] = n * (n - 1) // 2
+    notes = []
     if limited:
-        record["note"] = (f"{counts['mismatched']} different-person pairs cannot show a false-accept rate of "
-                          f"{far:g} (the smallest they show is 1/{counts['mismatched']} = "
-                          f"{1 / counts['mismatched']:.2g}): the threshold accepts none of them")
+        notes.append(f"{counts['mismatched']} different-person pairs cannot show a false-accept rate of "
+                     f"{far:g} (the smallest they show is 1/{counts['mismatched']} = "
+                     f"{1 / counts['mismatched']:.2g}): the threshold accepts none of them")
+    if objective == "far" and far * record["people_pairs"] < MIN_FAR_PEOPLE_PAIRS:
+        needed = people_for_far(far)
+        notes.append(f"a false-accept rate of {far:g} read from {n} people ({record['people_pairs']} pairs of people) "
+                     f"can come out several times higher or lower on other people; about {needed} people pin it")
+    if notes:
+        record["note"] = "; ".join(notes)
     return record
+
+
+def people_for_far(far: float) -> int:
+    """The fewest people whose pairs of people give `far` x pairs >= MIN_FAR_PEOPLE_PAIRS."""
+    n = 2
+    while far * n * (n - 1) / 2 < MIN_FAR_PEOPLE_PAIRS:
+        n += 1
+    return n
