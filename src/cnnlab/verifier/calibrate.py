@@ -10,7 +10,9 @@ Two objectives:
 - `far` (default, target 1e-3): the threshold that accepts the most same-person pairs while at
   most that share of different-person pairs falls within it. With n different-person pairs
   the smallest rate they can show is 1/n; below that the threshold accepts none of them and the
-  record says the target could not be measured (`far_limited`).
+  record says the target could not be measured (`far_limited`). The rate carries over to other
+  people only when enough pairs of people show it (impostor distances cluster by the pair of
+  people): below `folder.MIN_FAR_PEOPLE_PAIRS` the record's note says how many people would.
 - `accuracy`: the best accuracy on these pairs (`cnnlab.metrics.verification.best_threshold`).
 
 The new model file is the old one with `extra["threshold"]` replaced and `extra["calibration"]`
