@@ -61,7 +61,7 @@ def budget_caption(recipe: dict, data: dict) -> str | None:
     """A warning for a results table trained below the report's budget (fewer epochs, a
     narrower network or a training subset), else None. Short runs rank blocks by how fast they
     learn, not by where they end: in the 4-epoch quarter-width `quick` table B, the report's best
-    block, came out last."""
+    block, comes out last in fp32 and fifth in bf16, and spans 41.9-54.8% over three seeds."""
     train, model = recipe.get("train", {}), recipe.get("model", {})
     short = []
     if train.get("epochs", REPORT_EPOCHS) < REPORT_EPOCHS:
