@@ -128,6 +128,9 @@ def test_report_writes_every_promised_file(trained_run):
     csv_lines = (out / "analysis.csv").read_text().splitlines()
     assert csv_lines[0].startswith("block,") and len(csv_lines) == 1 + len(BLOCKS)
     assert isinstance(analysis["shared_confusions"], list)
+    # The report's claims are in both outputs; this run lacks blocks, so none is judged yet.
+    assert [c["verdict"] for c in analysis["claims"]] == ["not judged yet"] * 3
+    assert "## The reference report's findings, checked" in md and "B has the best validation accuracy" in md
 
 
 def test_report_reuses_cached_analysis_until_embeddings_change(trained_run):

@@ -7,7 +7,8 @@ environment.json and embeddings_test.npz) and writes, inside RUN_DIR:
     figures/accuracy_params_time.png     accuracy vs parameters and vs training time
     figures/tsne_<block>.png             t-SNE of the test embeddings, per block
     figures/confusion_<block>.png        row-normalised confusion matrix, per block
-    analysis.json / analysis.csv         silhouette, k-NN accuracy, confused pairs, shared confusions
+    analysis.json / analysis.csv         silhouette, k-NN accuracy, confused pairs, shared confusions,
+                                         the reference report's claims checked (`report_claims`)
     report.md                            the report, figures linked
     report.html                          the same, self-contained (figures as data URIs)
 
@@ -32,6 +33,7 @@ from cnnlab.document import render_html, render_markdown
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_text, save_npz_atomic, write_json
 from cnnlab.progress import progress_bar
+from cnnlab.report_claims import check_claims
 
 FIGURES_DIR = "figures"
 CACHE_DIR = ".analysis_cache"
@@ -182,7 +184,8 @@ def _results_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared: list[dict],
-                    figures: dict[str, str], block_dirs: dict[str, Path], missing: list[str]) -> list[tuple]:
+                    figures: dict[str, str], block_dirs: dict[str, Path], missing: list[str],
+                    claims: list[dict]) -> list[tuple]:
     doc: list[tuple] = [("h", 1, "cnnlab: CIFAR-10 block comparison")]
     doc.append(("p", f"Run folder: {out.resolve()}. Preset: {results.get('preset', '-')}. "
                      f"Report written {time.strftime('%Y-%m-%d %H:%M:%S')}."))
@@ -232,6 +235,11 @@ def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared:
                     [[b] + [f"{p['a']} <-> {p['b']}: {p['count']} ({p['a_as_b']}/{p['b_as_a']}), {_pct(p['rate'])}%"
                             for p in a["top_confused_pairs"]] + [""] * (top_k - len(a["top_confused_pairs"]))
                      for b, a in analyses.items()]))
+
+    doc.append(("h", 2, "The reference report's findings, checked"))
+    doc.append(("p", "Each claim of the report's Part 1 against this run's numbers; judged only once every block the "
+                     "report trained is in the run."))
+    doc.append(("table", ["claim", "verdict", "finding"], [[c["claim"], c["verdict"], c["finding"]] for c in claims]))
 
     doc.append(("h", 2, "Figures"))
     if CURVES_FIGURE in figures.values():
@@ -336,13 +344,14 @@ def write_report(out_dir: str | Path, *, tsne_points: int = 2000, seed: int = 0,
         figures["accuracy_params_time"] = SCATTER_FIGURE
 
     shared = shared_confusions(analyses) if analyses else []
+    claims = check_claims(rows, analyses)
     summary = {"settings": {**settings, "metric": "cosine"}, "blocks": analyses, "shared_confusions": shared,
-               "not_analysed": missing, "cache_hits": cache_hits,
+               "claims": claims, "not_analysed": missing, "cache_hits": cache_hits,
                "figures": {k: f"{FIGURES_DIR}/{v}" for k, v in figures.items()}}
     write_json(out / "analysis.json", summary)
     _write_csv(out / "analysis.csv", analyses)
 
-    doc = _build_document(out, results, analyses, shared, figures, block_dirs, missing)
+    doc = _build_document(out, results, analyses, shared, figures, block_dirs, missing, claims)
     atomic_write_text(out / "report.md", render_markdown(doc))
     html_path = out / "report.html"
     atomic_write_text(html_path, render_html(doc, out))
