@@ -33,6 +33,7 @@ from cnnlab.document import render_html, render_markdown
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_text, save_npz_atomic, write_json
 from cnnlab.progress import progress_bar
+from cnnlab.metrics.classification import pair_rate
 from cnnlab.report_claims import check_claims
 
 FIGURES_DIR = "figures"
@@ -123,11 +124,6 @@ def _cached_analysis(block: str, npz: Path, cache_dir: Path, settings: dict) -> 
     plain = {k: v for k, v in result.items() if k != "tsne"}
     atomic_write_text(meta_path, json.dumps({"key": key, "analysis": plain}))
     return result, False
-
-
-def pair_rate(cm: np.ndarray, a: int, b: int) -> float:
-    support = cm[a].sum() + cm[b].sum()
-    return float((cm[a, b] + cm[b, a]) / support) if support else 0.0
 
 
 def shared_confusions(analyses: dict[str, dict]) -> list[dict]:

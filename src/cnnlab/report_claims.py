@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.metrics.classification import pair_rate
 from cnnlab.blocks.reference import REPORT_BEST_BLOCK, REPORT_COMMON_CONFUSIONS, REPORT_VAL_ACC
 
 SUPPORTED, NOT_SUPPORTED, NOT_JUDGED = "supported", "not supported", "not judged yet"
@@ -36,9 +37,7 @@ def all_pair_rates(analyses: dict[str, dict]) -> dict[tuple[str, str], float]:
         cm, names = np.asarray(a["confusion_matrix"], dtype=float), a["class_names"]
         for i in range(len(names)):
             for j in range(i + 1, len(names)):
-                support = cm[i].sum() + cm[j].sum()
-                rate = (cm[i, j] + cm[j, i]) / support if support else 0.0
-                rates.setdefault(tuple(sorted((names[i], names[j]))), []).append(float(rate))
+                rates.setdefault(tuple(sorted((names[i], names[j]))), []).append(pair_rate(cm, i, j))
     return {pair: float(np.mean(r)) for pair, r in rates.items()}
 
 

@@ -38,6 +38,13 @@ def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
     return sk_confusion_matrix(labels, preds, labels=np.arange(num_classes)).astype(np.int64)
 
 
+def pair_rate(cm, a: int, b: int) -> float:
+    """How often classes a and b are mixed up: (a as b + b as a) / test images of a and b."""
+    cm = np.asarray(cm)
+    support = cm[a].sum() + cm[b].sum()
+    return float((cm[a, b] + cm[b, a]) / support) if support else 0.0
+
+
 def top_confused_pairs(cm, class_names: Sequence[str], k: int = 5) -> list[dict]:
     """The k most confused unordered class pairs {a, b}.
 
