@@ -597,3 +597,29 @@ def test_the_recipe_space_types_and_ranges():
     assert SearchSpace.resolve(None).names == SearchSpace.default().names
     with pytest.raises(CnnlabError, match="unknown search space 'fast'; packaged: default, recipe"):
         SearchSpace.resolve("fast")
+
+
+def test_the_demo_preset_takes_the_recipe_study_best_trial():
+    """`make demo`'s face preset uses the committed study's winner (docs/tune/best.yaml) to the
+    digits that matter: each value admissible in the recipe space it was picked from, and the
+    rest of the preset (people, size, epochs) what BENCHMARKS times."""
+    from cnnlab.tasks.faces import FaceTrainConfig, preset_config
+    from cnnlab.tasks.faces.config import DEMO_TUNED
+    space = SearchSpace.resolve("recipe")
+    assert set(DEMO_TUNED) == set(space.names)
+    for name, value in DEMO_TUNED.items():
+        dist = space.params[name]
+        if isinstance(dist, Categorical):
+            assert value in dist.choices, name
+        elif isinstance(dist, IntRange):
+            assert dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0, name
+        else:
+            assert dist.low <= value <= dist.high, name
+    best = load_yaml(Path(__file__).parents[1] / "docs" / "tune" / "best.yaml")
+    for name, value in DEMO_TUNED.items():
+        assert value == pytest.approx(best[name], rel=0.03), name  # rounded, not changed
+    demo = preset_config("demo")
+    assert (demo.epochs, demo.input_size, demo.train_people, demo.test_images) == (12, 128, 400, "pairs")
+    assert all(getattr(demo, name) == value for name, value in DEMO_TUNED.items())
+    default = FaceTrainConfig()  # the full recipe keeps its own knobs: the winner lost at 15 epochs
+    assert (default.lr, default.embedding_dim, default.trainable_stages) == (1e-3, 128, 4)
