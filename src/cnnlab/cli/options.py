@@ -22,7 +22,8 @@ def add_face_recipe_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="FILE", help="YAML mapping of FaceTrainConfig fields (e.g. a tuner's best.yaml)")
     g.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                    help="cpu (default): cached-feature partial fine-tuning; demo: make demo's smaller run (400 training "
-                        "people, 128 px, the test pairs' images only); finetune: end-to-end (GPU)")
+                        "people, 128 px, the test pairs' images only, the random search's best knobs); finetune: "
+                        "end-to-end (GPU)")
     add_config_flags(g, FaceTrainConfig)  # help texts: on the fields (`config.option`)
 
 
