@@ -21,7 +21,7 @@ import time
 import torch
 torch.manual_seed(0)
 from cnnlab.models.siamese import SiameseNet
-from cnnlab.losses import ContrastiveLoss
+from cnnlab.metric_learning.losses import ContrastiveLoss
 m = SiameseNet("tf_efficientnet_lite0", embedding_dim=128, weights="none", input_size=192)
 stage = 5
 old = hasattr(m, "features_until") is False

@@ -73,9 +73,9 @@ def main(argv=None) -> int:
     from torchvision import transforms
 
     from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD
-    from cnnlab.engine import Engine, seed_everything
+    from cnnlab.training.engine import Engine, seed_everything
     from cnnlab.models import BlockNet
-    from cnnlab.optim import LRSchedule
+    from cnnlab.training.optim import LRSchedule
     from cnnlab.tasks.cifar import load_data, resolve_recipe
     from cnnlab.tasks.classification import ClassificationTask, eval_loader, score
 

@@ -2,7 +2,7 @@
 input size through each way of running it, measured in one run, with ratios to eager batched fp32.
 
 Paths: eager PyTorch fp32 (batched), the same with channels_last, eager one image at a time,
-onnxruntime on the model's checked ONNX export (`cnnlab.export`) at several batch sizes, and
+onnxruntime on the model's checked ONNX export (`cnnlab.verifier.export`) at several batch sizes, and
 `FaceVerifier.embed_faces` as it runs by default (what `embed` and `faces index build` use).
 Each round times every path on the same images, rounds interleave the paths so a busy
 neighbour slows them alike, and the median round is reported. Weights do not change the

@@ -39,7 +39,7 @@ def segment(engine, model, optimizer, x, y, steps: int) -> float:
 
 
 def measure(block: str, width: float, batch: int, rounds: int, steps: int, device: str) -> dict[str, float]:
-    from cnnlab.engine import Engine, TrainConfig, seed_everything
+    from cnnlab.training.engine import Engine, TrainConfig, seed_everything
     from cnnlab.models import BlockNet, BlockNetConfig
 
     runs = {}
@@ -63,7 +63,7 @@ def measure(block: str, width: float, batch: int, rounds: int, steps: int, devic
 
 def main(argv=None) -> int:
     from cnnlab.blocks import BLOCKS
-    from cnnlab.env import cpu_info, resolve_device, resolve_precision
+    from cnnlab.core.env import cpu_info, resolve_device, resolve_precision
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", nargs="+", default=BLOCKS.default_names())

@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 import torch
 
-from cnnlab.distances import create_distance
+from cnnlab.metric_learning.distances import create_distance
 from cnnlab.metrics.verification import threshold_at_far
 from cnnlab.verifier import FaceVerifier
 from cnnlab.verifier.folder import _pairs, embed_identity_folder, split_people

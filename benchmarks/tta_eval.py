@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.config import build_config
-from cnnlab.io import load_yaml
+from cnnlab.core.config import build_config
+from cnnlab.core.files import load_yaml
 from cnnlab.data.lfw import LFWProtocol
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.metrics.retrieval import retrieval_scores

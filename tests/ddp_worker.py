@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cnnlab.engine import Engine, TrainConfig, seed_everything
+from cnnlab.training.engine import Engine, TrainConfig, seed_everything
 from cnnlab.tasks.classification import ClassificationConfig, ClassificationTask
 
 TESTS = Path(__file__).resolve().parent
@@ -113,7 +113,7 @@ def gather_check(rank: int) -> dict:
     """Rank r holds rows of a 5-row batch (3 + 2); the loss of the gathered batch, backward,
     gives each rank world_size x the single-process gradient of its rows (DDP's average of
     the parameter gradients then divides by world_size)."""
-    from cnnlab.distributed import gather_rows
+    from cnnlab.training.distributed import gather_rows
     ctx = Engine(plain_config()).dist  # joins the process group
     full = torch.arange(15, dtype=torch.float64).reshape(5, 3) / 7
     shares, start = (3, 2), (0, 3)[rank]

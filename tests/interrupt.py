@@ -1,5 +1,5 @@
 """A task wrapper for resume tests: raises at the start of one epoch, as a crash would."""
-from cnnlab.task import Task
+from cnnlab.training.task import Task
 
 
 class StopAtEpoch(Task):

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.models import backbones
 from cnnlab.models.backbones import BACKBONES, create_backbone, load_state_dict_in_order
 

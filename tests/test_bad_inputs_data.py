@@ -19,7 +19,7 @@ from cnnlab.data.cifar import CIFAR10_CLASSES, load_cifar10
 from cnnlab.data.faces import FacePreprocess, load_identity_folders
 from cnnlab.data.images import BAD_FILES_NAME, decode_cached, decode_images, open_rgb
 from cnnlab.data.lfw import LFWProtocol
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from test_faces_train import SIDE, make_fake_lfw, quiet, tiny_config
 
 CIFAR_TINY = ["--epochs", "1", "--batch-size", "20", "--lr", "0.1", "--width-multiplier", "0.125",

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cnnlab.cli import main
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.metrics.verification import threshold_at_far
 from cnnlab.verifier import FaceVerifier, build_index
 from cnnlab.verifier.folder import people_for_far, split_people

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from cnnlab.cli import build_parser, main
 from cnnlab.cli.cifar import _recipe
-from cnnlab.engine import TrainConfig
+from cnnlab.training.engine import TrainConfig
 from cnnlab.tasks import ClassificationConfig, count_macs
 from cnnlab.tasks.cifar import ROW_FIELDS, resolve_recipe
 
@@ -211,7 +211,7 @@ def test_every_recipe_flag_takes_its_help_from_the_config_field(capsys):
     """Help text lives once, on the dataclass field (`config.option`); the flags read it."""
     import dataclasses
 
-    from cnnlab.engine import TrainConfig
+    from cnnlab.training.engine import TrainConfig
     from cnnlab.tasks.cifar import CifarDataConfig
     assert [f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("help")] == []
     assert [f.name for f in dataclasses.fields(ClassificationConfig) if not f.metadata.get("help")] == []

@@ -11,7 +11,7 @@ import torch
 import cnnlab.tasks.cifar as cifar
 from cnnlab.data.cifar import synthetic_cifar
 from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, normalize
-from cnnlab.engine import Engine
+from cnnlab.training.engine import Engine
 
 
 class SeenTestImages:

@@ -3,9 +3,9 @@ one line naming the key, nothing written; number strings PyYAML leaves (`1e-3`) 
 import pytest
 
 from cnnlab.cli import main
-from cnnlab.config import build_config
-from cnnlab.engine import TrainConfig
-from cnnlab.errors import CnnlabError
+from cnnlab.core.config import build_config
+from cnnlab.training.engine import TrainConfig
+from cnnlab.core.errors import CnnlabError
 from cnnlab.tasks.faces import FaceTrainConfig
 
 

@@ -10,7 +10,7 @@ import cnnlab.data.cifar as cifar
 import cnnlab.data.images as images
 from cnnlab.data.cifar import (CIFAR10_CLASSES, find_cifar_root, load_cifar10, stratified_split,
                                synthetic_cifar)
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 from conftest import data_dir
 

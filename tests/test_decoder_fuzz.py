@@ -16,7 +16,7 @@ from PIL import Image
 
 from cnnlab.data.faces import FacePreprocess
 from cnnlab.data.images import decode_images
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 SEED = 20261129
 # Magic numbers of formats Pillow knows: random bodies behind them reach the format parsers,

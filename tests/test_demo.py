@@ -1,5 +1,5 @@
 from cnnlab import demo
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 
 def test_demo_runs_steps_in_order_and_ends_with_the_report_path(tmp_path, monkeypatch, capsys):
@@ -27,8 +27,8 @@ def test_demo_stops_with_one_line_error(tmp_path, monkeypatch, capsys):
 
 
 def test_cifar_step_draws_the_report_after_the_comparison_and_prints_its_path(tmp_path, monkeypatch, capsys):
-    import cnnlab.cifar_results
-    import cnnlab.report
+    import cnnlab.reports.results_table
+    import cnnlab.reports.cifar
     import cnnlab.tasks.cifar as cifar
 
     calls = []
@@ -42,8 +42,8 @@ def test_cifar_step_draws_the_report_after_the_comparison_and_prints_its_path(tm
         return out / "report.html"
 
     monkeypatch.setattr(cifar, "compare", compare)
-    monkeypatch.setattr(cnnlab.cifar_results, "results_markdown", lambda results: "TABLE\n")
-    monkeypatch.setattr(cnnlab.report, "write_report", write_report)
+    monkeypatch.setattr(cnnlab.reports.results_table, "results_markdown", lambda results: "TABLE\n")
+    monkeypatch.setattr(cnnlab.reports.cifar, "write_report", write_report)
     demo.cifar_comparison(tmp_path)
     assert [c[:3] for c in calls] == [("compare", tmp_path / "cifar", "quick"), ("report", tmp_path / "cifar")]
     assert calls[0][3]["log"] is print and callable(calls[0][3]["on_results"])  # results.md after each block

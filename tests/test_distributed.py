@@ -32,10 +32,10 @@ import torch
 
 import ddp_worker
 from cnnlab.data.loader import AugmentConfig, DeviceLoader, shard_sizes, shard_slice
-from cnnlab.distributed import DistContext, sync_batchnorm
-from cnnlab.engine import Engine, load_checkpoint
-from cnnlab.env import distributed_setup, launch_ranks
-from cnnlab.errors import CnnlabError
+from cnnlab.training.distributed import DistContext, sync_batchnorm
+from cnnlab.training.engine import Engine, load_checkpoint
+from cnnlab.core.env import distributed_setup, launch_ranks
+from cnnlab.core.errors import CnnlabError
 
 EPOCHS, STEPS = 3, ddp_worker.N_TRAIN // ddp_worker.BATCH
 

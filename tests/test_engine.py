@@ -5,13 +5,13 @@ import pytest
 import torch
 import yaml
 
-from cnnlab.config import build_config
+from cnnlab.core.config import build_config
 from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.engine import Engine, TrainConfig, load_checkpoint, load_weights, seed_everything
-from cnnlab.errors import CnnlabError
+from cnnlab.training.engine import Engine, TrainConfig, load_checkpoint, load_weights, seed_everything
+from cnnlab.core.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.optim import LRSchedule
-from cnnlab.task import Callback
+from cnnlab.training.optim import LRSchedule
+from cnnlab.training.task import Callback
 from cnnlab.tasks import ClassificationConfig, ClassificationTask
 from interrupt import StopAtEpoch
 
@@ -111,8 +111,8 @@ def test_resume_refuses_a_changed_recipe(splits, tmp_path):
 def test_resume_ignores_exactly_the_run_only_settings():
     from dataclasses import fields
 
-    from cnnlab.config import RUN_ONLY_FIELDS
-    from cnnlab.io import to_plain
+    from cnnlab.core.config import RUN_ONLY_FIELDS
+    from cnnlab.core.files import to_plain
 
     engine = Engine(small_config(), run_config={"task": {"cutout": 0}})
     names = [f.name for f in fields(TrainConfig)]

@@ -9,7 +9,7 @@ import pytest
 import cnnlab.cli.blocks
 from cnnlab import demo
 from cnnlab.cli import main
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 
 @pytest.fixture

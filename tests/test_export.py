@@ -6,8 +6,8 @@ import onnx
 import pytest
 import torch
 
-from cnnlab.errors import CnnlabError
-from cnnlab.export import export_onnx, run_onnx, write_export_metadata
+from cnnlab.core.errors import CnnlabError
+from cnnlab.verifier.export import export_onnx, run_onnx, write_export_metadata
 from cnnlab.models.siamese import SiameseNet
 
 SIZE = 32
@@ -50,7 +50,7 @@ def test_reference_evaluator_checks_when_onnxruntime_is_missing(model, tmp_path,
 
 
 def test_a_mismatch_leaves_no_file(model, tmp_path, monkeypatch):
-    import cnnlab.export as export
+    import cnnlab.verifier.export as export
 
     monkeypatch.setattr(export, "run_onnx", lambda path, images: (np.zeros((2, 8), np.float32), "fake"))
     with pytest.raises(CnnlabError, match="differs from PyTorch"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnnlab.cli import main
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.metrics.verification import best_threshold, evaluate
 from cnnlab.verifier import FaceVerifier, score_identity_folder
 from cnnlab.verifier.folder import _pairs

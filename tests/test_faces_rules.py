@@ -182,7 +182,7 @@ def test_task_reshuffles_people_every_epoch_and_trains_on_the_leftovers():
 def test_the_configured_margin_is_the_losss_margin(margin):
     """Breaks if the task builds its loss with a fixed margin (the margin study would then
     compare identical recipes): the training step's loss is the contrastive loss at m."""
-    from cnnlab.losses import ContrastiveLoss
+    from cnnlab.metric_learning.losses import ContrastiveLoss
     dataset = synthetic_dataset([3, 2, 4, 2, 3, 2])
     config = tiny_config(batch_size=8, k=2, val_pairs=4, margin=margin, balance_pairs=False)
     task = make_task(config, dataset, fit_people=4)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.config import build_config
-from cnnlab.errors import CnnlabError
+from cnnlab.core.config import build_config
+from cnnlab.core.errors import CnnlabError
 from cnnlab.models.siamese import load_model
 from cnnlab.pipelines import margins_with_report, view1_with_plots
 from cnnlab.tasks.faces import FaceTrainConfig, cache_stage, outlier_counts, train_view1, train_view2
@@ -101,7 +101,7 @@ def test_config_validation_and_build_config_from_yaml_and_flags():
 
 
 def test_model_and_engine_configs_are_built_from_the_shared_fields():
-    from cnnlab.engine import TrainConfig
+    from cnnlab.training.engine import TrainConfig
     from cnnlab.models.siamese import SiameseConfig
     # Model defaults are SiameseConfig's (the recipe only changes the input size)...
     assert FaceTrainConfig().model_config() == SiameseConfig(input_size=192, flip_tta=True)
@@ -337,7 +337,7 @@ def test_hard_miner_and_flip_tta_train_and_report_retrieval(fake_lfw, tmp_path):
     stage = len(model.backbone_stages()) - config.trainable_stages
     prefix = cached_prefix(model, dataset, rows, stage, batch_size=64, progress=False, log=quiet)
     task = FaceVerificationTask(config, dataset, rows, rows, torch.device("cpu"), prefix=prefix, start_stage=stage)
-    assert isinstance(task.miner, __import__("cnnlab.miners", fromlist=["HardPairMiner"]).HardPairMiner)
+    assert isinstance(task.miner, __import__("cnnlab.metric_learning.miners", fromlist=["HardPairMiner"]).HardPairMiner)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(task.val_embeddings(model), torch.from_numpy(embed_images(model, dataset.images)),

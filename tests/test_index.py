@@ -13,7 +13,7 @@ import torch
 
 import cnnlab.verifier.index as index_module
 from cnnlab.cli import main
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.metrics import retrieval
 from cnnlab.metrics.retrieval import faiss_available, nearest_neighbours
 from cnnlab.verifier import FaceVerifier, GalleryFile, GalleryIndex, IndexModelMismatch, add_to_index, build_index

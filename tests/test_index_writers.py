@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.cli import main
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.verifier import FaceVerifier, GalleryIndex, add_to_index, build_index, prune_index, remove_from_index
 from cnnlab.verifier.enrol import writer_lock
 from face_models import build_tiny_model, make_gallery

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from cnnlab.distances import DISTANCES, CosineDistance, EuclideanDistance, create_distance
-from cnnlab.losses import ContrastiveLoss
+from cnnlab.metric_learning.distances import DISTANCES, CosineDistance, EuclideanDistance, create_distance
+from cnnlab.metric_learning.losses import ContrastiveLoss
 
 DTYPES = [torch.float32, torch.float64]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnlab.losses import ContrastiveLoss
-from cnnlab.miners import MINERS, HardPairMiner, RandomPairMiner, create_miner
+from cnnlab.metric_learning.losses import ContrastiveLoss
+from cnnlab.metric_learning.miners import MINERS, HardPairMiner, RandomPairMiner, create_miner
 
 # Four images on a line: person 0 at x = 0 and 3.2, person 1 at x = 1 and 5.
 #   d(a0,a1)=3.2  d(a0,b0)=1  d(a0,b1)=5  d(a1,b0)=2.2  d(a1,b1)=1.8  d(b0,b1)=4
@@ -41,7 +41,7 @@ def test_contrastive_loss_over_mined_pairs_by_hand():
 
 
 def test_hard_miner_uses_the_losses_distance_and_no_gradients():
-    from cnnlab.distances import CosineDistance
+    from cnnlab.metric_learning.distances import CosineDistance
     z = torch.tensor([[1.0, 0.0], [10.0, 1.0], [0.0, 1.0], [3.0, 4.0]], requires_grad=True)
     negatives = lambda miner: {(a, b) for a, b, s in pairs(*miner(z, LABELS)) if not s}  # noqa: E731
     # image 0's nearest impostor: image 2 by length (1.41 vs 4.47), image 3 by angle (53 vs 90 degrees)
@@ -80,8 +80,8 @@ def test_an_option_a_miner_would_ignore_is_refused():
 
 def test_the_face_recipe_refuses_miner_settings_that_do_nothing(capsys):
     from cnnlab.cli import main
-    from cnnlab.config import build_config
-    from cnnlab.errors import CnnlabError
+    from cnnlab.core.config import build_config
+    from cnnlab.core.errors import CnnlabError
     from cnnlab.tasks.faces import FaceTrainConfig
     with pytest.raises(CnnlabError, match="miner_negatives=5 has no effect with miner=random"):
         build_config(FaceTrainConfig, {"miner": "random", "miner_negatives": 5})

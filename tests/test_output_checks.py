@@ -9,13 +9,13 @@ import shutil
 import pytest
 import torch
 
-import cnnlab.io
+import cnnlab.core.files
 import cnnlab.tasks.cifar
 from cnnlab.cli import main
 from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.engine import Engine, load_checkpoint
-from cnnlab.errors import CnnlabError
-from cnnlab.io import check_output_dir, load_yaml
+from cnnlab.training.engine import Engine, load_checkpoint
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import check_output_dir, load_yaml
 
 CIFAR_TINY = ["--data", "synthetic", "--epochs", "1", "--batch-size", "100", "--width-multiplier", "0.125",
               "--device", "cpu", "--no-progress"]
@@ -101,7 +101,7 @@ def test_a_folder_the_system_refuses_to_write(name, tmp_path, capsys, monkeypatc
     def refuse(*args, **kwargs):
         raise OSError(errno, reason)
 
-    monkeypatch.setattr(cnnlab.io.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(cnnlab.core.files.tempfile, "mkstemp", refuse)
     line, what = run_command(name, tmp_path / "new" / "run", tmp_path, capsys)
     assert line == f"cnnlab: error: {what} {tmp_path / 'new' / 'run'} is not writable (in {tmp_path}): {reason}"
 
@@ -125,7 +125,7 @@ def test_cifar_eval_checks_the_run_folder_before_scoring(tmp_path, capsys, monke
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("train: {}\ntask: {}\nmodel: {block: A}\ndata: {root: synthetic}\n")
-    monkeypatch.setattr(cnnlab.io.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(cnnlab.core.files.tempfile, "mkstemp", refuse)
     assert main(["cifar", "eval", str(run)]) == 2
     assert capsys.readouterr().err == f"cnnlab: error: run folder {run} is not writable: Read-only file system\n"
 

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-import cnnlab.env
+import cnnlab.core.env
 from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.engine import Engine, TrainConfig, load_checkpoint, seed_everything
-from cnnlab.env import cpu_info, environment, resolve_precision
-from cnnlab.errors import CnnlabError
+from cnnlab.training.engine import Engine, TrainConfig, load_checkpoint, seed_everything
+from cnnlab.core.env import cpu_info, environment, resolve_precision
+from cnnlab.core.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.tasks import ClassificationConfig, ClassificationTask
 from interrupt import StopAtEpoch
@@ -89,7 +89,7 @@ def config(**changes):
 
 
 def fake_cpu(monkeypatch, flags):
-    monkeypatch.setattr(cnnlab.env, "cpu_info", lambda *a: {"model": "test CPU", "flags": list(flags)})
+    monkeypatch.setattr(cnnlab.core.env, "cpu_info", lambda *a: {"model": "test CPU", "flags": list(flags)})
 
 
 def test_auto_on_an_amx_cpu_trains_in_bf16_and_says_so(splits, tmp_path, monkeypatch):

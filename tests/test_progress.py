@@ -10,8 +10,8 @@ import pytest
 import torch
 from tqdm.auto import tqdm
 
-from cnnlab.errors import CnnlabError
-from cnnlab.progress import INTERVAL_ENV, PlainProgress, progress_bar, progress_interval
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.progress import INTERVAL_ENV, PlainProgress, progress_bar, progress_interval
 
 
 class FakeClock:

@@ -1,6 +1,7 @@
 """The results tables carry the reference report's figures beside cnnlab's own."""
 from cnnlab.blocks import REPORT_PARAMS, REPORT_VAL_ACC
-from cnnlab.blocks.reference import REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, minutes, reference_note
+from cnnlab.blocks.reference import REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S
+from cnnlab.reports.text import minutes, reference_note
 
 
 def _results(blocks):
@@ -19,7 +20,7 @@ def _table(text):
 
 
 def test_results_markdown_puts_the_reports_figures_beside_ours():
-    from cnnlab.cifar_results import results_markdown
+    from cnnlab.reports.results_table import results_markdown
 
     text = results_markdown(_results(["A", "E", "D2"]))
     rows = {r["block"]: r for r in _table(text)}
@@ -45,7 +46,7 @@ def test_the_report_table_is_complete_for_the_six_blocks():
 
 
 def test_results_line_names_the_precision():
-    from cnnlab.cifar_results import results_markdown
+    from cnnlab.reports.results_table import results_markdown
 
     results = _results(["A", "B"])
     for row in results["rows"]:
@@ -57,7 +58,7 @@ def test_results_line_names_the_precision():
 
 
 def test_report_results_table_has_the_same_columns():
-    from cnnlab.report import _results_table
+    from cnnlab.reports.cifar import _results_table
 
     headers, body = _results_table(_results(["C", "D2"])["rows"])
     rows = {r[0]: dict(zip(headers, r)) for r in body}
@@ -77,8 +78,8 @@ def test_note_names_the_blocks_without_a_report_accuracy():
 
 
 def test_a_reduced_budget_table_says_it_does_not_rank_the_blocks():
-    from cnnlab.blocks.reference import budget_caption
-    from cnnlab.cifar_results import results_markdown
+    from cnnlab.reports.text import budget_caption
+    from cnnlab.reports.results_table import results_markdown
 
     text = results_markdown(_results(["A", "B"]))  # 1 epoch, width 0.25, a 100-image subset
     assert "**Reduced budget (1 epoch instead of 30, width x0.25, 100 training images): these numbers do not " \

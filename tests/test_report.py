@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.analysis import EMBEDDINGS_FILE, analyse_embeddings
+from cnnlab.reports.analysis import EMBEDDINGS_FILE, analyse_embeddings
 from cnnlab.cli import main
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.models import count_parameters, create_model
-from cnnlab.plots.cifar import CONFUSION_SIZE, CURVES_SIZE, SCATTER_SIZE, TSNE_SIZE
-from cnnlab.plots.common import DPI
-from cnnlab.report import write_report
+from cnnlab.reports.plots.cifar import CONFUSION_SIZE, CURVES_SIZE, SCATTER_SIZE, TSNE_SIZE
+from cnnlab.reports.plots.common import DPI
+from cnnlab.reports.cifar import write_report
 from cnnlab.tasks.classification import save_embeddings
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]
@@ -41,7 +41,7 @@ def oriented_stripes(n, num_classes, seed, size=32):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from cnnlab.engine import Engine, TrainConfig
+    from cnnlab.training.engine import Engine, TrainConfig
     from cnnlab.tasks.classification import ClassificationConfig, ClassificationTask, eval_loader
 
     out = tmp_path_factory.mktemp("run")
@@ -213,7 +213,7 @@ def test_bad_metrics_line_is_reported_with_its_place(tmp_path):
 
 @pytest.mark.parametrize("n", [3, 10, 15, 45, 300])
 def test_class_colors_are_distinct_for_many_classes(n):
-    from cnnlab.plots.common import class_colors
+    from cnnlab.reports.plots.common import class_colors
 
     colors = class_colors(n)
     assert colors.shape == (n, 4) and ((colors >= 0) & (colors <= 1)).all()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnlab.metrics.classification import top_confused_pairs
-from cnnlab.report_claims import NOT_JUDGED, NOT_SUPPORTED, SUPPORTED, all_pair_rates, check_claims
+from cnnlab.reports.claims import NOT_JUDGED, NOT_SUPPORTED, SUPPORTED, all_pair_rates, check_claims
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BLOCKS = ["A", "B", "C", "D", "D-dw", "E"]

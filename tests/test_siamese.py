@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnlab.distances import EuclideanDistance
-from cnnlab.errors import CnnlabError
-from cnnlab.losses import ContrastiveLoss
+from cnnlab.metric_learning.distances import EuclideanDistance
+from cnnlab.core.errors import CnnlabError
+from cnnlab.metric_learning.losses import ContrastiveLoss
 from cnnlab.models.backbones import create_backbone
 from cnnlab.models.siamese import SiameseConfig, SiameseNet, load_model, save_model, search, verify
 

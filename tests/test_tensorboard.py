@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from ddp_worker import N_TRAIN, BATCH, plain_config, plain_model, plain_task
-from cnnlab.engine import Engine
-from cnnlab.errors import CnnlabError
-from cnnlab.optim import LRSchedule
-from cnnlab.tensorboard_log import TensorBoardLog
+from cnnlab.training.engine import Engine
+from cnnlab.core.errors import CnnlabError
+from cnnlab.training.optim import LRSchedule
+from cnnlab.training.tensorboard_log import TensorBoardLog
 
 STEPS = N_TRAIN // BATCH
 

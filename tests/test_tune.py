@@ -13,8 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cnnlab.io import load_yaml
-from cnnlab.errors import CnnlabError
+from cnnlab.core.files import load_yaml
+from cnnlab.core.errors import CnnlabError
 from cnnlab.tune.samplers import _SeededStartupTPE
 from cnnlab.tune import (Categorical, IntRange, LogUniform, SearchSpace, Uniform, final_test, redact, run_study,
                          trial_config, worker_id)
@@ -517,7 +517,7 @@ def test_final_test_tells_the_log_when_another_worker_holds_the_claim(tmp_path):
 
 
 def test_face_base_config_drops_tuned_and_where_to_run_fields():
-    from cnnlab.config import RUN_ONLY_FIELDS
+    from cnnlab.core.config import RUN_ONLY_FIELDS
     from cnnlab.tune import face_base_config
 
     space = SearchSpace.default()
@@ -572,7 +572,7 @@ def test_the_recipe_space_types_and_ranges():
     sampled value a config the recipe accepts (batch shape from batch_size x k)."""
     import dataclasses
 
-    from cnnlab.config import build_config
+    from cnnlab.core.config import build_config
     from cnnlab.tasks.faces import FaceTrainConfig
     space = SearchSpace.resolve("recipe")
     assert space.names == ["lr", "batch_size", "k", "embedding_dim", "margin", "miner_negatives", "weight_decay",

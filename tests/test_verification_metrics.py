@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import cnnlab.metrics.verification as V
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 
 def labelled(pos, neg):

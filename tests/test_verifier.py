@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnnlab.data.faces import FacePreprocess
 from cnnlab.data.images import decode_images
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.verifier import (FACE_PREPROCESSING, FaceVerifier, ImageRejected, ImageTooLarge, NoFaceFound,
                              model_fingerprint)
 from face_models import SIDE, build_tiny_model, make_gallery, train_tiny_model

@@ -19,7 +19,7 @@ from typing import Callable
 
 def cifar_comparison(out: Path) -> None:
     from cnnlab.blocks import BLOCKS
-    from cnnlab.cifar_results import results_markdown
+    from cnnlab.reports.results_table import results_markdown
     from cnnlab.pipelines import compare_blocks
     from cnnlab.tasks.cifar import resolve_recipe
 
@@ -36,7 +36,7 @@ def faces_view1(out: Path) -> None:
     """LFW View 1 with the `demo` face preset: Lite0's last stages fine-tuned on cached
     early-stage features; DevTest scored once at the threshold calibrated on validation people."""
     from cnnlab.pipelines import view1_with_plots
-    from cnnlab.io import load_yaml, read_json, to_plain
+    from cnnlab.core.files import load_yaml, read_json, to_plain
     from cnnlab.tasks.faces import default_lfw_root, format_retrieval, format_test, preset_config
     from cnnlab.tasks.faces.view1 import retrieval_name
 
@@ -48,7 +48,7 @@ def faces_view1(out: Path) -> None:
         print(f"finished earlier, reusing {run_dir}")
         metrics = read_json(done)
     else:
-        metrics = view1_with_plots(config, default_lfw_root(), run_dir, evaluate_test=True)
+        metrics = view1_with_plots(config, default_lfw_root(), run_dir, evaluate_test=True, log=print)
     print()
     print(format_test(metrics["test"], "LFW View 1 DevTest (1,000 pairs)"))
     if metrics.get("retrieval"):
@@ -68,7 +68,7 @@ STEPS: list[tuple[str, Callable[[Path], None]]] = [
 
 def main(argv: list[str] | None = None) -> int:
     from cnnlab.cli import DEBUG_HELP, line_buffered_output, run_guarded
-    from cnnlab.io import check_output_dir
+    from cnnlab.core.files import check_output_dir
 
     line_buffered_output()
     parser = argparse.ArgumentParser(prog="python -m cnnlab.demo", description=__doc__.splitlines()[0])

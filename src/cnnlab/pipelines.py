@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from cnnlab.core.progress import no_log
+
 
 def view1_with_plots(config, data_root, out_dir, *, evaluate_test: bool, report=None,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = no_log) -> dict:
     """`train_view1`, then, when DevTest was scored, its figures drawn from the run's files
     and listed in metrics.json ("plots"): what `faces train` and `make demo` produce."""
-    from cnnlab.plots.faces import plot_run
+    from cnnlab.reports.plots.faces import plot_run
     from cnnlab.tasks.faces import record_plots, train_view1
     metrics = train_view1(config, data_root, out_dir, evaluate_test=evaluate_test, report=report, log=log)
     if metrics["test"] is not None:
@@ -23,8 +25,8 @@ def with_run_plots(test_best: Callable[[dict, Path], dict]) -> Callable[[dict, P
     """A tuner's once-only DevTest run (`FaceTrainer.test_best`) that also draws the figures
     `faces train` draws, from the run's files, and lists them in its metrics.json."""
     def run(config: dict, run_dir: Path) -> dict:
-        from cnnlab.io import read_json
-        from cnnlab.plots.faces import plot_run
+        from cnnlab.core.files import read_json
+        from cnnlab.reports.plots.faces import plot_run
         from cnnlab.tasks.faces import METRICS_FILE, record_plots
         record = test_best(config, run_dir)
         record_plots(run_dir, read_json(Path(run_dir) / METRICS_FILE), plot_run(run_dir))
@@ -32,13 +34,13 @@ def with_run_plots(test_best: Callable[[dict, Path], dict]) -> Callable[[dict, P
     return run
 
 
-def margins_with_report(config, margins, data_root, out_dir, *, log: Callable[[str], None] = print) -> dict:
+def margins_with_report(config, margins, data_root, out_dir, *, log: Callable[[str], None] = no_log) -> dict:
     """`compare_margins`, then each run's figures (as `faces train` draws them), the
     side-by-side figures and the comparison (comparison.json lists the figures,
     comparison.md embeds them)."""
-    from cnnlab.io import read_json
-    from cnnlab.margins_report import write_margins_report
-    from cnnlab.plots.faces import plot_margin_comparison, plot_run
+    from cnnlab.core.files import read_json
+    from cnnlab.reports.margins import write_margins_report
+    from cnnlab.reports.plots.faces import plot_margin_comparison, plot_run
     from cnnlab.tasks.faces import METRICS_FILE, compare_margins, record_plots
     comparison = compare_margins(config, margins, data_root, out_dir, log=log)
     runs = comparison["runs"]
@@ -50,15 +52,15 @@ def margins_with_report(config, margins, data_root, out_dir, *, log: Callable[[s
 
 
 def compare_blocks(blocks, recipe, out, *, report: bool = True,
-                   log: Callable[[str], None] = print) -> tuple[dict, Path | None]:
+                   log: Callable[[str], None] = no_log) -> tuple[dict, Path | None]:
     """`compare` (results.md rewritten after each block, so an interruption never loses the
     table of the finished ones), then report.{md,html} drawn from the files it wrote (rank 0
     only under torchrun). Returns (results, report path or None)."""
-    from cnnlab.cifar_results import write_results_markdown
-    from cnnlab.distributed import is_main_process
+    from cnnlab.reports.results_table import write_results_markdown
+    from cnnlab.training.distributed import is_main_process
     from cnnlab.tasks.cifar import compare
     results = compare(blocks, recipe, out, log=log, on_results=lambda r: write_results_markdown(r, out))
     if not report or not is_main_process():
         return results, None
-    from cnnlab.report import write_report
+    from cnnlab.reports.cifar import write_report
     return results, write_report(out, progress=recipe.train.progress)

@@ -1,3 +1,3 @@
-from cnnlab.registry import Registry
+from cnnlab.core.registry import Registry
 
 BLOCKS = Registry("block")

@@ -18,8 +18,8 @@ import traceback
 from typing import Callable
 
 from cnnlab import __version__
-from cnnlab.errors import CnnlabError
-from cnnlab.io import first_line
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import first_line
 
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [

@@ -15,8 +15,8 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     Flags default to None ("not given"), so they override the preset and the file only when
     given; a bad value is the dataclass's one-line error."""
     from cnnlab.cli.flags import add_config_flags
-    from cnnlab.config import RUN_ONLY_FIELDS
-    from cnnlab.engine import TrainConfig
+    from cnnlab.core.config import RUN_ONLY_FIELDS
+    from cnnlab.training.engine import TrainConfig
     from cnnlab.models import BlockNetConfig
     from cnnlab.tasks.cifar import PRESETS, CifarDataConfig
     from cnnlab.tasks.classification import ClassificationConfig
@@ -72,8 +72,8 @@ def _recipe(args):
 
 
 def run_compare(args) -> int:
-    from cnnlab.io import check_output_dir
-    from cnnlab.cifar_results import results_markdown
+    from cnnlab.core.files import check_output_dir
+    from cnnlab.reports.results_table import results_markdown
     from cnnlab.pipelines import compare_blocks
     from cnnlab.tasks.cifar import check_blocks
     check_blocks(args.blocks)  # an unknown name fails here, before data or training
@@ -88,9 +88,9 @@ def run_compare(args) -> int:
 
 
 def run_train(args) -> int:
-    from cnnlab.engine import CHECKPOINT, load_checkpoint
-    from cnnlab.errors import CnnlabError
-    from cnnlab.io import check_output_dir
+    from cnnlab.training.engine import CHECKPOINT, load_checkpoint
+    from cnnlab.core.errors import CnnlabError
+    from cnnlab.core.files import check_output_dir
     from cnnlab.tasks.cifar import check_blocks, load_data, train_block
 
     (block,) = check_blocks([args.block])
@@ -100,7 +100,7 @@ def run_train(args) -> int:
         raise CnnlabError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if (out / CHECKPOINT).is_file():
         load_checkpoint(out)  # a malformed checkpoint is one line now, not after the data is loaded
-    from cnnlab.distributed import is_main_process
+    from cnnlab.training.distributed import is_main_process
     main = is_main_process()  # under torchrun rank 0 writes and reports; the others only train
     splits = load_data(recipe.data, recipe.train.progress, log=print, out=out if main else None)
     row = train_block(block, recipe, splits, out, log=print)

@@ -9,7 +9,7 @@ from cnnlab.cli.options import onnx_opset
 from cnnlab.cli.options import add_lfw_flag
 from cnnlab.cli.options import lfw_root_from_args as data_root_from_args
 from cnnlab.cli.faces_use import register as register_use
-from cnnlab.io import check_output_dir
+from cnnlab.core.files import check_output_dir
 
 
 def register(sub) -> None:
@@ -59,7 +59,7 @@ def register(sub) -> None:
 
 # ---------------------------------------------------------------------------- commands
 def run_train(args) -> int:
-    from cnnlab.errors import CnnlabError
+    from cnnlab.core.errors import CnnlabError
     from cnnlab.tasks.faces import train_view2
     config = config_from_args(args)
     out = check_output_dir(args.out or f"runs/faces-{args.protocol}")  # before any image is read
@@ -67,7 +67,8 @@ def run_train(args) -> int:
         if args.folds:
             raise CnnlabError("--folds applies to --protocol view2 only")
         from cnnlab.pipelines import view1_with_plots
-        metrics = view1_with_plots(config, data_root_from_args(args), out, evaluate_test=not args.no_test)
+        metrics = view1_with_plots(config, data_root_from_args(args), out, evaluate_test=not args.no_test,
+                                   log=print)
         if metrics["test"] is None:
             v = metrics["validation"]
             print(f"validation: AUC {v['auc']:.4f}, accuracy {v['accuracy']:.2%} (test pairs not read)")
@@ -78,7 +79,7 @@ def run_train(args) -> int:
                 raise CnnlabError(f"--folds are numbered 1-10, got {args.folds}")
             folds = [f - 1 for f in args.folds]
         summary = train_view2(config, data_root_from_args(args), out, folds=folds, log=print)
-        from cnnlab.distributed import is_main_process
+        from cnnlab.training.distributed import is_main_process
         if not is_main_process():
             return 0  # the other ranks of a torchrun run only trained; rank 0 reports
         val, other = summary["accuracy_val_threshold"], summary["accuracy"]
@@ -91,17 +92,18 @@ def run_train(args) -> int:
 
 
 def run_margins(args) -> int:
-    from cnnlab.margins_report import margins_markdown
+    from cnnlab.reports.margins import margins_markdown
     from cnnlab.pipelines import margins_with_report
     out = check_output_dir(args.out)  # before any image is read
-    comparison = margins_with_report(config_from_args(args), args.margins, data_root_from_args(args), out)
+    comparison = margins_with_report(config_from_args(args), args.margins, data_root_from_args(args), out,
+                                     log=print)
     print(margins_markdown(comparison))
     print(f"comparison: {out / 'comparison.md'}")
     return 0 if comparison["runs"] else 1
 
 
 def run_export(args) -> int:
-    from cnnlab.export import export_onnx, write_export_metadata
+    from cnnlab.verifier.export import export_onnx, write_export_metadata
     from cnnlab.verifier import FaceVerifier
     verifier = FaceVerifier.load(args.model, device="cpu", runtime="torch")
     report = export_onnx(verifier.model, args.out, input_size=verifier.input_size, opset=args.opset)
@@ -123,7 +125,7 @@ def run_baseline(args) -> int:
 
 
 def run_plot(args) -> int:
-    from cnnlab.plots.faces import plot_run
+    from cnnlab.reports.plots.faces import plot_run
     for path in plot_run(args.run_dir):
         print(path)
     return 0

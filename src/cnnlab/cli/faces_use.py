@@ -20,7 +20,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def load_verifier(model: str | Path, args: argparse.Namespace, **options):
-    from cnnlab.progress import is_interactive
+    from cnnlab.core.progress import is_interactive
     from cnnlab.verifier import FaceVerifier
     # The one-time ONNX export takes seconds on a real model: say so on a terminal, and keep
     # stderr to errors only otherwise.
@@ -163,7 +163,7 @@ def run_verify(args) -> int:
 def run_search(args) -> int:
     """`faces search INDEX QUERY... [-k K] [--json]`, or the first form,
     `faces search MODEL --gallery DIR --query IMG`, which embeds the folder for this search."""
-    from cnnlab.errors import CnnlabError
+    from cnnlab.core.errors import CnnlabError
     from cnnlab.verifier import GalleryIndex, scan_gallery
     from cnnlab.verifier.index import INDEX_FILE, embed_file_batches
     queries = [*args.queries, *args.query]
@@ -234,7 +234,7 @@ def _print_enrolment(report) -> None:
 
 
 def run_index_build(args) -> int:
-    from cnnlab.io import check_output_dir
+    from cnnlab.core.files import check_output_dir
     from cnnlab.verifier import build_index
     check_output_dir(args.out)  # before the model is loaded
     verifier = load_verifier(args.model, args)
@@ -273,7 +273,7 @@ SKIPPED_SHOWN = 5
 
 
 def run_score(args) -> int:
-    from cnnlab.io import check_output_file, write_json
+    from cnnlab.core.files import check_output_file, write_json
     from cnnlab.verifier import score_identity_folder
     if args.out:
         check_output_file(args.out)  # before minutes of embedding
@@ -313,7 +313,7 @@ def run_score(args) -> int:
 
 # ---------------------------------------------------------------------------- calibrate
 def run_calibrate(args) -> int:
-    from cnnlab.io import check_output_file
+    from cnnlab.core.files import check_output_file
     from cnnlab.verifier import resolve_model_path
     from cnnlab.verifier.calibrate import calibrate, write_calibrated_model
     check_output_file(args.out)
@@ -336,7 +336,7 @@ def run_calibrate(args) -> int:
 
 # ---------------------------------------------------------------------------- serve
 def run_serve(args) -> int:
-    from cnnlab.errors import CnnlabError
+    from cnnlab.core.errors import CnnlabError
     try:
         import uvicorn
 
@@ -362,7 +362,7 @@ def _check_port(host: str, port: int) -> None:
     """One line, exit 2, when HOST:PORT cannot be listened on (in use, or not an address here)."""
     import socket
 
-    from cnnlab.errors import CnnlabError
+    from cnnlab.core.errors import CnnlabError
     try:
         with socket.create_server((host, port)):
             pass

@@ -1,6 +1,6 @@
 """Dataclass configs as command-line flags: the one place where a config becomes flags, for
 every CLI. A field `batch_size` is the flag `--batch-size`, typed from its annotation, with the
-help text the field declares (`cnnlab.config.option`), default None so that "not given" never
+help text the field declares (`cnnlab.core.config.option`), default None so that "not given" never
 overrides a preset or a `--config` file. Values are not validated here: `build_config` does it
 once, so a bad value is the same one-line error from a flag, a YAML file or Python."""
 from __future__ import annotations

@@ -35,8 +35,8 @@ def explicit_face_fields(args: argparse.Namespace) -> dict:
 
 def face_config_from_args(args: argparse.Namespace):
     """--preset, then --config, then flags, into one validated FaceTrainConfig."""
-    from cnnlab.config import build_config
-    from cnnlab.io import load_yaml
+    from cnnlab.core.config import build_config
+    from cnnlab.core.files import load_yaml
     from cnnlab.tasks.faces import PRESETS, FaceTrainConfig
     file_values = load_yaml(args.config) if args.config else None
     return build_config(FaceTrainConfig, PRESETS[args.preset], file_values, explicit_face_fields(args))
@@ -87,7 +87,7 @@ def distance_threshold(text: str) -> float:
 
 
 def onnx_opset_range() -> tuple[int, int]:
-    """The ONNX opsets the installed PyTorch's TorchScript exporter (what `cnnlab.export`
+    """The ONNX opsets the installed PyTorch's TorchScript exporter (what `cnnlab.verifier.export`
     uses) can write; torch keeps the bounds in a private module, so fall back to torch 2.x's."""
     try:
         from torch.onnx import _constants

@@ -15,8 +15,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.io import check_output_dir
-    from cnnlab.report import write_report
+    from cnnlab.core.files import check_output_dir
+    from cnnlab.reports.cifar import write_report
 
     check_output_dir(args.run_dir, what="run folder")  # the report is written into it; check before the analysis
     path = write_report(args.run_dir, tsne_points=args.tsne_points, seed=args.seed,

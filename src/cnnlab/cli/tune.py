@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cnnlab.cli.options import (add_face_recipe_flags, add_lfw_flag, explicit_face_fields, face_config_from_args,
                                 lfw_root_from_args)
-from cnnlab.errors import CnnlabError
-from cnnlab.io import check_output_dir, load_yaml, to_plain
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import check_output_dir, load_yaml, to_plain
 from cnnlab.pipelines import with_run_plots
 from cnnlab.tune import (DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, FaceTrainer, SearchSpace, default_storage,
                          face_base_config, final_test, run_study)
@@ -94,5 +94,5 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def _resolved_device(name: str | None):
-    from cnnlab.env import resolve_device
+    from cnnlab.core.env import resolve_device
     return resolve_device(name or "auto")

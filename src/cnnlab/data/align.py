@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from cnnlab.data.images import UnreadableImage
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                          [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
@@ -225,7 +225,7 @@ def detect_cached(paths: Sequence[str], spec: DetectorSpec | None = None, *, nam
     not be read: the decoder reports those), detected once and kept in the `ArrayCache`."""
     from cnnlab.data.cache import ArrayCache, fingerprint
     from cnnlab.data.images import open_rgb
-    from cnnlab.progress import progress_bar
+    from cnnlab.core.progress import progress_bar
 
     spec = spec or DetectorSpec()
     cache = cache if cache is not None else ArrayCache()

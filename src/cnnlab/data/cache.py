@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from cnnlab.io import save_npz_atomic
+from cnnlab.core.files import save_npz_atomic
 
 
 def cache_root() -> Path:

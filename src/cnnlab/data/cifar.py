@@ -22,7 +22,7 @@ import numpy as np
 
 from cnnlab.data.cache import ArrayCache, cache_root, fingerprint
 from cnnlab.data.images import DecodeReport, decode_cached, list_folders, list_images
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
                                     "dog", "frog", "horse", "ship", "truck")

@@ -22,7 +22,7 @@ from PIL import Image
 from cnnlab.data.align import DetectorSpec, NoFaceDetected, detect_cached, detector, warp_face
 from cnnlab.data.cache import ArrayCache
 from cnnlab.data.images import DecodeReport, decode_cached, list_folders, list_images
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 # Bump when the decode/crop code changes in a way that changes pixels: old cache entries die.
 _CACHE_VERSION = 1

@@ -27,8 +27,8 @@ from typing import BinaryIO, Callable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import write_json
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import write_json
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
 # Part of every cache key built from decoded pixels: bump when decoding changes any pixel,
@@ -217,7 +217,7 @@ def decode_images(paths: Sequence[str | Path], transform: Callable[..., Image.Im
     Returns (images, ok_index, report): ok_index are the positions in `paths` that decoded.
     A bad file is reported by path; with `strict` the first one raises a CnnlabError.
     """
-    from cnnlab.progress import progress_bar
+    from cnnlab.core.progress import progress_bar
 
     report = DecodeReport(total=len(paths))
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from cnnlab.data.images import path_problem
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 IMAGE_DIR_CANDIDATES = ("lfw-deepfunneled", "lfw_funneled", "lfw-funneled", "lfw")
 

@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 
 def as_label_array(labels) -> np.ndarray:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cnnlab.distances import CosineDistance, Distance, EuclideanDistance, create_distance
-from cnnlab.errors import CnnlabError
+from cnnlab.metric_learning.distances import CosineDistance, Distance, EuclideanDistance, create_distance
+from cnnlab.core.errors import CnnlabError
 
 BACKENDS = ("torch", "faiss", "auto")
 FAISS_MIN_ROWS = 50_000

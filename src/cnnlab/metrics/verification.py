@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as _sk_roc_curve
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 DEFAULT_FARS = (1e-2, 1e-3)
 

@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import load_torch_file
-from cnnlab.registry import Registry
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_torch_file
+from cnnlab.core.registry import Registry
 
 BACKBONES = Registry("backbone")
 

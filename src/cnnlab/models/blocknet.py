@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from cnnlab.blocks import BLOCKS, create_block
 from cnnlab.blocks.plain import conv_bn
-from cnnlab.config import option
+from cnnlab.core.config import option
 
 
 @dataclass

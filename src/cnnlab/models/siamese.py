@@ -1,6 +1,6 @@
 """A Siamese network for face verification (Bromley et al. 1993, "Signature Verification
 using a Siamese Time Delay Neural Network"; trained with the contrastive loss of Hadsell,
-Chopra and LeCun 2006, see `cnnlab.losses`).
+Chopra and LeCun 2006, see `cnnlab.metric_learning.losses`).
 
 One backbone, one projection head: the two "branches" are two calls of the same module,
 so their weights are shared by construction, never copied or synchronised. `embed(images)`
@@ -18,13 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.distances import DISTANCES, Distance, EuclideanDistance
-from cnnlab.errors import CnnlabError
-from cnnlab.io import load_state_dict_checked, load_torch_file, save_torch_atomic
+from cnnlab.metric_learning.distances import DISTANCES, Distance, EuclideanDistance
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_state_dict_checked, load_torch_file, save_torch_atomic
 from cnnlab.metrics.retrieval import nearest_neighbours
 from cnnlab.models.backbones import BACKBONES, DataConfig, create_backbone
 from cnnlab.models.utils import eval_mode, module_device
-from cnnlab.registry import Registry
+from cnnlab.core.registry import Registry
 
 HEADS = Registry("projection head")
 

@@ -29,7 +29,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.metrics.retrieval import BadK, check_k
 from cnnlab.verifier import DEFAULT_MAX_PIXELS, FaceVerifier, GalleryIndex, ImageRejected, ImageTooLarge
 from cnnlab.verifier.images import to_rgb

@@ -14,7 +14,7 @@ Layout of `compare --out OUT`:
     OUT/results.csv   the rows (OUT/results.md, the Markdown table, is the report layer's)
     OUT/<block>/      an engine run directory + embeddings_test.npz (test features and logits)
 
-The figures and report.{md,html} are drawn from these files afterwards (`cnnlab.report`, run
+The figures and report.{md,html} are drawn from these files afterwards (`cnnlab.reports.cifar`, run
 by the CLI and the demo): this module trains and scores, it never draws.
 """
 from __future__ import annotations
@@ -28,17 +28,18 @@ from typing import Callable
 
 import numpy as np
 
-from cnnlab.analysis import EMBEDDINGS_FILE as EMBEDDINGS
+from cnnlab.core import runfiles
+from cnnlab.core.runfiles import CIFAR_EMBEDDINGS as EMBEDDINGS
 from cnnlab.blocks import BLOCKS
-from cnnlab.config import RUN_ONLY_FIELDS, build_config, option
-from cnnlab.distributed import broadcast_object, is_main_process
-from cnnlab.engine import FINAL, Engine, TrainConfig, load_weights, seed_everything
-from cnnlab.env import device_name, environment, resolve_device
-from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_write_text, check_output_dir, load_yaml, read_json, to_plain, write_json
+from cnnlab.core.config import RUN_ONLY_FIELDS, build_config, option
+from cnnlab.training.distributed import broadcast_object, is_main_process
+from cnnlab.training.engine import FINAL, Engine, TrainConfig, load_weights, seed_everything
+from cnnlab.core.env import device_name, environment, resolve_device
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import atomic_write_text, check_output_dir, load_yaml, read_json, to_plain, write_json
 from cnnlab.metrics.classification import TRAIN_ACC_NOTE
 from cnnlab.models import BlockNet, BlockNetConfig, count_parameters
-from cnnlab.progress import no_log
+from cnnlab.core.progress import no_log
 from cnnlab.tasks.classification import (ClassificationConfig, ClassificationTask, count_macs, eval_loader,
                                          save_embeddings, score)
 
@@ -189,8 +190,8 @@ def train_block(block: str, recipe: Recipe, splits, run_dir: str | Path, *,
     final_path = run_dir / FINAL
     finished = None
     # Rank 0 reads the folder and tells the other ranks (under torchrun they may not see its disk).
-    if engine.is_main and (run_dir / "config.yaml").is_file():
-        diff = engine.config_diff(load_yaml(run_dir / "config.yaml"))
+    if engine.is_main and (run_dir / runfiles.CONFIG).is_file():
+        diff = engine.config_diff(load_yaml(run_dir / runfiles.CONFIG))
         if diff:
             raise CnnlabError(f"{run_dir} holds a run with different settings ({', '.join(diff)}); "
                               "use another output directory or delete that one")
@@ -253,7 +254,7 @@ def compare(blocks: list[str], recipe: Recipe, out: str | Path, *, log: Callable
     results.md, `cnnlab.pipelines`). Returns the results (the contents of results.json)."""
     blocks = check_blocks(blocks)
     out = Path(out)
-    results_path = out / "results.json"
+    results_path = out / runfiles.CIFAR_RESULTS
     earlier = read_json(results_path) if results_path.is_file() else None
     if earlier is not None and earlier.get("recipe") != _comparable_recipe(recipe):
         raise CnnlabError(f"{out} holds results of a different recipe; use another --out or delete it")
@@ -284,8 +285,8 @@ def _comparable_recipe(recipe: Recipe) -> dict:
 
 
 def write_results(results: dict, out: Path) -> None:
-    """results.json and results.csv (the Markdown table is the report layer's: `cnnlab.cifar_results`)."""
-    write_json(out / "results.json", results)
+    """results.json and results.csv (the Markdown table is the report layer's: `cnnlab.reports.results_table`)."""
+    write_json(out / runfiles.CIFAR_RESULTS, results)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=ROW_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -301,7 +302,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, device: str | 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CnnlabError(f"run folder not found: {run_dir}")
-    saved = load_yaml(run_dir / "config.yaml")
+    saved = load_yaml(run_dir / runfiles.CONFIG)
     try:
         train = build_config(TrainConfig, saved["train"], {"device": device, "progress": False})
         task = build_config(ClassificationConfig, saved["task"])

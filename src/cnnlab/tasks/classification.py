@@ -14,13 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.config import option
+from cnnlab.core.config import option
 from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader
-from cnnlab.distributed import DistContext
-from cnnlab.errors import CnnlabError
-from cnnlab.io import save_npz_atomic
+from cnnlab.training.distributed import DistContext
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import save_npz_atomic
 from cnnlab.models.utils import eval_mode, module_device
-from cnnlab.task import Task
+from cnnlab.training.task import Task
 
 
 @dataclass
@@ -114,7 +114,7 @@ def save_embeddings(model: nn.Module, batches: Iterable, path: str | Path,
     """Run `model` over `batches` of (x, y) (already on the model's device) and write an npz
     with `features` (float32 N x D, from `forward_features`), `labels` (int64), `logits`
     (float32 N x C, the head applied to those features) and `class_names`: the file
-    `cnnlab.analysis` and the report read, so they never run a model.
+    `cnnlab.reports.analysis` and the report read, so they never run a model.
 
     Runs in eval mode (dropout off, BatchNorm running statistics); the model's previous
     mode comes back afterwards.

@@ -9,7 +9,7 @@ validation AUC). It never sees the test pairs: the View 1 test score of the best
 computed once, after the study (`final_test`), and reported apart from validation.
 `FaceTrainer` adapts `cnnlab.tasks.faces.train_view1` to both roles.
 
-    space.py     distributions and the search space (default: cnnlab/tune_space.yaml)
+    space.py     distributions and the search space (default: cnnlab/tune/space_default.yaml)
     samplers.py  seeded random search, TPE, pruners, by name
     storage.py   the shared storage, the lock workers claim trials under, worker ids
     recovery.py  a trial whose worker died or was interrupted: its parameters run again

@@ -10,8 +10,8 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Iterable
 
-from cnnlab.config import RUN_ONLY_FIELDS
-from cnnlab.errors import CnnlabError
+from cnnlab.core.config import RUN_ONLY_FIELDS
+from cnnlab.core.errors import CnnlabError
 from cnnlab.tune.results import trial_config
 from cnnlab.tune.space import SearchSpace
 from cnnlab.tune.study import Report
@@ -77,7 +77,7 @@ class FaceTrainer:
         return self._features
 
     def _config(self, mapping: dict):
-        from cnnlab.config import build_config
+        from cnnlab.core.config import build_config
         from cnnlab.tasks.faces import FaceTrainConfig
         return build_config(FaceTrainConfig, mapping, self.run_options)
 

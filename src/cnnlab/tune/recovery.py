@@ -37,7 +37,7 @@ def retry_history(trial: FrozenTrial) -> list[int]:
 
 def remove_scratch(trial: FrozenTrial) -> None:
     """Delete the files the trial registered as scratch, and the temporary files an atomic
-    write of them leaves when the process is killed mid-write (`cnnlab.io.atomic_path` names
+    write of them leaves when the process is killed mid-write (`cnnlab.core.files.atomic_path` names
     them `.NAME.*` in the same folder)."""
     for name in trial.user_attrs.get(SCRATCH, []):
         path = Path(name)

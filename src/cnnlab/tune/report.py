@@ -7,7 +7,7 @@
                             enough trials completed
     best.yaml               the best trial's params merged into the base train config
     study.yaml              resolved study settings, search space and base config
-    environment.json        versions and machine (`cnnlab.env.environment`)
+    environment.json        versions and machine (`cnnlab.core.env.environment`)
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.io import atomic_write_text, save_yaml, write_json
+from cnnlab.core.files import atomic_write_text, save_yaml, write_json
 from cnnlab.tune.results import StudyResult, best_trial
 from cnnlab.tune.space import Categorical, IntRange, LogUniform, SearchSpace, Uniform
 
@@ -89,7 +89,7 @@ def write_study_report(study: optuna.Study, space: SearchSpace, result: StudyRes
     save_yaml({"study": settings, "search_space": space.to_dict(), "base_config": base_config or {},
                "best": best_record}, out_dir / "study.yaml")
     written["study.yaml"] = out_dir / "study.yaml"
-    from cnnlab.env import environment
+    from cnnlab.core.env import environment
     write_json(out_dir / "environment.json", environment(environment_device))
     written["environment.json"] = out_dir / "environment.json"
 
@@ -140,7 +140,7 @@ def plot_score_vs_params(study: optuna.Study, space: SearchSpace, path: str | Pa
     parameters are jittered sideways so trials that drew the same value stay visible."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from cnnlab.plots.common import new_figure, save_figure
+    from cnnlab.reports.plots.common import new_figure, save_figure
 
     complete, pruned = _scored(study)
     best = best_trial(study)
@@ -199,7 +199,7 @@ def plot_score_vs_params(study: optuna.Study, space: SearchSpace, path: str | Pa
 
 def plot_history(study: optuna.Study, path: str | Path, metric: str) -> Path:
     """Score of each trial in trial order and the best score so far."""
-    from cnnlab.plots.common import new_figure, save_figure
+    from cnnlab.reports.plots.common import new_figure, save_figure
 
     complete, pruned = _scored(study)
     fig, ax = new_figure(7.0, 4.0)

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import to_plain
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import to_plain
 from cnnlab.tune.space import SearchSpace
 
 

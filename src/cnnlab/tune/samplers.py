@@ -15,8 +15,8 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from cnnlab.errors import CnnlabError
-from cnnlab.registry import Registry
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.registry import Registry
 
 
 class TrialSeededRandomSampler(optuna.samplers.BaseSampler):

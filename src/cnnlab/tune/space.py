@@ -3,7 +3,7 @@
 Names are the face train config's field names (a dotted name sets a field inside a section of a
 sectioned config). Each distribution checks its own spec, so a bad entry is a one-line error that
 names the parameter, and converts itself to optuna's distribution for sampling. The default
-space is `cnnlab/tune_space.yaml`.
+space is `cnnlab/tune/space_default.yaml`.
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from typing import Any, ClassVar
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import load_yaml
-from cnnlab.registry import Registry
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_yaml
+from cnnlab.core.registry import Registry
 
 # Installed beside the package modules (pyproject's package-data); the CLI help names it.
-DEFAULT_SPACE_FILE = "tune_space.yaml"
+DEFAULT_SPACE_FILE = "space_default.yaml"
 # Other spaces installed beside it, by the name `--space` takes.
-PACKAGED_SPACES = {"default": DEFAULT_SPACE_FILE, "recipe": "tune_space_recipe.yaml"}
+PACKAGED_SPACES = {"default": DEFAULT_SPACE_FILE, "recipe": "space_recipe.yaml"}
 
 DISTRIBUTIONS = Registry("distribution")
 
@@ -172,17 +172,17 @@ class SearchSpace:
 
     @classmethod
     def default(cls) -> "SearchSpace":
-        text = resources.files("cnnlab").joinpath(DEFAULT_SPACE_FILE).read_text()
+        text = resources.files("cnnlab.tune").joinpath(DEFAULT_SPACE_FILE).read_text()
         return cls.from_dict(yaml.safe_load(text), source=f"cnnlab/{DEFAULT_SPACE_FILE}")
 
     @classmethod
     def packaged(cls, name: str) -> "SearchSpace":
-        """A space installed with cnnlab: `recipe` is cnnlab/tune_space_recipe.yaml."""
+        """A space installed with cnnlab: `recipe` is cnnlab/tune/space_recipe.yaml."""
         if name not in PACKAGED_SPACES:
             raise CnnlabError(f"unknown search space {name!r}; packaged: {', '.join(PACKAGED_SPACES)} "
                               "(or give the path of a YAML file)")
         file = PACKAGED_SPACES[name]
-        return cls.from_dict(yaml.safe_load(resources.files("cnnlab").joinpath(file).read_text()),
+        return cls.from_dict(yaml.safe_load(resources.files("cnnlab.tune").joinpath(file).read_text()),
                              source=f"cnnlab/{file}")
 
     @classmethod

@@ -26,9 +26,9 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import to_plain, write_json
-from cnnlab.progress import progress_bar
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import to_plain, write_json
+from cnnlab.core.progress import progress_bar
 from cnnlab.tune.recovery import SCRATCH, abandon_interrupted, recover_dead_trials
 from cnnlab.tune.report import write_study_report
 from cnnlab.tune.results import StudyResult, best_trial, counted, finished_count, summarize_study

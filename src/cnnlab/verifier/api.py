@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from cnnlab.distances import DISTANCES, create_distance
-from cnnlab.errors import CnnlabError
+from cnnlab.core import runfiles
+from cnnlab.metric_learning.distances import DISTANCES, create_distance
+from cnnlab.core.errors import CnnlabError
 from cnnlab.models.utils import in_batches
 from cnnlab.verifier.images import (DEFAULT_MAX_PIXELS, FacePreprocessing, ImageInput, is_batch, prepare_faces,
                                     preprocessing_from_extra)
@@ -33,7 +34,7 @@ from cnnlab.verifier.runtime import create_runtime, default_batch_size
 if TYPE_CHECKING:
     from cnnlab.verifier.index import GalleryIndex
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = runfiles.MODEL
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class FaceVerifier:
         """From a run directory or its model.pt; `device="auto"` is CUDA when present.
         Options: runtime ("auto", "onnxruntime", "torch", "torch-channels-last"), batch_size,
         threshold (overrides the calibrated one), max_pixels, log."""
-        from cnnlab.env import resolve_device
+        from cnnlab.core.env import resolve_device
         from cnnlab.models.siamese import load_model
         path = resolve_model_path(run_dir_or_model_pt)
         model, extra = load_model(path, resolve_device(device))

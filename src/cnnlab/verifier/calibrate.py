@@ -27,8 +27,8 @@ from pathlib import Path
 
 
 from cnnlab.data.cache import file_sha256
-from cnnlab.errors import CnnlabError
-from cnnlab.io import load_torch_file, save_torch_atomic
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_torch_file, save_torch_atomic
 from cnnlab.verifier.folder import (DEFAULT_FAR, OBJECTIVES, FolderEmbeddings, calibrate_embedded,
                                    embed_identity_folder)
 from cnnlab.verifier.model import EmbeddingModel

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.verifier.index import (_COLUMNS, COMMIT_EVERY, INDEX_FILE, MAX_SHARDS, EnrolReport, GalleryFile,
                                    GalleryIndex, _contents, _load_shards, _new_meta, _rows, _Writer, embed_files,
                                    scan_gallery)
@@ -144,7 +144,7 @@ def _keep(index: GalleryIndex, keep: np.ndarray) -> tuple[int, int]:
 def _enrol(index: GalleryIndex, writer: _Writer, verifier: EmbeddingModel, gallery: Path,
            files: list[GalleryFile], *, commit_every: int = COMMIT_EVERY, progress: bool | None = None,
            log: Callable[[str], None] | None = None) -> EnrolReport:
-    from cnnlab.progress import progress_bar
+    from cnnlab.core.progress import progress_bar
     report = EnrolReport()
     row_of = {p: r for r, p in enumerate(index.paths)}
     cols = index._columns

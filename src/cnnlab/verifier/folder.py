@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from cnnlab.data.pairs import sample_pairs
-from cnnlab.distances import create_distance
-from cnnlab.errors import CnnlabError
+from cnnlab.metric_learning.distances import create_distance
+from cnnlab.core.errors import CnnlabError
 from cnnlab.metrics.verification import accuracy_at, best_threshold, evaluate, threshold_at_far
 from cnnlab.verifier.index import embed_file_batches, scan_gallery
 from cnnlab.verifier.model import EmbeddingModel
@@ -100,7 +100,7 @@ def score_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, negat
     `negatives`: how many different-person pairs (default: as many as same-person pairs; never
     more than exist). `seed` fixes which ones (`numpy.random.default_rng(seed)`), so two runs
     score the same pairs. `batch_size`: files decoded and embedded per step, which bounds
-    memory and paces the progress bar (`progress`: None = on a terminal, as `cnnlab.progress`).
+    memory and paces the progress bar (`progress`: None = on a terminal, as `cnnlab.core.progress`).
     Images directly in `folder` belong to no one and are left out (counted as `unlabelled`).
 
     `calibrate_people=N`: the honest estimate of what `calibrate` buys. N people (drawn with

@@ -21,8 +21,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cnnlab.data.align import DetectorSpec, NoFaceDetected
 from cnnlab.data.faces import ALIGN_KIND, FacePreprocess
 from cnnlab.data.images import TooManyPixels, UnreadableImage, open_rgb, to_rgb8
-from cnnlab.errors import CnnlabError
-from cnnlab.registry import Registry
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.registry import Registry
 
 # 40 megapixels: a large phone photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 40_000_000

@@ -8,7 +8,7 @@ The index is a folder:
                       and SHA-256 of the file's bytes
 
 `index.json` is the commit point. New embeddings go to a new shard file first, then
-`index.json` is replaced (atomically, `cnnlab.io`) by one that lists it; shards it does not list
+`index.json` is replaced (atomically, `cnnlab.core.files`) by one that lists it; shards it does not list
 are leftovers of an interrupted run, ignored and deleted at the next commit. So an `add` killed
 at any moment leaves the index as it was after its last commit, and a long build commits every
 `commit_every` images: running the same build again carries on where it stopped, embedding only
@@ -36,8 +36,8 @@ import numpy as np
 
 from cnnlab.data.cache import file_sha256
 from cnnlab.data.images import decode_images, list_folders, list_images
-from cnnlab.errors import CnnlabError
-from cnnlab.io import read_json, save_npz_atomic, write_json
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import read_json, save_npz_atomic, write_json
 from cnnlab.metrics.retrieval import FaissGallery, check_k, choose_backend, nearest_neighbours
 from cnnlab.verifier.model import EmbeddingModel
 
@@ -126,7 +126,7 @@ def embed_file_batches(verifier: EmbeddingModel, files: Sequence[GalleryFile], *
                        ) -> tuple[np.ndarray, list[GalleryFile], list[tuple[str, str]]]:
     """`embed_files` over many files, `batch_size` at a time (bounding memory) under a progress
     bar counted in images (`progress`: None = a bar on a terminal, else periodic lines)."""
-    from cnnlab.progress import progress_bar
+    from cnnlab.core.progress import progress_bar
     if batch_size < 1:
         raise CnnlabError(f"batch_size must be >= 1, got {batch_size}")
     parts, ok, bad = [], [], []

@@ -4,7 +4,7 @@
 onnxruntime runs the exported graph 2.5-3 times as fast as eager PyTorch fp32, batched or one
 image at a time, with or without channels_last. So on a CPU the default ("auto") exports the model once to
 ONNX (cached under `$CNNLAB_CACHE/onnx/`, keyed by the model fingerprint, checked against
-PyTorch by `cnnlab.export` before it is ever used) and runs it with onnxruntime; on a GPU, or
+PyTorch by `cnnlab.verifier.export` before it is ever used) and runs it with onnxruntime; on a GPU, or
 without onnxruntime, eager PyTorch runs it.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 from cnnlab.models.utils import eval_mode, module_device
 
 RUNTIMES = ("auto", "onnxruntime", "torch", "torch-channels-last")
@@ -59,7 +59,7 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        # One session serves every call; its input is float32 RGB in [0, 1] (cnnlab.export).
+        # One session serves every call; its input is float32 RGB in [0, 1] (cnnlab.verifier.export).
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.path = Path(onnx_path)
 
@@ -80,7 +80,7 @@ def exported_onnx(model: torch.nn.Module, fingerprint: str, input_size: int,
     """The model's checked ONNX export, made once per fingerprint and reused from the cache."""
     path = onnx_cache_path(fingerprint)
     if not path.is_file():
-        from cnnlab.export import export_onnx
+        from cnnlab.verifier.export import export_onnx
         if log:
             log(f"exporting the model to {path} for onnxruntime (once per model)")
         export_onnx(model, path, input_size=input_size)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cnnlab.config import option
+from cnnlab.core.config import option
 from cnnlab.data.faces import FacePreprocess
-from cnnlab.distances import DISTANCES
-from cnnlab.engine import TrainConfig
-from cnnlab.miners import MINERS
-from cnnlab.errors import CnnlabError
+from cnnlab.metric_learning.distances import DISTANCES
+from cnnlab.training.engine import TrainConfig
+from cnnlab.metric_learning.miners import MINERS
+from cnnlab.core.errors import CnnlabError
 from cnnlab.models.siamese import SiameseConfig, SiameseNet
 
 CACHE_MODES = ("auto", "on", "off")
@@ -77,7 +77,7 @@ class FaceTrainConfig:
     k: int = option(4, "images per person in a batch")
     # random miner: as many different-person pairs as same-person ones
     balance_pairs: bool = option(True, "random miner: as many different-person pairs as same-person ones")
-    # Which pairs of a batch the loss sees (cnnlab.miners): random, or hard = every same-person
+    # Which pairs of a batch the loss sees (cnnlab.metric_learning.miners): random, or hard = every same-person
     # pair + each image's miner_negatives nearest other-person images in the batch. Hard pairs
     # raised View 1 validation AUC from 0.958 to 0.976 (BENCHMARKS.md).
     miner: str = option("hard", "which pairs of a batch the loss sees: random, or hard (each image's nearest "
@@ -169,7 +169,7 @@ class FaceTrainConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(cls) if f.name in mine}
 
     def miner_options(self, distance) -> dict:
-        """The options of the chosen miner (`cnnlab.miners`): each takes only what it uses."""
+        """The options of the chosen miner (`cnnlab.metric_learning.miners`): each takes only what it uses."""
         return {"random": {"balance": self.balance_pairs},
                 "hard": {"distance": distance, "negatives": self.miner_negatives}}[self.miner]
 

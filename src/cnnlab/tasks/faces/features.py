@@ -27,7 +27,7 @@ from cnnlab.data.cache import ArrayCache
 from cnnlab.data.faces import FaceDataset
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches, module_device
-from cnnlab.progress import progress_bar
+from cnnlab.core.progress import progress_bar
 
 
 class PrefixFeatures:

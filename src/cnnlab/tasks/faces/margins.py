@@ -5,7 +5,7 @@ within it, and images whose nearest other image is another person.
 
 `compare_margins` trains and measures (OUT/margin-M/ and OUT/comparison.json); the figures
 are drawn afterwards from those files, and the Markdown comparison that embeds them written, by
-the report layer (`cnnlab.margins_report`, run by `cnnlab.pipelines`)."""
+the report layer (`cnnlab.reports.margins`, run by `cnnlab.pipelines`)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -14,16 +14,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import to_plain, write_json
+from cnnlab.core import runfiles
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import to_plain, write_json
 from cnnlab.metrics.retrieval import retrieval_scores
-from cnnlab.progress import no_log
+from cnnlab.core.progress import no_log
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo
 from cnnlab.tasks.faces.training import TEST_EMBEDDINGS, TEST_PAIRS
 from cnnlab.tasks.faces.view1 import train_view1
 
-COMPARISON_JSON = "comparison.json"
+COMPARISON_JSON = runfiles.MARGIN_COMPARISON
 
 
 def outlier_counts(distances: np.ndarray, same: np.ndarray, threshold: float, embeddings: np.ndarray,

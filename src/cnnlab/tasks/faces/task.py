@@ -4,7 +4,7 @@ or from cached frozen-stage features (`cnnlab.tasks.faces.features`); validation
 of seeded pairs among people the model never trains on.
 
 Under torchrun each rank embeds its share of every P x K batch; the embeddings of the whole
-batch are then gathered on every rank (`cnnlab.distributed.gather_rows`), so the pairs, the
+batch are then gathered on every rank (`cnnlab.training.distributed.gather_rows`), so the pairs, the
 negatives and the loss are those of one process training on the whole batch."""
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ from cnnlab.data.faces import FaceDataset
 from cnnlab.data.loader import random_crop, random_flip, shard_sizes, shard_slice
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.data.samplers import PKSampler
-from cnnlab.distances import create_distance
-from cnnlab.distributed import DistContext, gather_rows
-from cnnlab.losses import ContrastiveLoss
+from cnnlab.metric_learning.distances import create_distance
+from cnnlab.training.distributed import DistContext, gather_rows
+from cnnlab.metric_learning.losses import ContrastiveLoss
 from cnnlab.metrics.verification import evaluate
-from cnnlab.miners import create_miner
+from cnnlab.metric_learning.miners import create_miner
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import in_batches
 from cnnlab.tasks.faces.config import FaceTrainConfig, frozen_prefix, set_trainable
-from cnnlab.task import Task
+from cnnlab.training.task import Task
 from cnnlab.tasks.faces.features import PrefixFeatures, embed_from_prefix
 
 

@@ -22,26 +22,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.core import runfiles
 from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.images import DecodeReport
 from cnnlab.data.lfw import LFWProtocol, Pair
-from cnnlab.distances import create_distance
-from cnnlab.engine import Engine, seed_everything
-from cnnlab.errors import CnnlabError
-from cnnlab.io import to_plain
+from cnnlab.metric_learning.distances import create_distance
+from cnnlab.training.engine import Engine, seed_everything
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import to_plain
 from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches, module_device
-from cnnlab.progress import no_log
-from cnnlab.task import Callback
+from cnnlab.core.progress import no_log
+from cnnlab.training.task import Callback
 from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
 from cnnlab.tasks.faces.task import FaceVerificationTask
 
-MODEL_FILE = "model.pt"
-METRICS_FILE = "metrics.json"
-TEST_EMBEDDINGS = "test_embeddings.npz"
-TEST_PAIRS = "devtest_pairs.npz"
+MODEL_FILE = runfiles.MODEL
+METRICS_FILE = runfiles.METRICS
+TEST_EMBEDDINGS = runfiles.TEST_EMBEDDINGS
+TEST_PAIRS = runfiles.TEST_PAIRS
 
 
 # ---------------------------------------------------------------------------- embedding helpers

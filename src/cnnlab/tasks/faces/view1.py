@@ -3,7 +3,7 @@ Learned-Miller 2014, UM-CS-2014-003): train on DevTrain people, select the epoch
 threshold on a seeded people-disjoint validation split of them (`train_verifier`), and score the
 1,000 DevTest pairs once. The untrained baseline scores the pretrained backbone alone the same
 way. Runs write files; the figures are drawn from them afterwards, by the caller
-(`cnnlab.pipelines`, `cnnlab.plots.faces`).
+(`cnnlab.pipelines`, `cnnlab.reports.plots.faces`).
 """
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from cnnlab.core import runfiles
 from cnnlab.data.faces import FaceDataset
 from cnnlab.data.lfw import LFWProtocol, image_relpath
 from cnnlab.data.pairs import sample_pairs
-from cnnlab.distributed import is_main_process
-from cnnlab.engine import seed_everything
-from cnnlab.env import resolve_device
-from cnnlab.io import save_npz_atomic, save_yaml, write_json
+from cnnlab.training.distributed import is_main_process
+from cnnlab.training.engine import seed_everything
+from cnnlab.core.env import resolve_device
+from cnnlab.core.files import save_npz_atomic, save_yaml, write_json
 from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet, save_model
-from cnnlab.progress import no_log
+from cnnlab.core.progress import no_log
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo
 from cnnlab.tasks.faces.training import (
@@ -144,7 +145,7 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         log(format_retrieval(metrics["retrieval"], retrieval_name(config)))
     save_model(trained.model, out_dir / MODEL_FILE, extra=saved_model_extra(config, trained))
     write_json(out_dir / METRICS_FILE, metrics)
-    save_yaml(config, out_dir / "faces_config.yaml")
+    save_yaml(config, out_dir / runfiles.FACE_RECIPE)
     return metrics
 
 

@@ -8,15 +8,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from cnnlab.config import RUN_ONLY_FIELDS, build_config
+from cnnlab.core import runfiles
+from cnnlab.core.config import RUN_ONLY_FIELDS, build_config
 from cnnlab.data.lfw import LFWProtocol, split_people
-from cnnlab.distributed import is_main_process
-from cnnlab.errors import CnnlabError
-from cnnlab.io import load_yaml, read_json, save_yaml, to_plain, write_json
+from cnnlab.training.distributed import is_main_process
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_yaml, read_json, save_yaml, to_plain, write_json
 from cnnlab.metrics.verification import evaluate, kfold_accuracy
 from cnnlab.models.siamese import save_model
 from cnnlab.models.utils import eval_mode
-from cnnlab.progress import no_log
+from cnnlab.core.progress import no_log
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo, embed_from_prefix
 from cnnlab.tasks.faces.training import (METRICS_FILE, MODEL_FILE, check_scored_pairs, embed_images, load_lfw_images,
@@ -54,7 +55,7 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     check_scored_pairs(dataset, bad, all_pairs, protocol.root / "pairs.txt")
     main = is_main_process()  # under torchrun rank 0 scores and writes; the other ranks only train
     if main:  # before the first fold, so that a later run can tell whether it has the same recipe
-        save_yaml(config, out_dir / "faces_config.yaml")
+        save_yaml(config, out_dir / runfiles.FACE_RECIPE)
     skipped = record_bad_files(bad, out_dir, log) if main else len(bad.bad)
     pair_fold = np.array([p.fold for p in all_pairs])
     i, j, same = dataset.pair_indices(all_pairs)
@@ -114,7 +115,7 @@ def finished_view2_folds(out_dir: Path, config: FaceTrainConfig) -> dict[int, di
     `out_dir` (a row in metrics.json and the fold's model.pt), when that run had this recipe
     (settings that only say where and how visibly it ran aside). Results of another recipe, or
     of an unknown one, are never mixed in nor deleted: that is a one-line error."""
-    metrics_file, recipe_file = out_dir / METRICS_FILE, out_dir / "faces_config.yaml"
+    metrics_file, recipe_file = out_dir / METRICS_FILE, out_dir / runfiles.FACE_RECIPE
     if not metrics_file.is_file():
         return {}
     earlier = read_json(metrics_file)

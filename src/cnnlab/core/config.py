@@ -13,8 +13,8 @@ import types
 import typing
 from typing import Any, TypeVar, Union
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import load_yaml, to_plain  # noqa: F401  (re-exported: configs are read and written here)
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_yaml, to_plain  # noqa: F401  (re-exported: configs are read and written here)
 
 T = TypeVar("T")
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core import runfiles
+from cnnlab.core.errors import CnnlabError
 from cnnlab.metrics.classification import confusion_matrix, knn_accuracy, silhouette, top_confused_pairs
 
-EMBEDDINGS_FILE = "embeddings_test.npz"
+EMBEDDINGS_FILE = runfiles.CIFAR_EMBEDDINGS
 
 
 def load_embeddings(npz_path: str | Path) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ environment.json and embeddings_test.npz) and writes, inside RUN_DIR:
     figures/tsne_<block>.png             t-SNE of the test embeddings, per block
     figures/confusion_<block>.png        row-normalised confusion matrix, per block
     analysis.json / analysis.csv         silhouette, k-NN accuracy, confused pairs, shared confusions,
-                                         the reference report's claims checked (`report_claims`)
+                                         the reference report's claims checked (`reports.claims`)
     report.md                            the report, figures linked
     report.html                          the same, self-contained (figures as data URIs)
 
@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cnnlab.analysis import EMBEDDINGS_FILE, analyse_embeddings
-from cnnlab.document import render_html, render_markdown
-from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_write_text, save_npz_atomic, write_json
-from cnnlab.progress import progress_bar
+from cnnlab.reports.analysis import EMBEDDINGS_FILE, analyse_embeddings
+from cnnlab.reports.document import render_html, render_markdown
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import atomic_write_text, save_npz_atomic, write_json
+from cnnlab.core.progress import progress_bar
 from cnnlab.metrics.classification import pair_rate
-from cnnlab.report_claims import check_claims
+from cnnlab.reports.claims import check_claims
 
 FIGURES_DIR = "figures"
 CACHE_DIR = ".analysis_cache"
@@ -149,7 +149,7 @@ def shared_confusions(analyses: dict[str, dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- document model
-# A report is a list of elements rendered twice (`cnnlab.document`), as Markdown and as
+# A report is a list of elements rendered twice (`cnnlab.reports.document`), as Markdown and as
 # HTML, so the two never drift apart.
 
 
@@ -186,11 +186,11 @@ def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared:
     doc.append(("p", f"Run folder: {out.resolve()}. Preset: {results.get('preset', '-')}. "
                      f"Report written {time.strftime('%Y-%m-%d %H:%M:%S')}."))
     doc.append(("h", 2, "Results"))
-    from cnnlab.blocks.reference import reference_note
+    from cnnlab.reports.text import reference_note
     doc.append(("p", "Accuracies in %, MACs per 32x32 image, training images/s over the whole training run. "
                      + reference_note()))
     doc.append(("table", *_results_table(results["rows"])))
-    from cnnlab.blocks.reference import budget_caption
+    from cnnlab.reports.text import budget_caption
     caption = budget_caption(results.get("recipe", {}), results.get("data", {}))
     if caption:
         doc.append(("p", caption))
@@ -301,7 +301,7 @@ def write_report(out_dir: str | Path, *, tsne_points: int = 2000, seed: int = 0,
     settings = {"tsne_points": tsne_points, "seed": seed, "knn_k": knn_k,
                 "silhouette_sample": silhouette_sample, "top_k": top_k}
 
-    from cnnlab.plots.cifar import (block_styles, plot_accuracy_params_time, plot_confusion,
+    from cnnlab.reports.plots.cifar import (block_styles, plot_accuracy_params_time, plot_confusion,
                                     plot_training_curves, plot_tsne)
 
     styles = block_styles(list(block_dirs))

@@ -1,8 +1,8 @@
 """The one training loop of cnnlab. Tasks plug in; the engine owns everything they share.
 
-A `Task` (`cnnlab.task`) says what differs between jobs: batches, the loss of one batch, how to
+A `Task` (`cnnlab.training.task`) says what differs between jobs: batches, the loss of one batch, how to
 evaluate. The `Engine` owns the rest: device, bf16 autocast, channels_last, `torch.compile`, the
-optimizer, the per-step schedule, weight EMA (`cnnlab.optim`), non-finite checks, progress, an
+optimizer, the per-step schedule, weight EMA (`cnnlab.training.optim`), non-finite checks, progress, an
 atomic checkpoint each epoch, exact resume, which epoch is the result (`select_metric`), callbacks
 after each validation (logging, pruning), and data-parallel training under `torchrun`. A run
 directory holds:
@@ -26,24 +26,25 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from cnnlab import distributed
-from cnnlab.config import RUN_ONLY_FIELDS, option
-from cnnlab.env import PRECISIONS, environment, resolve_device, resolve_precision
-from cnnlab.errors import CnnlabError
-from cnnlab.io import (atomic_write_text, load_entries, load_state_dict_checked, load_torch_file, read_json,
+from cnnlab.core import runfiles
+from cnnlab.training import distributed
+from cnnlab.core.config import RUN_ONLY_FIELDS, option
+from cnnlab.core.env import PRECISIONS, environment, resolve_device, resolve_precision
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import (atomic_write_text, load_entries, load_state_dict_checked, load_torch_file, read_json,
                        save_torch_atomic, save_yaml, to_plain, write_json)
 from cnnlab.models.utils import eval_mode
-from cnnlab.optim import SCHEDULES, LRSchedule, ModelEma
-from cnnlab.progress import progress_bar
-from cnnlab.rng import rng_state as _rng_state
-from cnnlab.rng import seed_everything
-from cnnlab.rng import set_rng_state as _set_rng_state
-from cnnlab.task import Callback, Selection, Task
-from cnnlab.tensorboard_log import TensorBoardLog, remove_event_files
+from cnnlab.training.optim import SCHEDULES, LRSchedule, ModelEma
+from cnnlab.core.progress import progress_bar
+from cnnlab.core.rng import rng_state as _rng_state
+from cnnlab.core.rng import seed_everything
+from cnnlab.core.rng import set_rng_state as _set_rng_state
+from cnnlab.training.task import Callback, Selection, Task
+from cnnlab.training.tensorboard_log import TensorBoardLog, remove_event_files
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = runfiles.CHECKPOINT
 METRICS = "metrics.jsonl"
-FINAL = "final.json"
+FINAL = runfiles.FINAL
 
 
 @dataclass
@@ -130,7 +131,7 @@ class Engine:
         """Rank 0 (or not distributed): the process that writes and reports."""
         return self.dist.is_main
 
-    def environment(self) -> dict:  # what cnnlab.env records, plus the precision resolved here
+    def environment(self) -> dict:  # what cnnlab.core.env records, plus the precision resolved here
         return environment(self.device, {"requested": self.config.precision, "used": self.precision,
                                          "reason": self.precision_reason})
 
@@ -312,8 +313,8 @@ class Engine:
         for stale in (METRICS, FINAL, CHECKPOINT):
             (self.run_dir / stale).unlink(missing_ok=True)
         remove_event_files(self.run_dir)  # an earlier run's curves must not mix with this one's
-        save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
-        write_json(self.run_dir / "environment.json", self.environment())
+        save_yaml(self._resolved_config(), self.run_dir / runfiles.CONFIG)
+        write_json(self.run_dir / runfiles.ENVIRONMENT, self.environment())
 
     def _save_checkpoint(self, model, optimizer, scheduler, ema, history, selection: Selection) -> None:
         if not self.writes:
@@ -325,9 +326,9 @@ class Engine:
         save_torch_atomic(state, self.run_dir / CHECKPOINT)
         atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
         # A run folder deleted mid-run was remade by the writes above (atomic_path): refill it.
-        if not (self.run_dir / "config.yaml").is_file():
-            save_yaml(self._resolved_config(), self.run_dir / "config.yaml")
-            write_json(self.run_dir / "environment.json", self.environment())
+        if not (self.run_dir / runfiles.CONFIG).is_file():
+            save_yaml(self._resolved_config(), self.run_dir / runfiles.CONFIG)
+            write_json(self.run_dir / runfiles.ENVIRONMENT, self.environment())
 
     def _load_checkpoint(self, model, optimizer, scheduler, ema, selection: Selection) -> list[dict]:
         # Rank 0's checkpoint on every rank: other machines need not see rank 0's disk.

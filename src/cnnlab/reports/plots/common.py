@@ -8,7 +8,7 @@ from matplotlib import colormaps
 from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 
-from cnnlab.io import write_with
+from cnnlab.core.files import write_with
 
 # Figures are saved at a fixed size (inches * DPI, no tight bounding box) so their pixel
 # size is known in advance; constrained layout keeps labels inside that frame.

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import torch
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -10,10 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import load_yaml, read_json
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_yaml, read_json
 from cnnlab.metrics.retrieval import nearest_neighbours
-from cnnlab.plots.common import class_colors, new_figure, save_figure
+from cnnlab.reports.plots.common import class_colors, new_figure, save_figure
 
 BOX_SIZE = (6.0, 5.0)
 ROC_SIZE = (11.0, 4.8)
@@ -56,7 +56,7 @@ def draw_distance_boxes(ax, distances: np.ndarray, same: np.ndarray, threshold: 
 
 def draw_tsne(ax, embeddings: np.ndarray, labels: np.ndarray, people: Sequence[str], top: int, title: str,
               seed: int = 0) -> None:
-    from cnnlab.analysis import tsne_2d
+    from cnnlab.reports.analysis import tsne_2d
     counts = np.bincount(labels, minlength=len(people))
     chosen = np.argsort(-counts, kind="stable")[:top]
     chosen = chosen[counts[chosen] > 0]

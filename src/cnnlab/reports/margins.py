@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from cnnlab.io import atomic_write_text, write_json
-from cnnlab.tasks.faces.margins import COMPARISON_JSON
+from cnnlab.core.files import atomic_write_text, write_json
+from cnnlab.core.runfiles import MARGIN_COMPARISON as COMPARISON_JSON
 
 COMPARISON_MD = "comparison.md"
 

@@ -18,8 +18,8 @@ import inspect
 import torch
 
 from cnnlab.data.pairs import batch_pairs
-from cnnlab.distances import Distance, EuclideanDistance
-from cnnlab.registry import Registry
+from cnnlab.metric_learning.distances import Distance, EuclideanDistance
+from cnnlab.core.registry import Registry
 
 MINERS = Registry("pair miner")
 

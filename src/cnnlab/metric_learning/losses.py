@@ -4,7 +4,7 @@ Learning an Invariant Mapping":
     L = y * d^2 + (1 - y) * max(0, m - d)^2,   mean over pairs,
 
 with y = 1 for two images of the same person, d the distance between their embeddings
-(Euclidean by default, any `cnnlab.distances.Distance` otherwise) and m the margin beyond
+(Euclidean by default, any `cnnlab.metric_learning.distances.Distance` otherwise) and m the margin beyond
 which a different-person pair costs nothing.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cnnlab.distances import Distance, EuclideanDistance
+from cnnlab.metric_learning.distances import Distance, EuclideanDistance
 
 
 class ContrastiveLoss(nn.Module):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 EVENT_FILES = "events.out.tfevents.*"
 # The per-epoch fields that are not curves: the epoch is the x axis, lr is logged every step.

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 
 def to_plain(obj: Any) -> Any:

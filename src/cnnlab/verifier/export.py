@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path, check_output_dir, first_line
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import atomic_path, check_output_dir, first_line
 from cnnlab.models.utils import eval_mode
 
 
@@ -102,7 +102,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = Non
 def write_export_metadata(report: ExportReport, model: nn.Module, extra: dict | None = None) -> Path:
     """`<file>.json` beside the ONNX file: input size, normalisation (already in the graph),
     embedding size and anything else a consumer needs, e.g. the calibrated threshold."""
-    from cnnlab.io import write_json
+    from cnnlab.core.files import write_json
 
     meta = {**report.to_dict(), "input": "float32 RGB in [0, 1], N x 3 x H x W",
             "data_config": model.data_config.to_dict(), "embedding_dim": model.embedding_dim,

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from cnnlab.plots.common import class_colors, new_figure, save_figure
+from cnnlab.reports.plots.common import class_colors, new_figure, save_figure
 
 # Fixed figure sizes in inches (pixels = inches * DPI); tests check the written sizes.
 TSNE_SIZE = (8.0, 6.5)

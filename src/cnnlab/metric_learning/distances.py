@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.registry import Registry
+from cnnlab.core.registry import Registry
 
 DISTANCES = Registry("distance")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab.blocks.reference import (REPORT_PARAMS, REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, REPORT_VAL_ACC,
-                                     budget_caption, minutes, reference_note)
-from cnnlab.io import atomic_write_text
+from cnnlab.blocks.reference import REPORT_PARAMS, REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, REPORT_VAL_ACC
+from cnnlab.core.files import atomic_write_text
 from cnnlab.metrics.classification import TRAIN_ACC_NOTE
+from cnnlab.reports.text import budget_caption, minutes, reference_note
 
 RESULTS_MD = "results.md"
 

@@ -4,7 +4,7 @@ Accelerating Data Parallel Training").
 
 A run is distributed when its launcher says so: `torchrun` (or any `env://` launcher) sets
 RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in every process it starts
-(`cnnlab.env.launch_ranks`). Then `setup` joins the process group (NCCL between GPUs, one GPU
+(`cnnlab.core.env.launch_ranks`). Then `setup` joins the process group (NCCL between GPUs, one GPU
 per process, LOCAL_RANK choosing it; Gloo on CPUs), and the engine wraps the model in DDP,
 which averages the gradients of every step across processes. Without those variables
 everything here is a no-op and a run is the plain single process it always was.
@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cnnlab.env import distributed_backend, launch_ranks
-from cnnlab.errors import CnnlabError
-from cnnlab.rng import rank_seed
+from cnnlab.core.env import distributed_backend, launch_ranks
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.rng import rank_seed
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class TrainingModule:
 
 
 def seed_rank(ctx: DistContext, seed: int, epoch: int) -> None:
-    """Give every rank but 0 a torch seed of its own for the epoch (`cnnlab.rng.rank_seed`):
+    """Give every rank but 0 a torch seed of its own for the epoch (`cnnlab.core.rng.rank_seed`):
     rank 0 keeps the single-process stream, so a one-process run is unchanged."""
     if ctx.rank > 0:
         torch.manual_seed(rank_seed(seed, ctx.rank, epoch))

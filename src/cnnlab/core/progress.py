@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, TextIO, TypeVar
 
 from tqdm.auto import tqdm
 
-from cnnlab.errors import CnnlabError
+from cnnlab.core.errors import CnnlabError
 
 T = TypeVar("T")
 
