@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 CNNLAB_DATA ?= $(abspath ../shared/data)
 export CNNLAB_DATA
 
-.PHONY: demo test install clean
+.PHONY: demo test install catalog clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,8 +25,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# ruff first: a lint error fails `make test` (and CI) before minutes of tests.
 test: $(STAMP)
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -q tests
+
+# What `--help` shows from the library, stored so that help imports no torch (cnnlab.cli.catalog);
+# rewrite it after changing a config dataclass, a preset or a registry (tests/test_cli_help.py says when).
+catalog: $(STAMP)
+	$(BIN)/python -m cnnlab.cli.catalog
 
 demo: $(STAMP)
 	$(BIN)/python -m cnnlab.demo

@@ -19,14 +19,16 @@ if os.environ.get("OLD_SRC"):
 import time
 
 import torch
+
 torch.manual_seed(0)
-from cnnlab.models.siamese import SiameseNet
 from cnnlab.metric_learning.losses import ContrastiveLoss
+from cnnlab.models.siamese import SiameseNet
+
 m = SiameseNet("tf_efficientnet_lite0", embedding_dim=128, weights="none", input_size=192)
 stage = 5
 old = hasattr(m, "features_until") is False
 if old:
-    from cnnlab.tasks.faces import run_stages, embed_from_stage
+    from cnnlab.tasks.faces import embed_from_stage, run_stages
     feats = lambda x: run_stages(m, m.prepare_input(x), 0, stage)
     emb = lambda f: embed_from_stage(m, f, stage)
 else:

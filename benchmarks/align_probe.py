@@ -11,18 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
+from cnnlab.tasks.faces.protocols import backbone_features, load_lfw_images, pair_distances
 
+from cnnlab.core.env import data_root
 from cnnlab.data.lfw import LFWProtocol
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import evaluate
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.tasks.faces import FaceTrainConfig
-from cnnlab.tasks.faces.protocols import backbone_features, load_lfw_images, pair_distances
 
 
 def main() -> None:
@@ -32,7 +31,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=150)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    protocol = LFWProtocol(Path(os.environ.get("CNNLAB_DATA", "../shared/data")) / "lfw")
+    protocol = LFWProtocol(data_root()[0] / "lfw")
     variants = [("centre crop", FaceTrainConfig(crop=args.crop, input_size=args.size, progress=False))]
     variants += [(f"aligned, padding {p}", FaceTrainConfig(align=True, align_padding=p, input_size=args.size,
                                                            progress=False)) for p in args.paddings]

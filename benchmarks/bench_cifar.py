@@ -73,11 +73,11 @@ def main(argv=None) -> int:
     from torchvision import transforms
 
     from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD
-    from cnnlab.training.engine import Engine, seed_everything
     from cnnlab.models import BlockNet
-    from cnnlab.training.optim import LRSchedule
     from cnnlab.tasks.cifar import load_data, resolve_recipe
     from cnnlab.tasks.classification import ClassificationTask, eval_loader, score
+    from cnnlab.training.engine import Engine, seed_everything
+    from cnnlab.training.optim import LRSchedule
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--block", default="A")

@@ -12,15 +12,14 @@ a busy process (e.g. a training run, or `python -c "while True: pass"`), and com
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-from pathlib import Path
 
 
 def main(argv=None) -> int:
     import torch
 
+    from cnnlab.core.env import data_root
     from cnnlab.data import align
     from cnnlab.data.images import open_rgb
 
@@ -28,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)
-    root = Path(os.environ.get("CNNLAB_DATA", "../shared/data")) / "lfw" / "lfw-deepfunneled"
+    root = data_root()[0] / "lfw" / "lfw-deepfunneled"
     paths = sorted(root.glob("*/*.jpg"))[: args.images]
     if not paths:
         raise SystemExit(f"no LFW images under {root}")

@@ -57,9 +57,9 @@ def main() -> None:
     from cnnlab.models.siamese import SiameseNet
     from cnnlab.tasks.faces import FaceTrainConfig
     from cnnlab.verifier import FaceVerifier
-    from cnnlab.verifier.runtime import OnnxRuntime, TorchRuntime, exported_onnx
     from cnnlab.verifier.api import model_fingerprint
     from cnnlab.verifier.images import CentreCrop
+    from cnnlab.verifier.runtime import OnnxRuntime, TorchRuntime, exported_onnx
 
     recipe = FaceTrainConfig(weights=args.weights)
     size = recipe.input_size

@@ -39,8 +39,8 @@ def segment(engine, model, optimizer, x, y, steps: int) -> float:
 
 
 def measure(block: str, width: float, batch: int, rounds: int, steps: int, device: str) -> dict[str, float]:
-    from cnnlab.training.engine import Engine, TrainConfig, seed_everything
     from cnnlab.models import BlockNet, BlockNetConfig
+    from cnnlab.training.engine import Engine, TrainConfig, seed_everything
 
     runs = {}
     for precision in ("fp32", "bf16"):

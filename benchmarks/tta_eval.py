@@ -12,10 +12,11 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from cnnlab.tasks.faces.protocols import embed_images, load_lfw_images, pair_distances, test_report
 
 from cnnlab.core.config import build_config
+from cnnlab.core.env import data_root
 from cnnlab.core.files import load_yaml
 from cnnlab.data.lfw import LFWProtocol
 from cnnlab.data.pairs import sample_pairs
@@ -23,7 +24,6 @@ from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import best_threshold, evaluate
 from cnnlab.models.siamese import load_model
 from cnnlab.tasks.faces import FaceTrainConfig
-from cnnlab.tasks.faces.protocols import embed_images, load_lfw_images, pair_distances, test_report
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    protocol = LFWProtocol(Path(os.environ.get("CNNLAB_DATA", "../shared/data")) / "lfw")
+    protocol = LFWProtocol(data_root()[0] / "lfw")
     print("| run | flip TTA | val AUC | DevTest acc (calibrated) | AUC | TAR@FAR=1e-2 | precision@1 | MAP@R | embed s |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for run in args.runs:

@@ -4,7 +4,12 @@ from pathlib import Path
 import pytest
 import torch
 
-DATA_ROOT = Path(os.environ.get("CNNLAB_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+from cnnlab.core.env import DATA_ENV, data_root
+
+# The data sets where `make test` finds them (the Makefile's CNNLAB_DATA default), read through
+# cnnlab's one resolver, as the commands under test read them.
+os.environ.setdefault(DATA_ENV, str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DATA_ROOT = data_root()[0]
 
 
 @pytest.fixture(autouse=True)

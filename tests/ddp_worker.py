@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cnnlab.training.engine import Engine, TrainConfig, seed_everything
 from cnnlab.tasks.classification import ClassificationConfig, ClassificationTask
+from cnnlab.training.engine import Engine, TrainConfig, seed_everything
 
 TESTS = Path(__file__).resolve().parent
 N_TRAIN, BATCH, CLASSES, SIDE = 96, 16, 4, 8
@@ -114,11 +114,11 @@ def gather_check(rank: int) -> dict:
     gives each rank world_size x the single-process gradient of its rows (DDP's average of
     the parameter gradients then divides by world_size)."""
     from cnnlab.training.distributed import gather_rows
-    ctx = Engine(plain_config()).dist  # joins the process group
+    dist = Engine(plain_config()).dist  # joins the process group
     full = torch.arange(15, dtype=torch.float64).reshape(5, 3) / 7
     shares, start = (3, 2), (0, 3)[rank]
     local = full[start:start + shares[rank]].clone().requires_grad_(True)
-    gathered = gather_rows(local, shares, ctx)
+    gathered = gather_rows(local, shares, dist)
     (gathered.sin() * torch.arange(1, 6, dtype=torch.float64)[:, None]).sum().backward()
     reference = full.clone().requires_grad_(True)
     (reference.sin() * torch.arange(1, 6, dtype=torch.float64)[:, None]).sum().backward()
@@ -135,9 +135,8 @@ def batchnorm_run(out: Path) -> dict:
 
 def faces_runs(out: Path) -> dict:
     sys.path.insert(0, str(TESTS))
-    from test_faces_train import make_fake_lfw, tiny_config
-
     from cnnlab.tasks.faces import train_view1
+    from test_faces_train import make_fake_lfw, tiny_config
     root = out / "lfw"
     if int(os.environ["RANK"]) == 0 and not root.exists():
         make_fake_lfw(root)

@@ -11,6 +11,9 @@ class StopAtEpoch(Task):
     def train_batches(self, epoch):
         return self.task.train_batches(epoch)
 
+    def steps_per_epoch(self):
+        return self.task.steps_per_epoch()
+
     def training_step(self, model, batch):
         return self.task.training_step(model, batch)
 

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.data.align import (TEMPLATE_112, DetectorSpec, NoFaceDetected, choose_face, detect_cached, detector,
-                               similarity_transform, template, warp_face)
+from cnnlab.data.align import (
+    TEMPLATE_112,
+    DetectorSpec,
+    NoFaceDetected,
+    choose_face,
+    detect_cached,
+    detector,
+    similarity_transform,
+    template,
+    warp_face,
+)
 from cnnlab.data.faces import FacePreprocess, load_identity_folders
 from cnnlab.data.images import BAD_FILES_NAME
 from conftest import data_dir
@@ -211,8 +220,8 @@ def test_the_face_step_a_model_records_is_the_one_verify_uses(tmp_path):
 def test_index_and_score_skip_photos_without_a_face(tmp_path):
     """An aligned model's gallery index and folder scoring list a photo without a face as
     skipped ("no face found") and go on with the others."""
-    from face_models import build_tiny_model
     from cnnlab.verifier import FaceVerifier, build_index, score_identity_folder
+    from face_models import build_tiny_model
     root = _att_with_a_blank(tmp_path)
     extra = FacePreprocess(size=32, align=True).model_extra()
     verifier = FaceVerifier.load(build_tiny_model(tmp_path / "aligned.pt", **extra), device="cpu", runtime="torch")
@@ -228,8 +237,8 @@ def test_index_and_score_skip_photos_without_a_face(tmp_path):
 
 @pytest.mark.data
 def test_verify_cli_refuses_a_photo_without_a_face_in_one_line(tmp_path, capsys):
-    from face_models import build_tiny_model
     from cnnlab.cli import main
+    from face_models import build_tiny_model
     att = data_dir("att-faces")
     model = build_tiny_model(tmp_path / "aligned.pt", **FacePreprocess(size=32, align=True).model_extra())
     assert main(["faces", "verify", str(model), str(att / "s1" / "1.pgm"), str(att / "s1" / "2.pgm")]) == 0
@@ -245,9 +254,9 @@ def test_verify_cli_refuses_a_photo_without_a_face_in_one_line(tmp_path, capsys)
 def test_an_image_smaller_than_the_smallest_face_is_no_face_not_a_crash(tmp_path, capsys, side):
     """MTCNN searches faces from 40 px up; a smaller image (a 1x1 PNG, a 32x32 CIFAR picture, a
     39 px face) has no face to find: detection answers None, verify one line, exit 2."""
-    from face_models import build_tiny_model
     from cnnlab.cli import main
     from cnnlab.data.align import detector
+    from face_models import build_tiny_model
     att = data_dir("att-faces")
     small = Image.open(att / "s1" / "1.pgm").convert("RGB").resize((side, side))
     assert detector().detect([small, Image.open(att / "s1" / "2.pgm").convert("RGB")])[0] is None

@@ -4,9 +4,9 @@ import pytest
 import torch
 from sklearn.metrics import silhouette_score
 
-from cnnlab.reports.analysis import analyse_embeddings, load_embeddings, stratified_sample, tsne_2d
 from cnnlab.metrics import confusion_matrix, knn_accuracy, silhouette, top_confused_pairs
 from cnnlab.models import create_model
+from cnnlab.reports.analysis import analyse_embeddings, load_embeddings, stratified_sample, tsne_2d
 from cnnlab.tasks.classification import save_embeddings
 
 

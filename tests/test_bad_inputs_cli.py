@@ -44,8 +44,9 @@ class Payload:
         return os.mkdir, (self.marker,)
 
 
-def test_the_payload_does_run_when_unpickled_unsafely(tmp_path):
-    # So the tests below, where the marker never appears, mean the code was refused.
+def test_control_the_payload_runs_when_unpickled_unsafely(tmp_path):
+    """A control: it checks Python's `pickle`, not cnnlab. Unpickling `Payload` unsafely does run
+    its code, so in the tests below, where the marker never appears, cnnlab refused the code."""
     pickle.loads(pickle.dumps(Payload(tmp_path / "ran")))
     assert (tmp_path / "ran").is_dir()
 

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from cnnlab.cli import main
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.cifar import CIFAR10_CLASSES, load_cifar10
 from cnnlab.data.faces import FacePreprocess, load_identity_folders
 from cnnlab.data.images import BAD_FILES_NAME, decode_cached, decode_images, open_rgb
 from cnnlab.data.lfw import LFWProtocol
-from cnnlab.core.errors import CnnlabError
 from test_faces_train import SIDE, make_fake_lfw, quiet, tiny_config
 
 CIFAR_TINY = ["--epochs", "1", "--batch-size", "20", "--lr", "0.1", "--width-multiplier", "0.125",
@@ -322,15 +322,15 @@ def copy_lfw(source: Path, target: Path) -> Path:
 
 def stand_in_training(monkeypatch, calls: list):
     """Training replaced by a recorded no-op: these tests are about what happens around it."""
-    import cnnlab.tasks.faces.view1 as view1
-    import cnnlab.tasks.faces.view2 as view2
     from types import SimpleNamespace
 
-    from cnnlab.metrics.verification import VerificationReport
+    import cnnlab.tasks.faces.view1 as view1
+    import cnnlab.tasks.faces.view2 as view2
+    from cnnlab.metrics.verification import VerificationMetrics
 
     def fake_train(*args, **kwargs):
         calls.append(args[4] if len(args) > 4 else kwargs.get("run_dir"))
-        validation = VerificationReport(accuracy=0.8, threshold=0.5, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
+        validation = VerificationMetrics(accuracy=0.8, threshold=0.5, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
         return SimpleNamespace(model=None, threshold=0.5, validation=validation, history=[], best_epoch=1,
                                train_time_s=0.0, cache_time_s=0.0, start_stage=0)
     for module in (view1, view2):  # each run module calls the training it imported

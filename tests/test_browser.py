@@ -109,7 +109,8 @@ def test_the_page_renders_in_headless_chromium(server, tmp_path):
 def test_picking_two_photos_shows_the_verdict_distance_and_faces(server, tmp_path):
     """The page's own script, driven as a person would: the answer of /verify is displayed."""
     dom = run_chromium("--dump-dom", server + "test-page").stdout
-    assert ('id="verdict" class="same">Same person' in dom) or ('id="verdict" class="different">Different people' in dom)
+    assert (('id="verdict" class="same">Same person' in dom)
+            or ('id="verdict" class="different">Different people' in dom))
     assert "euclidean distance 0." in dom and "threshold 0.7500" in dom
     assert dom.count('src="data:image/png;base64,') == 2  # the two faces as the model saw them
     shot = tmp_path / "answer.png"

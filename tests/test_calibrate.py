@@ -84,7 +84,8 @@ def test_calibrate_writes_a_new_model_with_the_threshold_and_where_it_came_from(
     else:
         assert "note" not in c  # the accuracy objective reads no tail
     assert calibrated.fingerprint == FaceVerifier.load(model, device="cpu", runtime="torch").fingerprint
-    assert "calibrated on" in calibrated.threshold_source and calibrated.describe()["calibration"]["objective"] == objective
+    assert ("calibrated on" in calibrated.threshold_source
+            and calibrated.describe()["calibration"]["objective"] == objective)
 
 
 def test_a_rate_the_people_can_pin_gets_no_caution(setup, tmp_path):

@@ -8,9 +8,9 @@ import torch.nn as nn
 
 from cnnlab.cli import build_parser, main
 from cnnlab.cli.cifar import _recipe
-from cnnlab.training.engine import TrainConfig
 from cnnlab.tasks import ClassificationConfig, count_macs
 from cnnlab.tasks.cifar import ROW_FIELDS, resolve_recipe
+from cnnlab.training.engine import TrainConfig
 
 # Synthetic data, tiny network, two epochs: the whole comparison path in seconds.
 TINY = ["--data", "synthetic", "--epochs", "2", "--batch-size", "50", "--lr", "0.2",
@@ -211,8 +211,8 @@ def test_every_recipe_flag_takes_its_help_from_the_config_field(capsys):
     """Help text lives once, on the dataclass field (`config.option`); the flags read it."""
     import dataclasses
 
-    from cnnlab.training.engine import TrainConfig
     from cnnlab.tasks.cifar import CifarDataConfig
+    from cnnlab.training.engine import TrainConfig
     assert [f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("help")] == []
     assert [f.name for f in dataclasses.fields(ClassificationConfig) if not f.metadata.get("help")] == []
     assert [f.name for f in dataclasses.fields(CifarDataConfig) if not f.metadata.get("help")] == []

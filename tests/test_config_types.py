@@ -4,9 +4,9 @@ import pytest
 
 from cnnlab.cli import main
 from cnnlab.core.config import build_config
-from cnnlab.training.engine import TrainConfig
 from cnnlab.core.errors import CnnlabError
 from cnnlab.tasks.faces import FaceTrainConfig
+from cnnlab.training.engine import TrainConfig
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -8,12 +8,9 @@ from PIL import Image
 
 import cnnlab.data.cifar as cifar
 import cnnlab.data.images as images
-from cnnlab.data.cifar import (CIFAR10_CLASSES, find_cifar_root, load_cifar10, stratified_split,
-                               synthetic_cifar)
 from cnnlab.core.errors import CnnlabError
-
+from cnnlab.data.cifar import CIFAR10_CLASSES, find_cifar_root, load_cifar10, stratified_split, synthetic_cifar
 from conftest import data_dir
-
 
 # ---------------------------------------------------------------------------- splits
 
@@ -157,11 +154,11 @@ def test_imagefolder_reader_uses_sorted_class_folders(tmp_path):
     assert s.class_names == ("bird", "cat", "dog")
     assert len(s.train_labels) + len(s.val_labels) == 13 and len(s.test_labels) == 12
     assert np.bincount(s.val_labels).tolist() == [1, 1, 1]
-    for images, labels in ((s.train_images, s.train_labels), (s.test_images, s.test_labels)):
-        assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3)
+    for split_images, labels in ((s.train_images, s.train_labels), (s.test_images, s.test_labels)):
+        assert split_images.dtype == np.uint8 and split_images.shape[1:] == (32, 32, 3)
         colours = np.array([COLOURS[n] for n in s.class_names])
         # PNGs are exact; the one JPEG is within compression error.
-        assert np.abs(images.mean((1, 2)) - colours[labels]).max() < 4
+        assert np.abs(split_images.mean((1, 2)) - colours[labels]).max() < 4
     assert len(s.report.bad) == 1 and s.report.bad[0][0].endswith("broken.jpg")
     assert s.info["skipped_files"] == 1 and s.report.total == 26
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.faces import FacePreprocess
 from cnnlab.data.images import decode_images
-from cnnlab.core.errors import CnnlabError
 
 SEED = 20261129
 # Magic numbers of formats Pillow knows: random bodies behind them reach the format parsers,

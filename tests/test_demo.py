@@ -1,5 +1,65 @@
+"""`make demo` (`cnnlab.demo`): its real steps end to end on tiny synthetic data (CIFAR-like
+images, a fake LFW folder) in seconds, and the order and error boundary of the steps."""
+import functools
+import json
+from pathlib import Path
+
+import pytest
+
 from cnnlab import demo
 from cnnlab.core.errors import CnnlabError
+from test_faces_train import make_fake_lfw, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_steps(tmp_path):
+    """demo.STEPS with the same two functions, on a tiny recipe and a fake LFW instead of the
+    `quick` and `demo` presets on the real data sets."""
+    from cnnlab.tasks.cifar import resolve_recipe
+    recipe = resolve_recipe("quick", overrides={
+        "data": {"root": "synthetic", "synthetic_train": 200, "synthetic_val": 100, "synthetic_test": 100},
+        "train": {"epochs": 1, "batch_size": 50, "device": "cpu", "progress": False},
+        "model": {"width_multiplier": 0.125}})
+    lfw = make_fake_lfw(tmp_path / "lfw")
+    faces = tiny_config(epochs=2, test_images="pairs")  # the demo preset embeds the test pairs' images only
+    return [(title, functools.partial(step, **options)) for (title, step), options in zip(demo.STEPS, [
+        {"recipe": recipe, "blocks": ["A", "C"]}, {"config": faces, "lfw_root": lfw}], strict=True)]
+
+
+def test_the_demo_runs_its_steps_end_to_end_and_a_rerun_reuses_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "STEPS", tiny_steps(tmp_path))
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+
+    # What demo_diff compares between two `make demo` runs, written by the real steps.
+    results = json.loads((out / "cifar" / "results.json").read_text())
+    assert results["preset"] == "quick" and [row["block"] for row in results["rows"]] == ["A", "C"]
+    analysis = json.loads((out / "cifar" / "analysis.json").read_text())
+    assert analysis
+    metrics = json.loads((out / "faces-view1" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["auc"] <= 1.0 and metrics["plots"]
+    assert (out / "faces-view1" / "model.pt").is_file()
+    assert len(metrics["plots"]) == 4 and all(Path(figure).is_file() for figure in metrics["plots"])
+
+    # Each step prints what it produced; the last line is the report to open.
+    assert printed[0] == "== step 1/2: CIFAR-10: compare the six blocks (quick preset)"
+    assert f"results: {out / 'cifar' / 'results.md'}" in printed
+    assert f"report: {out / 'cifar' / 'report.html'}" in printed
+    assert "LFW View 1 DevTest (1,000 pairs)" in "\n".join(printed)
+    assert f"metrics: {out / 'faces-view1' / 'metrics.json'}  model: {out / 'faces-view1' / 'model.pt'}" in printed
+    assert "plots: " + "  ".join(metrics["plots"]) in printed
+    assert printed[-1] == f"report: {(out / 'cifar' / 'report.html').resolve()}"
+
+    # A second run trains nothing: the comparison keeps its finished blocks, the faces step its run.
+    model_mtime = (out / "faces-view1" / "model.pt").stat().st_mtime_ns
+    checkpoint_mtime = (out / "cifar" / "A" / "checkpoint.pt").stat().st_mtime_ns
+    assert demo.main(["--out", str(out)]) == 0
+    assert f"finished earlier, reusing {out / 'faces-view1'}" in capsys.readouterr().out.splitlines()
+    assert (out / "faces-view1" / "model.pt").stat().st_mtime_ns == model_mtime
+    assert (out / "cifar" / "A" / "checkpoint.pt").stat().st_mtime_ns == checkpoint_mtime
+    assert json.loads((out / "faces-view1" / "metrics.json").read_text()) == metrics
 
 
 def test_demo_runs_steps_in_order_and_ends_with_the_report_path(tmp_path, monkeypatch, capsys):
@@ -24,28 +84,3 @@ def test_demo_stops_with_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "STEPS", [("broken", broken)])
     assert demo.main(["--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "cnnlab: error: CIFAR-10 not found\n"
-
-
-def test_cifar_step_draws_the_report_after_the_comparison_and_prints_its_path(tmp_path, monkeypatch, capsys):
-    import cnnlab.reports.results_table
-    import cnnlab.reports.cifar
-    import cnnlab.tasks.cifar as cifar
-
-    calls = []
-
-    def compare(blocks, recipe, out, **options):
-        calls.append(("compare", out, recipe.preset, options))
-        return {"rows": []}
-
-    def write_report(out, **options):
-        calls.append(("report", out))
-        return out / "report.html"
-
-    monkeypatch.setattr(cifar, "compare", compare)
-    monkeypatch.setattr(cnnlab.reports.results_table, "results_markdown", lambda results: "TABLE\n")
-    monkeypatch.setattr(cnnlab.reports.cifar, "write_report", write_report)
-    demo.cifar_comparison(tmp_path)
-    assert [c[:3] for c in calls] == [("compare", tmp_path / "cifar", "quick"), ("report", tmp_path / "cifar")]
-    assert calls[0][3]["log"] is print and callable(calls[0][3]["on_results"])  # results.md after each block
-    assert capsys.readouterr().out.splitlines() == [
-        "", "TABLE", f"results: {tmp_path / 'cifar' / 'results.md'}", f"report: {tmp_path / 'cifar' / 'report.html'}"]

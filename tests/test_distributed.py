@@ -31,11 +31,11 @@ import pytest
 import torch
 
 import ddp_worker
+from cnnlab.core.env import distributed_setup, launch_ranks
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.loader import AugmentConfig, DeviceLoader, shard_sizes, shard_slice
 from cnnlab.training.distributed import DistContext, sync_batchnorm
 from cnnlab.training.engine import Engine, load_checkpoint
-from cnnlab.core.env import distributed_setup, launch_ranks
-from cnnlab.core.errors import CnnlabError
 
 EPOCHS, STEPS = 3, ddp_worker.N_TRAIN // ddp_worker.BATCH
 

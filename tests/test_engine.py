@@ -6,15 +6,14 @@ import torch
 import yaml
 
 from cnnlab.core.config import build_config
-from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.training.engine import Engine, TrainConfig, load_checkpoint, load_weights, seed_everything
 from cnnlab.core.errors import CnnlabError
+from cnnlab.data.cifar import synthetic_cifar
 from cnnlab.models import create_model
+from cnnlab.tasks import ClassificationConfig, ClassificationTask
+from cnnlab.training.engine import Engine, TrainConfig, load_checkpoint, load_weights, seed_everything
 from cnnlab.training.optim import LRSchedule
 from cnnlab.training.task import Callback
-from cnnlab.tasks import ClassificationConfig, ClassificationTask
 from interrupt import StopAtEpoch
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -98,7 +97,7 @@ def test_resume_after_interruption_gives_the_same_weights(splits, tmp_path):
     for a, b in zip(reference.eval_model.state_dict().values(), resumed.eval_model.state_dict().values()):
         assert torch.equal(a, b)
     lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     assert resumed.final["val_acc"] == reference.final["val_acc"]
 
 
@@ -221,7 +220,8 @@ def test_the_engine_keeps_the_selected_epoch_and_every_record_agrees(splits, tmp
     final = json.loads((tmp_path / "final.json").read_text())
     assert (final["selected_epoch"], final["epoch"], final["val_score"], final["epochs"]) == (2, 2, 0.9, 4)
     assert final["train_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in result.history))
-    for name, value in result.model.state_dict().items():  # the result holds epoch 2's weights
+    assert result.selected_epoch == 2 and result.eval_model is result.model  # no EMA: one module
+    for name, value in result.eval_model.state_dict().items():  # the result holds epoch 2's weights
         assert torch.equal(value, weights[2][name]), name
     assert load_checkpoint(tmp_path)["selected"]["epoch"] == 2
     reloaded = load_weights(tmp_path, tiny_model(seed=3))  # what model.pt / eval would load
@@ -243,5 +243,44 @@ def test_selection_survives_an_interruption(splits, tmp_path):
 
 def test_without_a_select_metric_the_last_epoch_is_the_result(splits, tmp_path):
     result = Engine(small_config(epochs=2), tmp_path).fit(tiny_model(), make_task(splits))
-    assert result.final["selected_epoch"] == 2 and result.final["select_metric"] is None
+    assert result.final["selected_epoch"] == result.selected_epoch == 2 and result.final["select_metric"] is None
     assert load_checkpoint(tmp_path)["selected"] is None
+
+
+def test_the_engine_seeds_the_run_once_and_training_starts_from_the_seed(splits):
+    build = lambda: create_model("A", width_multiplier=0.125, dropout=0.3)  # noqa: E731 (dropout: draws)
+    engine = Engine(small_config(epochs=1, seed=7))
+    model = engine.build_model(build)
+    torch.manual_seed(123)  # draws between building and training do not reach training
+    torch.rand(10)
+    result = engine.fit(model, make_task(splits))
+    # The same as a run seeded by hand before building the model, whose fit seeds itself.
+    seed_everything(7)
+    reference = Engine(small_config(epochs=1, seed=7)).fit(build(), make_task(splits))
+    for (name, a), b in zip(result.model.state_dict().items(), reference.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert result.history[0]["train_loss"] == reference.history[0]["train_loss"]
+
+
+def test_the_schedule_length_comes_without_building_an_epoch(splits):
+    class CountsEpochs(StopAtEpoch):
+        built = []
+
+        def train_batches(self, epoch):
+            self.built.append(epoch)
+            return super().train_batches(epoch)
+
+    task = CountsEpochs(make_task(splits), -1)
+    result = Engine(small_config(epochs=2)).fit(tiny_model(), task)
+    assert task.built == [0, 1] and task.steps_per_epoch() == 20  # 500 images in batches of 25
+    assert len(result.history) == 2
+
+
+def test_final_json_keeps_what_the_caller_added(splits, tmp_path):
+    engine = Engine(small_config(epochs=1), tmp_path)
+    result = engine.fit(tiny_model(), make_task(splits))
+    engine.write_final({**result.final, "test_acc": 0.5})
+    assert json.loads((tmp_path / "final.json").read_text()) == {**result.final, "test_acc": 0.5}
+    again = Engine(small_config(epochs=1), tmp_path).fit(tiny_model(), make_task(splits), resume=True)
+    assert json.loads((tmp_path / "final.json").read_text())["test_acc"] == 0.5  # a finished run resumed
+    assert again.resumed_from_epoch == 1

@@ -47,7 +47,8 @@ def test_a_subcommand_is_named(monkeypatch, capsys):
 def test_an_exception_without_a_message_is_still_one_line(failing_blocks, capsys):
     failing_blocks.append(MemoryError())
     assert main(["blocks"]) == 1
-    assert capsys.readouterr().err == "cnnlab blocks: unexpected error: MemoryError (run with --debug for the traceback)\n"
+    assert capsys.readouterr().err == ("cnnlab blocks: unexpected error: MemoryError "
+                                       "(run with --debug for the traceback)\n")
 
 
 def test_a_cnnlab_error_is_one_line_exit_2_even_with_a_newline_in_it(failing_blocks, capsys):

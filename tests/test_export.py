@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cnnlab.core.errors import CnnlabError
-from cnnlab.verifier.export import export_onnx, run_onnx, write_export_metadata
 from cnnlab.models.siamese import SiameseNet
+from cnnlab.verifier.export import export_onnx, run_onnx, write_export_metadata
 
 SIZE = 32
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.cache import ArrayCache
 from cnnlab.data.faces import FacePreprocess, load_identity_folders
 from cnnlab.data.lfw import LFWProtocol, Pair
-from cnnlab.core.errors import CnnlabError
 from conftest import data_dir
 
 SPEC = FacePreprocess(crop=40, size=16)

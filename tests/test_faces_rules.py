@@ -18,7 +18,7 @@ import torch
 
 from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.lfw import LFWProtocol
-from cnnlab.metrics.verification import VerificationReport, accuracy_at, best_threshold
+from cnnlab.metrics.verification import VerificationMetrics, accuracy_at, best_threshold
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.tasks.faces import FaceVerificationTask, train_verifier, train_view1, train_view2
 from test_faces_train import make_fake_lfw, quiet, tiny_config
@@ -35,7 +35,7 @@ def module_of(function):
 
 
 def fake_trained(threshold: float):
-    validation = VerificationReport(accuracy=0.8, threshold=threshold, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
+    validation = VerificationMetrics(accuracy=0.8, threshold=threshold, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
     return SimpleNamespace(model=None, threshold=threshold, validation=validation, history=[], best_epoch=1,
                            train_time_s=0.0, cache_time_s=0.0, start_stage=0)
 
@@ -169,7 +169,7 @@ def test_task_reshuffles_people_every_epoch_and_trains_on_the_leftovers():
     orders, seen = [], set()
     for epoch in range(12):
         order = []
-        for x, labels, *_ in task.train_batches(epoch):
+        for _, labels, *_ in task.train_batches(epoch):
             order += list(dict.fromkeys(labels.tolist()))
         orders.append(tuple(order))
         seen.update(order)

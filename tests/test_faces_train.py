@@ -101,13 +101,13 @@ def test_config_validation_and_build_config_from_yaml_and_flags():
 
 
 def test_model_and_engine_configs_are_built_from_the_shared_fields():
-    from cnnlab.training.engine import TrainConfig
     from cnnlab.models.siamese import SiameseConfig
+    from cnnlab.training.engine import TrainConfig
     # Model defaults are SiameseConfig's (the recipe only changes the input size)...
     assert FaceTrainConfig().model_config() == SiameseConfig(input_size=192, flip_tta=True)
     # ...and every field shared by name reaches the model's and the engine's config.
-    changed = dict(backbone="efficientnet_b0", weights="none", embedding_dim=32, head="mlp", normalize=False, flip_tta=True,
-                   input_size=64, epochs=3, batch_size=24, lr=0.02, optimizer="sgd", weight_decay=0.0,
+    changed = dict(backbone="efficientnet_b0", weights="none", embedding_dim=32, head="mlp", normalize=False,
+                   flip_tta=True, input_size=64, epochs=3, batch_size=24, lr=0.02, optimizer="sgd", weight_decay=0.0,
                    schedule="constant", warmup=0.0, seed=5, device="cpu", precision="fp32", progress=True)
     config = FaceTrainConfig(**changed)
     for sub, cls in ((config.model_config(), SiameseConfig), (config.train_config(), TrainConfig)):
@@ -193,7 +193,7 @@ def test_view1_trains_through_the_engine_and_writes_everything(fake_lfw, tmp_pat
     out = tmp_path / "run"
     seen = []
     metrics = view1_with_plots(tiny_config(epochs=4), fake_lfw, out, evaluate_test=True,
-                               report=lambda epoch, score: seen.append((epoch, score)), log=quiet)
+                               report_epoch=lambda epoch, score: seen.append((epoch, score)), log=quiet)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 4 and [e for e, _ in seen] == [0, 1, 2, 3]
     # Learning, not noise: the contrastive loss falls by half (a broken gradient path, pairs or
@@ -330,8 +330,7 @@ def test_hard_miner_and_flip_tta_train_and_report_retrieval(fake_lfw, tmp_path):
     assert model.config.flip_tta
     # Validation from cached features (the mirror's own cached features) = from pixels (`embed`).
     from cnnlab.data.faces import load_identity_folders
-    from cnnlab.tasks.faces import cached_prefix
-    from cnnlab.tasks.faces import embed_images
+    from cnnlab.tasks.faces import cached_prefix, embed_images
     dataset, _ = load_identity_folders(fake_lfw / "lfw-deepfunneled", config.preprocess(), progress=False)
     rows = np.arange(len(dataset))
     stage = len(model.backbone_stages()) - config.trainable_stages
@@ -347,11 +346,10 @@ def test_hard_miner_and_flip_tta_train_and_report_retrieval(fake_lfw, tmp_path):
 @pytest.mark.parametrize("tta", [False, True])
 def test_embeddings_from_cached_prefix_features_equal_embeddings_from_pixels(tta):
     """View 2 scores each fold from the cached frozen features; validation does too."""
-    from cnnlab.models.siamese import SiameseNet
-    from cnnlab.tasks.faces import cached_prefix
     from cnnlab.data.faces import FaceDataset
+    from cnnlab.models.siamese import SiameseNet
+    from cnnlab.tasks.faces import cached_prefix, embed_images
     from cnnlab.tasks.faces.features import embed_from_prefix
-    from cnnlab.tasks.faces import embed_images
     torch.manual_seed(0)
     model = SiameseNet.from_config(tiny_config(flip_tta=tta).model_config()).eval()
     images = np.random.default_rng(1).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)

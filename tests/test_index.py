@@ -241,7 +241,7 @@ def test_search_command_new_and_old_forms(setup, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "embed gallery" in captured.err  # the folder is embedded now: progress is shown (stderr)
     lines = captured.out.strip().splitlines()
-    rows = [line.split() for line in lines[lines.index(next(l for l in lines if l.startswith("rank"))) + 1:]]
+    rows = [line.split() for line in lines[lines.index(next(line for line in lines if line.startswith("rank"))) + 1:]]
     assert len(rows) == 2 and rows[0][3] == "person02/1.png" and float(rows[0][1]) < 1e-3
     assert main(["faces", "search", str(model), str(queries[0])]) == 2  # a model without --gallery
     assert "add --gallery DIR" in capsys.readouterr().err
@@ -323,8 +323,10 @@ def test_one_search_checks_the_index_model_once_and_before_embedding(setup, veri
     events = []
     real_check, real_embed = GalleryIndex.check_model, FaceVerifier.embed
     monkeypatch.setattr(GalleryIndex, "check_model", lambda self, v: (events.append("check"), real_check(self, v))[1])
-    monkeypatch.setattr(FaceVerifier, "embed", lambda self, images: (events.append("embed"), real_embed(self, images))[1])
-    assert main(["faces", "search", str(tmp_path / "idx"), str(gallery / "loose0.png"), str(gallery / "loose1.png")]) == 0
+    monkeypatch.setattr(FaceVerifier, "embed",
+                        lambda self, images: (events.append("embed"), real_embed(self, images))[1])
+    assert main(["faces", "search", str(tmp_path / "idx"),
+                 str(gallery / "loose0.png"), str(gallery / "loose1.png")]) == 0
     assert events == ["check", "embed"]
 
 

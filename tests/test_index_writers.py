@@ -146,7 +146,8 @@ def test_remove_by_person_and_by_path_and_prune(setup, verifier, tmp_path, capsy
     assert GalleryIndex.open(tmp_path / "idx").people == ["person02", "person02"]
     assert main(["faces", "index", "remove", str(tmp_path / "idx"), "--person", "nobody"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"cnnlab: error: nothing in index {tmp_path / 'idx'} matches person 'nobody'; nothing was removed"
+    assert err.strip() == (f"cnnlab: error: nothing in index {tmp_path / 'idx'} matches person 'nobody'; "
+                           "nothing was removed")
     (gallery / "person02" / "0.png").unlink()  # gone from disk: a search would return it forever
     assert prune_index(tmp_path / "idx") == (1, 1)
     assert GalleryIndex.open(tmp_path / "idx").paths == [str((gallery / "person02" / "1.png").resolve())]

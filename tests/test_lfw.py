@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from cnnlab.data.lfw import LFWProtocol, Pair, image_relpath, parse_pairs, parse_people, split_people
 from cnnlab.core.errors import CnnlabError
+from cnnlab.data.lfw import LFWProtocol, Pair, image_relpath, parse_pairs, parse_people, split_people
 from conftest import data_dir
 
 # people per View 2 set (sets are disjoint), with their image counts

@@ -3,8 +3,16 @@ import pytest
 import torch
 
 from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.data.loader import (CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader, cutout,
-                                normalize, random_crop, random_flip)
+from cnnlab.data.loader import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    AugmentConfig,
+    DeviceLoader,
+    cutout,
+    normalize,
+    random_crop,
+    random_flip,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -61,7 +69,8 @@ def test_normalisation_matches_the_formula(data):
 def test_normalize_function_equals_the_formula():
     x = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
     mean, std = (0.1, 0.5, 0.9), (0.2, 0.3, 0.4)
-    expected = (x.double() / 255 - torch.tensor(mean).double().view(1, 3, 1, 1)) / torch.tensor(std).double().view(1, 3, 1, 1)
+    expected = ((x.double() / 255 - torch.tensor(mean).double().view(1, 3, 1, 1))
+                / torch.tensor(std).double().view(1, 3, 1, 1))
     assert torch.allclose(normalize(x, mean, std).double(), expected, atol=1e-5)
 
 
@@ -92,7 +101,8 @@ def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     offsets = set()
     for i in range(len(x)):
-        matches = [(t, l) for t in range(5) for l in range(5) if torch.equal(padded[i, :, t:t + 8, l:l + 8], out[i])]
+        matches = [(top, left) for top in range(5) for left in range(5)
+                   if torch.equal(padded[i, :, top:top + 8, left:left + 8], out[i])]
         assert matches, f"image {i} is not a crop of its padded source"
         offsets.add(matches[0])
     assert len(offsets) > 5  # offsets vary per image, not one shift for the batch

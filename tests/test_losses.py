@@ -41,10 +41,10 @@ def test_euclidean_gradient_away_from_zero_is_the_unit_direction():
 
 
 @pytest.mark.parametrize("name", DISTANCES.names())
-def test_pairwise_agrees_with_paired(name):
+def test_compute_mat_agrees_with_paired(name):
     distance = create_distance(name)
     a, b = torch.randn(5, 7, dtype=torch.float64), torch.randn(4, 7, dtype=torch.float64)
-    matrix = distance.pairwise(a, b)
+    matrix = distance.compute_mat(a, b)
     assert matrix.shape == (5, 4)
     rows, cols = torch.meshgrid(torch.arange(5), torch.arange(4), indexing="ij")
     expected = distance.paired(a[rows.flatten()], b[cols.flatten()]).view(5, 4)
@@ -65,7 +65,7 @@ def test_distance_registry_and_shape_checks():
     with pytest.raises(ValueError, match="as many rows"):
         EuclideanDistance().paired(torch.zeros(3, 2), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="N x D"):
-        EuclideanDistance().pairwise(torch.zeros(3, 2), torch.zeros(2, 3))
+        EuclideanDistance().compute_mat(torch.zeros(3, 2), torch.zeros(2, 3))
 
 
 # --- contrastive loss ------------------------------------------------------------------
@@ -131,15 +131,22 @@ def test_contrastive_gradients_match_the_formula():
     torch.testing.assert_close(a.grad, expected)
 
 
-def test_from_batch_equals_explicit_pairs():
-    embeddings = torch.randn(8, 4)
+def test_pairs_indexed_into_one_batch_equal_the_pairs_written_out():
+    # Training embeds each image of a batch once and indexes the mined pairs into it,
+    # `loss(z[i], z[j], same)`: the loss and every image's gradient (summed over the pairs it
+    # is in) are those of the pairs written out one by one.
+    embeddings = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
     i, j = torch.tensor([0, 0, 1, 5]), torch.tensor([1, 2, 7, 6])
     same = torch.tensor([1, 0, 0, 1])
     loss_fn = ContrastiveLoss(margin=1.3)
-    torch.testing.assert_close(loss_fn.from_batch(embeddings, i, j, same),
-                               loss_fn(embeddings[i], embeddings[j], same))
-    with pytest.raises(ValueError, match="differ in shape"):
-        loss_fn.from_batch(embeddings, i, j[:2], same)
+    loss = loss_fn(embeddings[i], embeddings[j], same)
+    written_out = sum(loss_fn(embeddings[[a]], embeddings[[b]], same[[k]])
+                      for k, (a, b) in enumerate(zip(i.tolist(), j.tolist()))) / len(i)
+    torch.testing.assert_close(loss, written_out)
+    torch.testing.assert_close(torch.autograd.grad(loss, embeddings)[0],
+                               torch.autograd.grad(written_out, embeddings)[0])
+    with pytest.raises(ValueError, match="as many rows"):
+        loss_fn(embeddings[i], embeddings[j[:2]], same)
 
 
 def test_per_pair_and_distances_returns_the_distances_the_loss_used():

@@ -45,7 +45,8 @@ def test_hard_miner_uses_the_losses_distance_and_no_gradients():
     z = torch.tensor([[1.0, 0.0], [10.0, 1.0], [0.0, 1.0], [3.0, 4.0]], requires_grad=True)
     negatives = lambda miner: {(a, b) for a, b, s in pairs(*miner(z, LABELS)) if not s}  # noqa: E731
     # image 0's nearest impostor: image 2 by length (1.41 vs 4.47), image 3 by angle (53 vs 90 degrees)
-    assert (0, 3) in negatives(HardPairMiner(CosineDistance())) and (0, 2) not in negatives(HardPairMiner(CosineDistance()))
+    assert ((0, 3) in negatives(HardPairMiner(CosineDistance()))
+            and (0, 2) not in negatives(HardPairMiner(CosineDistance())))
     assert (0, 2) in negatives(HardPairMiner())
     assert not HardPairMiner()(z, LABELS)[0].requires_grad
 

@@ -12,10 +12,10 @@ import torch
 import cnnlab.core.files
 import cnnlab.tasks.cifar
 from cnnlab.cli import main
-from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.training.engine import Engine, load_checkpoint
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import check_output_dir, load_yaml
+from cnnlab.data.cifar import synthetic_cifar
+from cnnlab.training.engine import Engine, load_checkpoint
 
 CIFAR_TINY = ["--data", "synthetic", "--epochs", "1", "--batch-size", "100", "--width-multiplier", "0.125",
               "--device", "cpu", "--no-progress"]

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.pairs import batch_pairs, sample_pairs
 from cnnlab.data.samplers import PKSampler
-from cnnlab.core.errors import CnnlabError
 
 # person q has COUNTS[q] images; people 7 and 8 have a single image (negatives only)
 COUNTS = [5, 4, 2, 3, 6, 2, 4, 1, 1]

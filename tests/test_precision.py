@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import cnnlab.core.env
-from cnnlab.data.cifar import synthetic_cifar
-from cnnlab.training.engine import Engine, TrainConfig, load_checkpoint, seed_everything
 from cnnlab.core.env import cpu_info, environment, resolve_precision
 from cnnlab.core.errors import CnnlabError
+from cnnlab.data.cifar import synthetic_cifar
 from cnnlab.models import create_model
 from cnnlab.tasks import ClassificationConfig, ClassificationTask
+from cnnlab.training.engine import Engine, TrainConfig, load_checkpoint, seed_everything
 from interrupt import StopAtEpoch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

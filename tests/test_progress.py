@@ -151,9 +151,8 @@ def test_cifar_block_training_writes_a_line_per_epoch_with_images_per_second(tmp
 
 
 def test_face_feature_caching_reports_images_per_second(tmp_path, capsys, one_thread):
-    from test_faces_train import make_fake_lfw, tiny_config
-
     from cnnlab.tasks.faces import train_view1
+    from test_faces_train import make_fake_lfw, tiny_config
 
     lfw = make_fake_lfw(tmp_path / "lfw")
     train_view1(tiny_config(epochs=1, progress=None), lfw, tmp_path / "run", evaluate_test=False,

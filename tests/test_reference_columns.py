@@ -57,17 +57,26 @@ def test_results_line_names_the_precision():
     assert "precision bf16;" in results_markdown(results)
 
 
-def test_report_results_table_has_the_same_columns():
-    from cnnlab.reports.cifar import _results_table
+def test_one_table_renders_results_md_and_the_report(tmp_path):
+    from cnnlab.reports.cifar import _build_document
+    from cnnlab.reports.document import render_markdown
+    from cnnlab.reports.results_table import results_markdown, results_table
 
-    headers, body = _results_table(_results(["C", "D2"])["rows"])
+    results = _results(["C", "D2"])
+    results["rows"][1]["precision"] = "bf16"
+    del results["rows"][1]["macs"]  # a row missing a value shows "-", never a KeyError
+    headers, body = results_table(results["rows"])
     rows = {r[0]: dict(zip(headers, r)) for r in body}
-    assert headers.index("report params") == headers.index("params") + 1
-    assert headers.index("report val acc %") == headers.index("val acc %") + 1
-    assert headers.index("report train acc %") == headers.index("train acc %") + 1
-    assert headers.index("report train time") == headers.index("train time (s)") + 1
+    for ours in ("params", "val acc", "train acc", "train time (s)"):  # the report's figure right after ours
+        assert headers[headers.index(ours) + 1] in (f"report {ours}", "report train time"), ours
     assert rows["C"]["report train time"] == "26m 10s" and rows["C"]["precision"] == "-"
     assert rows["C"]["report params"] == "7,901,130" and rows["D2"]["report params"] == "-"
+    assert rows["C"]["MACs/image"] == "2.0M" and rows["D2"]["MACs/image"] == "-"
+    assert (rows["D2"]["val acc"], rows["D2"]["precision"]) == ("50.00%", "bf16")
+    # results.md and the report show this very table.
+    assert results_markdown(results).startswith(render_markdown([("table", headers, body)]).rstrip("\n") + "\n\n")
+    document = _build_document(tmp_path, results, {}, [], {}, {}, [], [])
+    assert ("table", headers, body) == next(el for el in document if el[0] == "table")
 
 
 def test_note_names_the_blocks_without_a_report_accuracy():
@@ -78,12 +87,12 @@ def test_note_names_the_blocks_without_a_report_accuracy():
 
 
 def test_a_reduced_budget_table_says_it_does_not_rank_the_blocks():
-    from cnnlab.reports.text import budget_caption
     from cnnlab.reports.results_table import results_markdown
+    from cnnlab.reports.text import budget_caption
 
     text = results_markdown(_results(["A", "B"]))  # 1 epoch, width 0.25, a 100-image subset
     assert "**Reduced budget (1 epoch instead of 30, width x0.25, 100 training images): these numbers do not " \
-           "rank the blocks." in text and "full table in the README" in text
+           "rank the blocks." in text and "full-budget table in the README" in text
     full = {"train": {"epochs": 30}, "model": {"width_multiplier": 1.0}}
     assert budget_caption(full, {"train": 45000, "train_subset": None}) is None
     assert "epochs instead" not in budget_caption({**full, "model": {"width_multiplier": 0.5}}, {})

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cnnlab.reports.analysis import EMBEDDINGS_FILE, analyse_embeddings
 from cnnlab.cli import main
 from cnnlab.core.errors import CnnlabError
 from cnnlab.models import count_parameters, create_model
+from cnnlab.reports.analysis import EMBEDDINGS_FILE, analyse_embeddings
+from cnnlab.reports.cifar import write_report
 from cnnlab.reports.plots.cifar import CONFUSION_SIZE, CURVES_SIZE, SCATTER_SIZE, TSNE_SIZE
 from cnnlab.reports.plots.common import DPI
-from cnnlab.reports.cifar import write_report
 from cnnlab.tasks.classification import save_embeddings
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]
@@ -41,8 +41,8 @@ def oriented_stripes(n, num_classes, seed, size=32):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from cnnlab.training.engine import Engine, TrainConfig
     from cnnlab.tasks.classification import ClassificationConfig, ClassificationTask, eval_loader
+    from cnnlab.training.engine import Engine, TrainConfig
 
     out = tmp_path_factory.mktemp("run")
     # One thread: the nets are tiny, and on a busy shared machine two intra-op threads

@@ -67,7 +67,8 @@ def test_verify_answers_as_the_python_api_and_shows_the_faces(service):
 
 def test_embed_and_search(service):
     client, verifier, gallery, _ = service
-    files = [("images", ("x.png", face_bytes(3), "image/png")), ("images", ("y.jpg", face_bytes(4, "JPEG"), "image/jpeg"))]
+    files = [("images", ("x.png", face_bytes(3), "image/png")),
+             ("images", ("y.jpg", face_bytes(4, "JPEG"), "image/jpeg"))]
     answer = client.post("/embed", files=files).json()
     assert answer["dim"] == verifier.embedding_dim and answer["names"] == ["x.png", "y.jpg"]
     np.testing.assert_allclose(answer["embeddings"], verifier.embed([face_bytes(3), face_bytes(4, "JPEG")]), atol=1e-6)

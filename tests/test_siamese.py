@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cnnlab.metric_learning.distances import EuclideanDistance
 from cnnlab.core.errors import CnnlabError
+from cnnlab.metric_learning.distances import EuclideanDistance
 from cnnlab.metric_learning.losses import ContrastiveLoss
 from cnnlab.models.backbones import create_backbone
 from cnnlab.models.siamese import SiameseConfig, SiameseNet, load_model, save_model, search, verify
@@ -179,7 +179,7 @@ def test_search_returns_nearest_gallery_entries_first():
     assert indices[:, 0].tolist() == [3, 7]
     assert (distances[:, 0] < 1e-3).all()
     assert (distances[:, 1:] >= distances[:, :-1]).all()
-    full = EuclideanDistance().pairwise(gallery_embeddings[[3, 7]], gallery_embeddings)
+    full = EuclideanDistance().compute_mat(gallery_embeddings[[3, 7]], gallery_embeddings)
     torch.testing.assert_close(distances, full.sort(dim=1).values[:, :4], atol=1e-5, rtol=1e-5)
     _, single = search(model, gallery_embeddings, gallery[5], k=1)
     assert single.tolist() == [[5]]

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from ddp_worker import N_TRAIN, BATCH, plain_config, plain_model, plain_task
-from cnnlab.training.engine import Engine
 from cnnlab.core.errors import CnnlabError
+from cnnlab.training.engine import Engine
 from cnnlab.training.optim import LRSchedule
 from cnnlab.training.tensorboard_log import TensorBoardLog
+from ddp_worker import BATCH, N_TRAIN, plain_config, plain_model, plain_task
 
 STEPS = N_TRAIN // BATCH
 

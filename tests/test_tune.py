@@ -1,5 +1,5 @@
 """Tuning layer: search space parsing, a study shared by worker processes, seeded sampling,
-failed and pruned trials, and the report files."""
+failed and pruned trials, and the summary files."""
 from __future__ import annotations
 
 import json
@@ -13,11 +13,21 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from cnnlab.core.files import load_yaml
 from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_yaml
+from cnnlab.tune import (
+    Categorical,
+    IntRange,
+    LogUniform,
+    SearchSpace,
+    Uniform,
+    final_test,
+    redact,
+    run_study,
+    trial_config,
+    worker_id,
+)
 from cnnlab.tune.samplers import _SeededStartupTPE
-from cnnlab.tune import (Categorical, IntRange, LogUniform, SearchSpace, Uniform, final_test, redact, run_study,
-                         trial_config, worker_id)
 
 
 def synthetic_score(params: dict) -> float:
@@ -26,7 +36,7 @@ def synthetic_score(params: dict) -> float:
             + params["embedding_dim"] / 1000.0 - 0.01 * params["freeze_epochs"])
 
 
-def cheap_objective(params, report):
+def cheap_objective(params, report_epoch):
     return synthetic_score(params)
 
 
@@ -97,7 +107,7 @@ WORKER = textwrap.dedent("""
     storage, barrier, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     first = [True]
 
-    def objective(params, report):
+    def objective(params, report_epoch):
         if first[0]:
             # Each worker's first trial waits until both workers are inside a trial, so the
             # test really runs them concurrently on the one study.
@@ -125,7 +135,7 @@ def test_two_worker_processes_complete_the_total_once(tmp_path):
     workers = [subprocess.Popen([sys.executable, str(script), storage, str(barrier), str(tmp_path / f"w{i}")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [w.communicate(timeout=120) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
+    for w, (_, err) in zip(workers, outputs):
         assert w.returncode == 0, err
     ran = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert all(ran), f"both workers must run trials: {ran}"
@@ -139,14 +149,14 @@ def test_two_worker_processes_complete_the_total_once(tmp_path):
     for t in trials:
         assert t.value == pytest.approx(synthetic_score(t.params))
 
-    # The same command again runs nothing and writes the report of the whole study.
+    # The same command again runs nothing and writes the summary of the whole study.
     final = run_study(cheap_objective, SearchSpace.default(), trials=6, storage=storage, study_name="shared",
-                      out_dir=tmp_path / "report", plots=False)
+                      out_dir=tmp_path / "summary", plots=False)
     assert final.ran_here == [] and final.counts["complete"] == 6
     assert [r["trial"] for r in final.rows] == sorted(range(6), key=lambda n: -trials[n].value)
     best = max(trials, key=lambda t: t.value)
-    assert load_yaml(tmp_path / "report" / "best.yaml") == best.params
-    csv_lines = (tmp_path / "report" / "trials.csv").read_text().splitlines()
+    assert load_yaml(tmp_path / "summary" / "best.yaml") == best.params
+    csv_lines = (tmp_path / "summary" / "trials.csv").read_text().splitlines()
     assert len(csv_lines) == 7 and csv_lines[0].startswith("trial,state,score,lr,batch_size")
 
 
@@ -194,7 +204,7 @@ def test_unknown_sampler_and_pruner_are_errors(tmp_path):
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     calls = []
 
-    def objective(params, report):
+    def objective(params, report_epoch):
         calls.append(params)
         if len(calls) == 2:
             raise RuntimeError("out of memory at batch 128")
@@ -210,8 +220,8 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert load_study(tmp_path).trials[1].state == TrialState.FAIL
 
 
-def test_a_worker_stops_after_repeated_failures_and_keeps_the_report(tmp_path):
-    def objective(params, report):
+def test_a_worker_stops_after_repeated_failures_and_keeps_the_summary(tmp_path):
+    def objective(params, report_epoch):
         raise FileNotFoundError("no such data folder")
 
     with pytest.raises(CnnlabError, match="2 trials in a row failed.*no such data folder"):
@@ -230,11 +240,11 @@ def test_non_finite_score_fails_the_trial(tmp_path):
 
 def reporting_objective(bad_call: int, calls: list):
     """Good trials climb to 0.9; call number `bad_call` stays at 0.1 from the first step."""
-    def objective(params, report):
+    def objective(params, report_epoch):
         calls.append(params)
         good = len(calls) != bad_call
         for step in range(4):
-            report(step, 0.6 + 0.1 * step if good else 0.1)
+            report_epoch(step, 0.6 + 0.1 * step if good else 0.1)
         return 0.9 if good else 0.1
     return objective
 
@@ -260,7 +270,7 @@ def test_median_pruner_stops_a_clearly_bad_trial(tmp_path):
 def test_interrupted_trial_is_replaced_on_rerun(tmp_path):
     calls = []
 
-    def objective(params, report):
+    def objective(params, report_epoch):
         calls.append(params)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -268,7 +278,7 @@ def test_interrupted_trial_is_replaced_on_rerun(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_study(objective, SearchSpace.default(), trials=3, out_dir=tmp_path, plots=False)
-    assert "interrupted" in (tmp_path / "trials.md").read_text()  # the report is still written
+    assert "interrupted" in (tmp_path / "trials.md").read_text()  # the summary is still written
     result = run_study(objective, SearchSpace.default(), trials=3, out_dir=tmp_path, plots=False)
     assert result.ran_here == [2, 3]
     assert result.counts["complete"] == 3 and result.counts["fail"] == 1
@@ -296,7 +306,8 @@ def test_trial_of_a_dead_local_worker_is_failed_and_replaced(tmp_path):
 
 def test_workers_of_one_study_must_share_the_space(tmp_path):
     run_study(cheap_objective, SearchSpace.default(), trials=1, out_dir=tmp_path, plots=False)
-    other = SearchSpace.from_dict({**SearchSpace.default().to_dict(), "margin": {"type": "uniform", "low": 0.1, "high": 3.0}})
+    other = SearchSpace.from_dict({**SearchSpace.default().to_dict(),
+                                   "margin": {"type": "uniform", "low": 0.1, "high": 3.0}})
     with pytest.raises(CnnlabError, match="different search space"):
         run_study(cheap_objective, other, trials=2, out_dir=tmp_path, plots=False)
 
@@ -306,7 +317,7 @@ def test_base_config_may_not_fix_a_tuned_parameter(tmp_path):
         run_study(cheap_objective, SearchSpace.default(), trials=1, out_dir=tmp_path, base_config={"lr": 0.1})
 
 
-def test_report_files(tmp_path):
+def test_summary_files(tmp_path):
     result = run_study(cheap_objective, SearchSpace.default(), trials=3, out_dir=tmp_path, seed=1,
                        base_config={"epochs": 2, "protocol": "view1"})
     for name in ("trials.csv", "trials.md", "best.yaml", "study.yaml", "environment.json", "importances.json",
@@ -451,9 +462,9 @@ def test_two_workers_tune_the_real_trainer_without_reading_the_test_pairs(tmp_pa
         metrics = json.loads((run / "trials" / f"trial-{t.number:04d}" / "metrics.json").read_text())
         assert metrics["test"] is None and metrics["validation"]["auc"] == pytest.approx(t.value)
 
-    # The report of the whole study; scoring the winner on DevTest is the first (and only)
+    # The summary of the whole study; scoring the winner on DevTest is the first (and only)
     # thing that reads the test pairs, so it fails while they are unreadable...
-    out = tmp_path / "report"
+    out = tmp_path / "summary"
     assert main(tune_args(tmp_path, lfw, out, *common)) == 2
     assert "DevTest.txt" in capsys.readouterr().err
     best = max(trials, key=lambda t: t.value)
@@ -496,7 +507,7 @@ def test_workers_of_one_study_must_share_the_base_recipe(tmp_path):
 # ----------------------------------------------------------------------------- library and command
 
 def test_library_messages_go_to_the_log_callable_not_to_print(tmp_path, capsys):
-    def objective(params, report):
+    def objective(params, report_epoch):
         raise RuntimeError("no such device")
 
     messages = []

@@ -37,7 +37,7 @@ WORKER = textwrap.dedent("""
         while not (signals / name).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def fake_train_view1(config, data_root, run_dir, *, evaluate_test, report, log, features):
+    def fake_train_view1(config, data_root, run_dir, *, evaluate_test, report_epoch, log, features):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text("{}\\n")
         (run_dir / "checkpoint.pt").write_bytes(b"weights" * 1000)
@@ -119,8 +119,8 @@ def test_a_worker_killed_mid_trial_has_its_parameters_rerun_and_its_weights_dele
     assert "trials/trial-0000/metrics.jsonl" in left and "trials/trial-0002/log.txt" in left
 
     # The study is complete: the same command again runs nothing.
-    result = run_study(lambda params, report: 0.0, SearchSpace.default(), trials=3, storage=storage,
-                       study_name="kill", out_dir=tmp_path / "report", plots=False)
+    result = run_study(lambda params, report_epoch: 0.0, SearchSpace.default(), trials=3, storage=storage,
+                       study_name="kill", out_dir=tmp_path / "summary", plots=False)
     assert result.ran_here == [] and result.complete
     assert result.counts["complete"] == 3 and result.counts["fail"] == 1 and result.counts["waiting"] == 0
 
@@ -216,8 +216,8 @@ def test_a_trial_given_up_by_another_worker_is_dropped_and_the_study_goes_on(tmp
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     space, messages, calls = SearchSpace.default(), [], []
 
-    def objective(params, report):
-        calls.append(report.number)
+    def objective(params, report_epoch):
+        calls.append(report_epoch.number)
         if len(calls) == 1:  # meanwhile, elsewhere: the trial is declared dead
             other = optuna.load_study(study_name="faces", storage=storage)
             trial_id = other.trials[0]._trial_id

@@ -43,7 +43,8 @@ def test_best_threshold_brute_force_agreement():
 
 def test_accuracy_at_a_given_threshold_is_not_retuned():
     d, s = labelled([0.1, 0.2, 0.6], [0.4, 0.7])
-    assert V.accuracy_at(d, s, 0.5) == pytest.approx(3 / 5)     # 0.1, 0.2 accepted, 0.4 false accept, 0.6 rejected, 0.7 rejected
+    # 0.1, 0.2 accepted, 0.4 false accept, 0.6 rejected, 0.7 rejected
+    assert V.accuracy_at(d, s, 0.5) == pytest.approx(3 / 5)
     report = V.evaluate(d, s, threshold=0.5)
     assert report.accuracy == pytest.approx(0.6) and report.threshold == 0.5
     assert report.threshold_source == "calibrated"

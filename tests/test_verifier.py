@@ -10,11 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.faces import FacePreprocess
 from cnnlab.data.images import decode_images
-from cnnlab.core.errors import CnnlabError
-from cnnlab.verifier import (FACE_PREPROCESSING, FaceVerifier, ImageRejected, ImageTooLarge, NoFaceFound,
-                             model_fingerprint)
+from cnnlab.verifier import (
+    FACE_PREPROCESSING,
+    FaceVerifier,
+    ImageRejected,
+    ImageTooLarge,
+    NoFaceFound,
+    model_fingerprint,
+)
 from face_models import SIDE, build_tiny_model, make_gallery, train_tiny_model
 
 

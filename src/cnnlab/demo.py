@@ -11,20 +11,25 @@ one; the report is rewritten from the saved files).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
-def cifar_comparison(out: Path) -> None:
+def cifar_comparison(out: Path, recipe=None, blocks: list[str] | None = None) -> None:
+    """The default blocks under the `quick` recipe (`cnnlab.tasks.cifar.Recipe`); a test passes
+    a tinier recipe and fewer blocks to run the same step in seconds."""
     from cnnlab.blocks import BLOCKS
-    from cnnlab.reports.results_table import results_markdown
     from cnnlab.pipelines import compare_blocks
+    from cnnlab.reports.results_table import results_markdown
     from cnnlab.tasks.cifar import resolve_recipe
 
+    recipe = resolve_recipe("quick") if recipe is None else recipe
+    blocks = BLOCKS.default_names() if blocks is None else blocks
     # The report is drawn from the files the comparison wrote, after it.
-    results, report = compare_blocks(BLOCKS.default_names(), resolve_recipe("quick"), out / "cifar", log=print)
+    results, report = compare_blocks(blocks, recipe, out / "cifar", log=print)
     print()
     print(results_markdown(results), end="")
     print(f"results: {out / 'cifar' / 'results.md'}")
@@ -32,23 +37,25 @@ def cifar_comparison(out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- faces (Part 2)
-def faces_view1(out: Path) -> None:
+def faces_view1(out: Path, config=None, lfw_root: Path | None = None) -> None:
     """LFW View 1 with the `demo` face preset: Lite0's last stages fine-tuned on cached
-    early-stage features; DevTest scored once at the threshold calibrated on validation people."""
-    from cnnlab.pipelines import view1_with_plots
+    early-stage features; DevTest scored once at the threshold calibrated on validation people.
+    A test passes a tiny `FaceTrainConfig` and a synthetic LFW folder (default: $CNNLAB_DATA/lfw)."""
     from cnnlab.core.files import load_yaml, read_json, to_plain
+    from cnnlab.pipelines import view1_with_plots
     from cnnlab.tasks.faces import default_lfw_root, format_retrieval, format_test, preset_config
     from cnnlab.tasks.faces.view1 import retrieval_name
 
     run_dir = out / "faces-view1"
-    config = preset_config("demo")
+    config = preset_config("demo") if config is None else config
+    lfw_root = default_lfw_root() if lfw_root is None else lfw_root
     done = run_dir / "metrics.json"
     if done.is_file() and (run_dir / "faces_config.yaml").is_file() \
             and load_yaml(run_dir / "faces_config.yaml") == to_plain(config) and read_json(done).get("plots"):
         print(f"finished earlier, reusing {run_dir}")
         metrics = read_json(done)
     else:
-        metrics = view1_with_plots(config, default_lfw_root(), run_dir, evaluate_test=True, log=print)
+        metrics = view1_with_plots(config, lfw_root, run_dir, evaluate_test=True, log=print)
     print()
     print(format_test(metrics["test"], "LFW View 1 DevTest (1,000 pairs)"))
     if metrics.get("retrieval"):
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for number, (title, step) in enumerate(STEPS, 1):
         print(f"== step {number}/{len(STEPS)}: {title}", flush=True)
         step_start = time.perf_counter()
-        code = run_guarded(lambda: step(out), f"cnnlab demo step {number} ({title})", debug=args.debug)
+        code = run_guarded(functools.partial(step, out), f"cnnlab demo step {number} ({title})", debug=args.debug)
         if code:
             return code
         print(f"== step {number} done in {time.perf_counter() - step_start:.0f} s", flush=True)

@@ -1,21 +1,22 @@
 """Workflows: train, then draw from the run's files, then report. What `cnnlab faces train`,
-`cnnlab faces margins`, `cnnlab faces tune`'s final test and `make demo` run, in one place (the CLI parses flags and prints; the
-tasks train and write files; the plots and reports read those files)."""
+`cnnlab faces margins`, `cnnlab faces tune`'s final test and `make demo` run, in one place (the CLI parses flags and
+prints; the tasks train and write files; the plots and reports read those files)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cnnlab.core.progress import no_log
 
 
-def view1_with_plots(config, data_root, out_dir, *, evaluate_test: bool, report=None,
+def view1_with_plots(config, data_root, out_dir, *, evaluate_test: bool, report_epoch=None,
                      log: Callable[[str], None] = no_log) -> dict:
     """`train_view1`, then, when DevTest was scored, its figures drawn from the run's files
     and listed in metrics.json ("plots"): what `faces train` and `make demo` produce."""
     from cnnlab.reports.plots.faces import plot_run
     from cnnlab.tasks.faces import record_plots, train_view1
-    metrics = train_view1(config, data_root, out_dir, evaluate_test=evaluate_test, report=report, log=log)
+    metrics = train_view1(config, data_root, out_dir, evaluate_test=evaluate_test, report_epoch=report_epoch,
+                          log=log)
     if metrics["test"] is not None:
         metrics = record_plots(out_dir, metrics, plot_run(out_dir))
     return metrics
@@ -57,8 +58,8 @@ def compare_blocks(blocks, recipe, out, *, report: bool = True,
     table of the finished ones), then report.{md,html} drawn from the files it wrote (rank 0
     only under torchrun). Returns (results, report path or None)."""
     from cnnlab.reports.results_table import write_results_markdown
-    from cnnlab.training.distributed import is_main_process
     from cnnlab.tasks.cifar import compare
+    from cnnlab.training.distributed import is_main_process
     results = compare(blocks, recipe, out, log=log, on_results=lambda r: write_results_markdown(r, out))
     if not report or not is_main_process():
         return results, None

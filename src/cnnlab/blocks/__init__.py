@@ -6,9 +6,9 @@ N x in_channels x H x W to N x out_channels x H/stride x W/stride.
 `BLOCKS.default_names()` are the reference report's six blocks (A B C D D-dw E), the set a
 comparison runs by default; `BLOCKS.names()` adds the extras (D2, the ResNet basic block).
 """
-from cnnlab.blocks.registry import BLOCKS
-from cnnlab.blocks import plain, attention, residual, bottleneck  # noqa: F401  (registers)
+from cnnlab.blocks import attention, bottleneck, plain, residual  # noqa: F401  (registers)
 from cnnlab.blocks.reference import REPORT_PARAMS, REPORT_VAL_ACC
+from cnnlab.blocks.registry import BLOCKS
 
 __all__ = ["BLOCKS", "REPORT_PARAMS", "REPORT_VAL_ACC", "create_block"]
 

@@ -1,5 +1,7 @@
 """`cnnlab` command line. Each command group lives in its own module exposing
-`register(subparsers)`.
+`register(subparsers)`. Building the parser imports none of the library (torch, scikit-learn,
+optuna): a command imports its work inside the function that runs it, and the flags that come
+from the library's configs and registries are read from `cnnlab.cli.catalog`.
 
 One error boundary (`run_guarded`, also used by `python -m cnnlab.demo`): a `CnnlabError` (a
 user error: bad flag value, missing or malformed file, unwritable --out) is one line and exit 2;
@@ -15,11 +17,10 @@ import os
 import select
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from cnnlab import __version__
 from cnnlab.core.errors import CnnlabError
-from cnnlab.core.files import first_line
 
 # Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -107,6 +108,7 @@ def _stdout_closed() -> bool:
 
 
 def _unexpected(exc: BaseException, command: str, debug: bool) -> int:
+    from cnnlab.core.files import first_line
     if debug:
         traceback.print_exc()
     hint = "" if debug else " (run with --debug for the traceback)"

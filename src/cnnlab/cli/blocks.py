@@ -14,9 +14,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from cnnlab.blocks import BLOCKS, REPORT_PARAMS
     from cnnlab.blocks.reference import REPORT_EPOCHS, REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, REPORT_VAL_ACC
-    from cnnlab.reports.text import minutes
     from cnnlab.core.errors import CnnlabError
     from cnnlab.models import count_parameters, create_model
+    from cnnlab.reports.text import minutes
 
     if args.width_multiplier <= 0:
         raise CnnlabError(f"--width-multiplier must be > 0, got {args.width_multiplier}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli import catalog
+from cnnlab.cli.flags import add_config_flags
+
 # What the data section exposes: its seed and the synthetic sizes stay in --config files
 # (a second --seed would be ambiguous next to the training seed).
 _DATA_FLAGS = ("root", "val_size", "train_subset", "download")
@@ -14,26 +17,20 @@ def _recipe_flags(p: argparse.ArgumentParser) -> None:
     """--preset, --config, then one flag per recipe setting, generated from the dataclasses.
     Flags default to None ("not given"), so they override the preset and the file only when
     given; a bad value is the dataclass's one-line error."""
-    from cnnlab.cli.flags import add_config_flags
-    from cnnlab.core.config import RUN_ONLY_FIELDS
-    from cnnlab.training.engine import TrainConfig
-    from cnnlab.models import BlockNetConfig
-    from cnnlab.tasks.cifar import PRESETS, CifarDataConfig
-    from cnnlab.tasks.classification import ClassificationConfig
-
+    run_only = catalog.load()["run_only_fields"]
     g = p.add_argument_group("recipe (defaults come from --preset, then --config)")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="full",
+    g.add_argument("--preset", choices=sorted(catalog.load()["cifar_presets"]), default="full",
                    help="full: the 30-epoch reference recipe; quick: sized for ~10 min on a 2-core CPU")
     g.add_argument("--config", metavar="FILE", help="YAML with train:/task:/model:/data: sections")
     # The dataclass defaults are not the recipe's (the preset's are), so they are not shown.
     common = dict(show_default=False)  # help texts: on the config fields (`config.option`)
-    flags = add_config_flags(g, TrainConfig, section="train", exclude=RUN_ONLY_FIELDS, **common)
-    flags |= add_config_flags(g, ClassificationConfig, section="task", **common)
-    flags |= add_config_flags(g, BlockNetConfig, section="model", only=_MODEL_FLAGS, **common)
-    flags |= add_config_flags(g, CifarDataConfig, section="data", only=_DATA_FLAGS, rename={"root": "data"},
+    flags = add_config_flags(g, "TrainConfig", section="train", exclude=run_only, **common)
+    flags |= add_config_flags(g, "ClassificationConfig", section="task", **common)
+    flags |= add_config_flags(g, "BlockNetConfig", section="model", only=_MODEL_FLAGS, **common)
+    flags |= add_config_flags(g, "CifarDataConfig", section="data", only=_DATA_FLAGS, rename={"root": "data"},
                               **common)
     run = p.add_argument_group("where and how visibly it runs (never changes the result)")
-    flags |= add_config_flags(run, TrainConfig, section="train", only=RUN_ONLY_FIELDS, **common)
+    flags |= add_config_flags(run, "TrainConfig", section="train", only=run_only, **common)
     p.set_defaults(recipe_flags=flags)
 
 
@@ -43,9 +40,9 @@ def register(sub) -> None:
     commands.required = True
 
     p = commands.add_parser("compare", help="train several blocks with one recipe; write results.{json,csv,md}")
-    from cnnlab.blocks import BLOCKS
-    p.add_argument("--blocks", nargs="+", default=BLOCKS.default_names(), metavar="BLOCK",
-                   help=f"blocks to compare (default: {' '.join(BLOCKS.default_names())})")
+    default_blocks = catalog.load()["default_blocks"]
+    p.add_argument("--blocks", nargs="+", default=list(default_blocks), metavar="BLOCK",
+                   help=f"blocks to compare (default: {' '.join(default_blocks)})")
     p.add_argument("--out", required=True, help="output folder; rerunning with it reuses finished blocks")
     p.add_argument("--no-report", action="store_true", help="skip writing report.md/report.html")
     _recipe_flags(p)
@@ -73,8 +70,8 @@ def _recipe(args):
 
 def run_compare(args) -> int:
     from cnnlab.core.files import check_output_dir
-    from cnnlab.reports.results_table import results_markdown
     from cnnlab.pipelines import compare_blocks
+    from cnnlab.reports.results_table import results_markdown
     from cnnlab.tasks.cifar import check_blocks
     check_blocks(args.blocks)  # an unknown name fails here, before data or training
     recipe = _recipe(args)
@@ -88,10 +85,10 @@ def run_compare(args) -> int:
 
 
 def run_train(args) -> int:
-    from cnnlab.training.engine import CHECKPOINT, load_checkpoint
     from cnnlab.core.errors import CnnlabError
     from cnnlab.core.files import check_output_dir
     from cnnlab.tasks.cifar import check_blocks, load_data, train_block
+    from cnnlab.training.engine import CHECKPOINT, load_checkpoint
 
     (block,) = check_blocks([args.block])
     recipe = _recipe(args)

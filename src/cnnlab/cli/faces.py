@@ -1,15 +1,15 @@
-"""`cnnlab faces train|margins|export|baseline|plot|tune` (here) and `verify|search|index|score|calibrate|serve` (`cli.faces_use`): Siamese face verification on LFW. Flags and `--config FILE.yaml` fill one dataclass,
-`cnnlab.tasks.faces.FaceTrainConfig`; every field is a flag of the same name."""
+"""`cnnlab faces train|margins|export|baseline|plot` (here), `verify|search|index|score|calibrate|serve`
+(`cli.faces_use`) and `tune` (`cli.tune`): Siamese face verification on LFW. Flags and
+`--config FILE.yaml` fill one dataclass, `cnnlab.tasks.faces.FaceTrainConfig`; every field is a
+flag of the same name."""
 from __future__ import annotations
 
-
-from cnnlab.cli.options import add_face_recipe_flags as add_config_flags
-from cnnlab.cli.options import face_config_from_args as config_from_args
-from cnnlab.cli.options import onnx_opset
-from cnnlab.cli.options import add_lfw_flag
-from cnnlab.cli.options import lfw_root_from_args as data_root_from_args
+from cnnlab.cli import tune
 from cnnlab.cli.faces_use import register as register_use
-from cnnlab.core.files import check_output_dir
+from cnnlab.cli.options import add_face_recipe_flags as add_config_flags
+from cnnlab.cli.options import add_lfw_flag, onnx_opset
+from cnnlab.cli.options import face_config_from_args as config_from_args
+from cnnlab.cli.options import lfw_root_from_args as data_root_from_args
 
 
 def register(sub) -> None:
@@ -51,15 +51,13 @@ def register(sub) -> None:
     p.set_defaults(func=run_plot)
 
     register_use(commands)  # faces verify, search, index, score, calibrate, serve
-
-    # optuna is a dependency: a tuner that fails to import is an error, never a missing command.
-    from cnnlab.cli.tune import register as register_tune
-    register_tune(commands)
+    tune.register(commands)
 
 
 # ---------------------------------------------------------------------------- commands
 def run_train(args) -> int:
     from cnnlab.core.errors import CnnlabError
+    from cnnlab.core.files import check_output_dir
     from cnnlab.tasks.faces import train_view2
     config = config_from_args(args)
     out = check_output_dir(args.out or f"runs/faces-{args.protocol}")  # before any image is read
@@ -92,8 +90,9 @@ def run_train(args) -> int:
 
 
 def run_margins(args) -> int:
-    from cnnlab.reports.margins import margins_markdown
+    from cnnlab.core.files import check_output_dir
     from cnnlab.pipelines import margins_with_report
+    from cnnlab.reports.margins import margins_markdown
     out = check_output_dir(args.out)  # before any image is read
     comparison = margins_with_report(config_from_args(args), args.margins, data_root_from_args(args), out,
                                      log=print)
@@ -103,19 +102,20 @@ def run_margins(args) -> int:
 
 
 def run_export(args) -> int:
-    from cnnlab.verifier.export import export_onnx, write_export_metadata
     from cnnlab.verifier import FaceVerifier
+    from cnnlab.verifier.export import export_onnx, write_export_metadata
     verifier = FaceVerifier.load(args.model, device="cpu", runtime="torch")
-    report = export_onnx(verifier.model, args.out, input_size=verifier.input_size, opset=args.opset)
-    meta = write_export_metadata(report, verifier.model, extra={
+    export = export_onnx(verifier.model, args.out, input_size=verifier.input_size, opset=args.opset)
+    meta = write_export_metadata(export, verifier.model, extra={
         "threshold": verifier.extra.get("threshold"), "distance": verifier.distance_name,
         "crop": verifier.extra.get("crop"), "preprocess": verifier.face.spec(), "fingerprint": verifier.fingerprint})
-    print(f"wrote {report.path} (opset {report.opset}, {report.input_size} px; max |onnx - torch| "
-          f"{report.max_abs_diff:.1e} with {report.runtime}); metadata {meta}")
+    print(f"wrote {export.path} (opset {export.opset}, {export.input_size} px; max |onnx - torch| "
+          f"{export.max_abs_diff:.1e} with {export.runtime}); metadata {meta}")
     return 0
 
 
 def run_baseline(args) -> int:
+    from cnnlab.core.files import check_output_dir
     from cnnlab.tasks.faces import untrained_baseline
     config = config_from_args(args)
     if args.out is not None:

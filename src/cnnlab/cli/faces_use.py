@@ -1,6 +1,7 @@
 """Using a trained face model from the command line: `faces verify`, `faces search`,
-`faces index build|add|remove|prune`, `faces score`, `faces calibrate` and `faces serve`. Every command is a thin front end over
-`cnnlab.verifier.FaceVerifier` (and the HTTP app of `cnnlab.serve`); none holds library logic."""
+`faces index build|add|remove|prune`, `faces score`, `faces calibrate` and `faces serve`. Every
+command is a thin front end over `cnnlab.verifier.FaceVerifier` (and the HTTP app of
+`cnnlab.serve`); none holds library logic."""
 from __future__ import annotations
 
 import argparse
@@ -8,13 +9,13 @@ import json
 import sys
 from pathlib import Path
 
+from cnnlab.cli import catalog
 from cnnlab.cli.options import distance_threshold, positive_float, positive_int
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    from cnnlab.verifier.runtime import RUNTIMES
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+    p.add_argument("--runtime", choices=catalog.load()["runtimes"], default="auto",
                    help="how to run the network: auto = onnxruntime on a CPU (fastest, BENCHMARKS.md), torch on a GPU")
     p.add_argument("--batch-size", type=positive_int, help="images per forward pass (default: per runtime)")
 
@@ -200,7 +201,8 @@ def run_search(args) -> int:
     k = min(args.k, index.count)  # more than the gallery holds: the whole gallery, ranked
     results = verifier.identify_all(queries, index, k=k)  # checks the index's model, then embeds
     if args.json:
-        print(json.dumps({"index": str(index.root), "model": str(verifier.source), "threshold": verifier.threshold if verifier.has_threshold else None,
+        threshold = verifier.threshold if verifier.has_threshold else None
+        print(json.dumps({"index": str(index.root), "model": str(verifier.source), "threshold": threshold,
                           "results": [{"query": q, "matches": [m.to_dict() for m in ms]}
                                       for q, ms in zip(queries, results)]}, indent=2))
         return 0
@@ -227,10 +229,10 @@ def _enrol_options(args) -> dict:
             "person": args.person, "lock_timeout": 0 if args.no_wait else None}
 
 
-def _print_enrolment(report) -> None:
-    for path, reason in report.bad:
+def _print_enrolment(counts) -> None:
+    for path, reason in counts.bad:
         print(f"skipped {path}: {reason}")
-    print(report.summary())
+    print(counts.summary())
 
 
 def run_index_build(args) -> int:
@@ -238,18 +240,18 @@ def run_index_build(args) -> int:
     from cnnlab.verifier import build_index
     check_output_dir(args.out)  # before the model is loaded
     verifier = load_verifier(args.model, args)
-    report = build_index(verifier, args.gallery, args.out, **_enrol_options(args))
-    _print_enrolment(report)
+    counts = build_index(verifier, args.gallery, args.out, **_enrol_options(args))
+    _print_enrolment(counts)
     print(f"index: {args.out}")
-    return 0 if report.total else 1
+    return 0 if counts.total else 1
 
 
 def run_index_add(args) -> int:
     from cnnlab.verifier import GalleryIndex, add_to_index
     index = GalleryIndex.open(args.index)
     verifier = load_verifier(args.model or index.model_path, args)
-    report = add_to_index(args.index, args.gallery, verifier, **_enrol_options(args))
-    _print_enrolment(report)
+    counts = add_to_index(args.index, args.gallery, verifier, **_enrol_options(args))
+    _print_enrolment(counts)
     return 0
 
 
@@ -327,7 +329,8 @@ def run_calibrate(args) -> int:
           f"{pairs['matched']} same-person + {pairs['mismatched']} different-person pairs")
     goal = f"false-accept rate <= {args.far:g}" if args.objective == "far" else "best accuracy"
     print(f"threshold {record['threshold']:.4f} ({goal}; was {record['replaced']}): false-accept rate "
-          f"{record['far']:.4f}, true-accept rate {record['tar']:.4f}, accuracy {record['accuracy']:.4f} on these pairs")
+          f"{record['far']:.4f}, true-accept rate {record['tar']:.4f}, accuracy {record['accuracy']:.4f} "
+          "on these pairs")
     if record.get("note"):
         print(f"note: {record['note']}")
     print(f"written: {args.out} (same embeddings: gallery indexes built with {source} stay valid)")

@@ -1,60 +1,47 @@
 """Dataclass configs as command-line flags: the one place where a config becomes flags, for
 every CLI. A field `batch_size` is the flag `--batch-size`, typed from its annotation, with the
 help text the field declares (`cnnlab.core.config.option`), default None so that "not given" never
-overrides a preset or a `--config` file. Values are not validated here: `build_config` does it
-once, so a bad value is the same one-line error from a flag, a YAML file or Python."""
+overrides a preset or a `--config` file. The fields are read from the catalog
+(`cnnlab.cli.catalog`), so `--help` imports none of the library. Values are not validated here:
+`build_config` does it once, so a bad value is the same one-line error from a flag, a YAML file
+or Python."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import types
 import typing
-from typing import Any, Union
+
+from cnnlab.cli import catalog
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-def _scalar_type(annotation: Any) -> type:
-    """int / float / str / bool of an annotation such as `int`, `bool | None`, `str | None`."""
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return _scalar_type(args[0])
-        return str
-    if annotation in (int, float, str, bool):
-        return annotation
-    raise TypeError(f"no flag type for annotation {annotation!r}")
-
-
-def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
+def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config: str, *,
                      section: str | None = None, only: typing.Iterable[str] | None = None,
                      exclude: typing.Iterable[str] = (), rename: dict[str, str] | None = None,
                      show_default: bool = True) -> dict[str, tuple]:
-    """Add one flag per field of dataclass `cls` (`only` these, minus `exclude`), named after
-    the field (`rename` maps a field to another flag name). Returns {argparse dest: (section,
-    field)} for `flag_values`. Values are not validated here: the dataclass does that once, so
-    a bad value is the same one-line error from a flag, a YAML file or Python."""
-    hints = typing.get_type_hints(cls)
-    defaults = cls()
+    """Add one flag per field of the config dataclass named `config` ("TrainConfig"; `only`
+    these, minus `exclude`), named after the field (`rename` maps a field to another flag
+    name). Returns {argparse dest: (section, field)} for `flag_values`."""
     rename = rename or {}
-    wanted = None if only is None else list(only)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    names = wanted if wanted is not None else list(fields)
+    fields = {f["name"]: f for f in catalog.config_fields(config)}
+    names = list(fields) if only is None else list(only)
     mapping: dict[str, tuple] = {}
     for name in names:
         if name in exclude or name not in fields:
             continue
+        field = fields[name]
+        if field["type"] is None:
+            raise TypeError(f"no flag type for {config}.{name}")
         flag_name = rename.get(name, name)
         dest = flag_name.replace("-", "_")
         flag = "--" + flag_name.replace("_", "-")
-        kind = _scalar_type(hints[name])
-        text = fields[name].metadata.get("help", "")  # written once, on the field (`config.option`)
+        text = field["help"]  # written once, on the field (`config.option`)
         if show_default:
-            default = getattr(defaults, name)
-            text = f"{text} (default {default})" if text else f"(default {default})"
-        if kind is bool:
+            text = f"{text} (default {field['default']})" if text else f"(default {field['default']})"
+        if field["type"] == "bool":
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=dest, type=kind, default=None, help=text)
+            parser.add_argument(flag, dest=dest, type=_TYPES[field["type"]], default=None, help=text)
         mapping[dest] = (section, name)
     return mapping
 

@@ -9,22 +9,20 @@ import dataclasses
 import math
 from pathlib import Path
 
-
+from cnnlab.cli import catalog
+from cnnlab.cli.flags import add_config_flags
 
 
 def add_face_recipe_flags(p: argparse.ArgumentParser) -> None:
     """--preset, --config and one flag per FaceTrainConfig field."""
-    from cnnlab.cli.flags import add_config_flags
-    from cnnlab.tasks.faces import PRESETS, FaceTrainConfig
-
     g = p.add_argument_group("training recipe (every field of FaceTrainConfig; defaults from --preset, "
                              "then --config)")
     g.add_argument("--config", metavar="FILE", help="YAML mapping of FaceTrainConfig fields (e.g. a tuner's best.yaml)")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                   help="cpu (default): cached-feature partial fine-tuning; demo: make demo's smaller run (400 training "
-                        "people, 128 px, the test pairs' images only, the random search's best knobs); finetune: "
-                        "end-to-end (GPU)")
-    add_config_flags(g, FaceTrainConfig)  # help texts: on the fields (`config.option`)
+    g.add_argument("--preset", choices=sorted(catalog.load()["face_presets"]), default="cpu",
+                   help="cpu (default): cached-feature partial fine-tuning; demo: make demo's smaller run (400 "
+                        "training people, 128 px, the test pairs' images only, the random search's best knobs); "
+                        "finetune: end-to-end (GPU)")
+    add_config_flags(g, "FaceTrainConfig")  # help texts: on the fields (`config.option`)
 
 
 def explicit_face_fields(args: argparse.Namespace) -> dict:
@@ -43,7 +41,8 @@ def face_config_from_args(args: argparse.Namespace):
 
 
 def add_lfw_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str | None = None) -> None:
-    p.add_argument("--data", metavar="DIR", help=help or "LFW folder with the protocol files (default: $CNNLAB_DATA/lfw)")
+    p.add_argument("--data", metavar="DIR",
+                   help=help or "LFW folder with the protocol files (default: $CNNLAB_DATA/lfw)")
 
 
 def lfw_root_from_args(args: argparse.Namespace) -> Path:

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cnnlab.cli.options import (add_face_recipe_flags, add_lfw_flag, explicit_face_fields, face_config_from_args,
-                                lfw_root_from_args)
-from cnnlab.core.errors import CnnlabError
-from cnnlab.core.files import check_output_dir, load_yaml, to_plain
-from cnnlab.pipelines import with_run_plots
-from cnnlab.tune import (DEFAULT_STUDY_NAME, PRUNERS, SAMPLERS, FaceTrainer, SearchSpace, default_storage,
-                         face_base_config, final_test, run_study)
-from cnnlab.tune.space import DEFAULT_SPACE_FILE
+from cnnlab.cli import catalog
+from cnnlab.cli.options import (
+    add_face_recipe_flags,
+    add_lfw_flag,
+    explicit_face_fields,
+    face_config_from_args,
+    lfw_root_from_args,
+)
+
+if TYPE_CHECKING:
+    from cnnlab.tune import SearchSpace
 
 
 def register(faces_commands) -> None:
@@ -29,20 +32,23 @@ def register(faces_commands) -> None:
                     "--study share the study; --trials is the total over all of them. --seed seeds the "
                     "sampler (the same seed proposes the same configurations) as well as every trial's "
                     "training and validation split.")
+    names = catalog.load()
+    study_name, space_file = names["default_study_name"], names["default_space_file"]
     g = p.add_argument_group("study")
     g.add_argument("--trials", type=int, default=20,
                    help="total number of trials in the study, all workers together (default 20)")
     g.add_argument("--storage", metavar="URL",
                    help="optuna storage the workers share: sqlite:///FILE.db (one machine) or "
                         "postgresql://user:pass@host/db, mysql://... (many); default sqlite:///OUT/study.db")
-    g.add_argument("--study", default=DEFAULT_STUDY_NAME, metavar="NAME",
-                   help=f"study name in the storage (default {DEFAULT_STUDY_NAME})")
-    g.add_argument("--sampler", choices=SAMPLERS.names(), default="random", help="random (default) or tpe")
-    g.add_argument("--pruner", choices=PRUNERS.names(), default="none",
+    g.add_argument("--study", default=study_name, metavar="NAME",
+                   help=f"study name in the storage (default {study_name})")
+    g.add_argument("--sampler", choices=names["samplers"], default="random", help="random (default) or tpe")
+    g.add_argument("--pruner", choices=names["pruners"], default="none",
                    help="median: stop a trial whose validation AUC is below the median at the same epoch")
     g.add_argument("--space", metavar="NAME|FILE", help=f"search space: a YAML file, or a packaged one: "
-                   f"default (cnnlab/{DEFAULT_SPACE_FILE}) or recipe (the current face recipe's knobs)")
-    g.add_argument("--out", default="runs/faces-tune", metavar="DIR", help="report folder (default runs/faces-tune)")
+                   f"default (cnnlab/{space_file}) or recipe (the current face recipe's knobs)")
+    g.add_argument("--out", default="runs/faces-tune", metavar="DIR",
+                   help="study summary folder (default runs/faces-tune)")
     add_lfw_flag(g)
     g.add_argument("--no-test", dest="test", action="store_false",
                    help="do not score the best configuration on the View 1 DevTest pairs after the study")
@@ -54,6 +60,8 @@ def register(faces_commands) -> None:
 def base_config_from_args(args: argparse.Namespace, space: SearchSpace) -> dict:
     """The recipe every trial shares: --preset, then --config, then flags, minus the tuned
     fields and where-to-run fields (`cnnlab.tune.face_base_config` says which is an error)."""
+    from cnnlab.core.files import load_yaml, to_plain
+    from cnnlab.tune import face_base_config
     explicit = {name for name, value in explicit_face_fields(args).items() if value is not None}
     if args.config:
         explicit |= set(load_yaml(args.config))
@@ -65,6 +73,10 @@ def _warn(message: str) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    from cnnlab.core.errors import CnnlabError
+    from cnnlab.core.files import check_output_dir
+    from cnnlab.pipelines import with_run_plots
+    from cnnlab.tune import FaceTrainer, SearchSpace, default_storage, final_test, run_study
     space = SearchSpace.resolve(args.space)
     base = base_config_from_args(args, space)
     out_dir = check_output_dir(args.out)  # before the study opens or any image is read

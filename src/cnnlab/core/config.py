@@ -3,7 +3,8 @@
 `build_config` merges mappings into a dataclass: values are type-checked against the fields
 first (a YAML file can hold anything), then the dataclass's `__post_init__` validates them.
 `option(default, help)` declares a field with its help text, which the CLI layer
-(`cnnlab.cli.flags`) turns into the field's flag.
+(`cnnlab.cli.flags`) turns into the field's flag; `option_from(cls, name, ...)` declares a field
+another config already has (the face recipe's `lr` is the engine's), with that field's help.
 """
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def option(default: Any, help: str) -> Any:
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def option_from(cls: type, name: str, default: Any = dataclasses.MISSING, *, note: str = "") -> Any:
+    """A field that dataclass `cls` declares too, for a config whose values fill `cls`'s by name:
+    `cls`'s help text (and `note`, what this config adds, after a semicolon) and `cls`'s default
+    unless `default` is given."""
+    source = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if default is dataclasses.MISSING:
+        default = (source.default if source.default is not dataclasses.MISSING else source.default_factory())
+    return option(default, source.metadata["help"] + (f"; {note}" if note else ""))
 
 
 def build_config(cls: type[T], *sources: dict | None) -> T:

@@ -1,20 +1,43 @@
-"""What a run needs to record about where it ran, and the device choice shared by every command."""
+"""What a run needs to record about where it ran, the device choice shared by every command, and
+where the data sets and the cache are (`data_root`, `cache_root`: each environment variable is
+read there only). Imports torch only where a function needs it."""
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
-
-import torch
+from typing import TYPE_CHECKING
 
 from cnnlab.core.errors import CnnlabError
+
+if TYPE_CHECKING:
+    import torch
+
+DATA_ENV = "CNNLAB_DATA"
+CACHE_ENV = "CNNLAB_CACHE"
+
+
+def cache_root() -> Path:
+    """Where cnnlab keeps what it can rebuild (decoded images, ONNX files, downloads): outside
+    the data folder, which may be read-only. $CNNLAB_CACHE, else ~/.cache/cnnlab."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cnnlab")
+
+
+def data_root() -> tuple[Path, str]:
+    """The folder holding the real data sets (`cifar10-jpg/`, `lfw/`, ...) and what named it, for
+    messages: $CNNLAB_DATA (the Makefile sets it to ../shared/data), else the folder a download
+    fills (`datasets/` in the cache). A command's --data flag, where it has one, comes first."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser(), DATA_ENV
+    return cache_root() / "datasets", "the default download folder"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
+    import torch
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -26,11 +49,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 # Precision. `auto` trains in bf16 autocast where bf16 is faster than fp32: on CUDA, and on a
-# CPU with AMX-BF16 tile units (Sapphire Rapids and later), where a full-width BlockNet training
-# step ran 2.3-3.1x faster than fp32 (BENCHMARKS.md, benchmarks/bench_precision.py). Without AMX
-# (AVX-512 or AVX2 only) oneDNN's bf16 convolutions are not faster than fp32, so fp32 is kept.
-# `auto-cuda` is for networks that gain nothing from bf16 on a CPU even with AMX (the face
-# recipe: EfficientNet-Lite0's depthwise convolutions ran 0.97x).
+# CPU with AMX-BF16 tile units (Sapphire Rapids and later). Without AMX (AVX-512 or AVX2 only)
+# oneDNN's bf16 convolutions are not faster than fp32, so fp32 is kept. `auto-cuda` is for
+# networks that gain nothing from bf16 on a CPU even with AMX (the face recipe's depthwise
+# convolutions). Measured: docs/performance.md, "bf16 on the CPU".
 PRECISIONS = ("auto", "auto-cuda", "fp32", "bf16")
 BF16_CPU_FLAG = "amx_bf16"
 # The /proc/cpuinfo flags recorded with every run: what decided the precision, and its neighbours.
@@ -100,15 +122,16 @@ def distributed_backend(device: torch.device) -> str:
 def distributed_setup(device: torch.device | None = None) -> dict:
     """How many processes train together and over which backend: from the live process group,
     else from what the launcher asked for (world_size 1 and no backend for a plain process)."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return {"world_size": dist.get_world_size(), "backend": str(dist.get_backend())}
+    import torch.distributed
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return {"world_size": torch.distributed.get_world_size(), "backend": str(torch.distributed.get_backend())}
     world_size = launch_ranks()[1]
     backend = distributed_backend(device) if world_size > 1 and device is not None else None
     return {"world_size": world_size, "backend": backend}
 
 
 def device_name(device: torch.device) -> str:
+    import torch
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -118,6 +141,7 @@ def environment(device: torch.device | None = None, precision: dict | None = Non
     """Versions, CPU (model name and the flags that decide the precision), device, world size;
     `precision` ({"requested", "used", "reason"}) when the caller has resolved one."""
     import numpy
+    import torch
     cpu = cpu_info()
     info = {
         "python": sys.version.split()[0],
@@ -133,10 +157,10 @@ def environment(device: torch.device | None = None, precision: dict | None = Non
     }
     # Read versions from package metadata: importing timm/sklearn/torchvision just to ask
     # costs seconds in every fresh process (tuning workers, tests).
-    for key, dist in (("torchvision", "torchvision"), ("timm", "timm"), ("sklearn", "scikit-learn"),
-                      ("optuna", "optuna")):
+    for key, package in (("torchvision", "torchvision"), ("timm", "timm"), ("sklearn", "scikit-learn"),
+                         ("optuna", "optuna")):
         try:
-            info[key] = importlib.metadata.version(dist)
+            info[key] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:  # missing optional package: information
             info[key] = None
     from cnnlab import __version__

@@ -23,7 +23,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -62,7 +63,7 @@ def progress_interval() -> float:
 
 
 def progress_bar(iterable: Iterable[T] | None = None, enable: bool | None = None,
-                 **kwargs) -> "tqdm | PlainProgress":
+                 **kwargs) -> tqdm | PlainProgress:
     """A tqdm bar, a `PlainProgress` or a silent tqdm, by `enable` (see the module docstring).
     `kwargs` are tqdm's (desc, total, unit, initial, ...)."""
     if os.environ.get("RANK", "0").strip() not in ("", "0"):
@@ -135,7 +136,7 @@ class PlainProgress:
     def __len__(self) -> int:
         return int(self.total) if self.total is not None else len(self.iterable)  # type: ignore[arg-type]
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> PlainProgress:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -7,7 +7,8 @@ a side comparison must not change what the default comparison (and its tables) c
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 
 class Registry:

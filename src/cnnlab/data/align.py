@@ -21,16 +21,15 @@ output size or padding re-warps without re-detecting.
 from __future__ import annotations
 
 import contextlib
-
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from cnnlab.data.images import UnreadableImage
 from cnnlab.core.errors import CnnlabError
+from cnnlab.data.images import UnreadableImage
 
 TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                          [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
@@ -223,9 +222,9 @@ def detect_cached(paths: Sequence[str], spec: DetectorSpec | None = None, *, nam
                   progress: bool | None = False, chunk: int = 64) -> np.ndarray:
     """N x 5 x 2 float32 landmarks of `paths` (NaN where no face was found or the file could
     not be read: the decoder reports those), detected once and kept in the `ArrayCache`."""
+    from cnnlab.core.progress import progress_bar
     from cnnlab.data.cache import ArrayCache, fingerprint
     from cnnlab.data.images import open_rgb
-    from cnnlab.core.progress import progress_bar
 
     spec = spec or DetectorSpec()
     cache = cache if cache is not None else ArrayCache()

@@ -10,16 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
+from cnnlab.core.env import cache_root
 from cnnlab.core.files import save_npz_atomic
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CNNLAB_CACHE") or Path.home() / ".cache" / "cnnlab")
 
 
 def file_sha256(path: str | Path) -> str:

@@ -11,18 +11,18 @@ of the training set (stratified, seeded), so model selection never looks at the 
 from __future__ import annotations
 
 import colorsys
-import os
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from cnnlab.data.cache import ArrayCache, cache_root, fingerprint
-from cnnlab.data.images import DecodeReport, decode_cached, list_folders, list_images
+from cnnlab.core.env import DATA_ENV, data_root
 from cnnlab.core.errors import CnnlabError
+from cnnlab.data.cache import ArrayCache, fingerprint
+from cnnlab.data.images import DecodeReport, decode_cached, list_folders, list_images
 
 CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
                                     "dog", "frog", "horse", "ship", "truck")
@@ -57,11 +57,6 @@ class ImageSplits:
 
 # ---------------------------------------------------------------------------- locating data
 
-def default_download_root() -> Path:
-    """Where `download=True` puts the official archive when no --data / CNNLAB_DATA is given."""
-    return cache_root() / "datasets"
-
-
 def _is_pickle_dir(path: Path) -> bool:
     return all((path / name).is_file() for name in (*PICKLE_TRAIN_FILES, PICKLE_TEST_FILE))
 
@@ -81,22 +76,17 @@ def _detect(path: Path) -> tuple[str, Path] | None:
 
 
 def find_cifar_root(data: str | Path | None = None) -> tuple[str, Path]:
-    """Resolve `data` (the --data flag), else $CNNLAB_DATA, else the download folder, to
-    ("pickle" | "imagefolder", folder). Each may name the data root holding `cifar10-jpg/`
-    or `cifar-10-batches-py/`, or the data set folder itself."""
-    if data is not None:
-        path, origin = Path(data).expanduser(), "--data"
-    elif os.environ.get("CNNLAB_DATA"):
-        path, origin = Path(os.environ["CNNLAB_DATA"]).expanduser(), "CNNLAB_DATA"
-    else:
-        path, origin = default_download_root(), "the default download folder"
+    """Resolve `data` (the --data flag), else the data root (`cnnlab.core.env.data_root`:
+    $CNNLAB_DATA, else the download folder), to ("pickle" | "imagefolder", folder). Each may name
+    the data root holding `cifar10-jpg/` or `cifar-10-batches-py/`, or the data set folder itself."""
+    path, origin = (Path(data).expanduser(), "--data") if data is not None else data_root()
     found = _detect(path) if path.is_dir() else None
     if found is None:
         raise CnnlabError(
             f"CIFAR-10 not found in {path} (from {origin}): expected {IMAGEFOLDER_NAME}/ or "
             f"{PICKLE_NAME}/ there, or train/<class>/ + test/<class>/ folders, or the official "
             f"data_batch_1..5 + test_batch files; point at it with --data DIR or CNNLAB_DATA=DIR"
-            + ("" if origin != "the default download folder" else
+            + ("" if origin in ("--data", DATA_ENV) else
                ", or download the official copy (download=True, needs internet)"))
     return found[0], found[1].resolve()
 
@@ -306,12 +296,7 @@ def load_cifar10(data: str | Path | None = None, *, val_size: int = 5000, seed: 
     except CnnlabError:
         if not download:
             raise
-        if data is not None:
-            target = Path(data)
-        elif os.environ.get("CNNLAB_DATA"):
-            target = Path(os.environ["CNNLAB_DATA"])
-        else:
-            target = default_download_root()
+        target = Path(data) if data is not None else data_root()[0]
         kind, folder = "pickle", download_cifar10(target).resolve()
     cache = cache if cache is not None else ArrayCache()
     arrays, report = _load_source(kind, folder, size, progress, cache)

@@ -11,18 +11,18 @@ re-decodes.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.align import DetectorSpec, NoFaceDetected, detect_cached, detector, warp_face
 from cnnlab.data.cache import ArrayCache
 from cnnlab.data.images import DecodeReport, decode_cached, list_folders, list_images
-from cnnlab.core.errors import CnnlabError
 
 # Bump when the decode/crop code changes in a way that changes pixels: old cache entries die.
 _CACHE_VERSION = 1
@@ -173,7 +173,7 @@ class FaceDataset:
         keep = np.array([p in wanted for p in self.people], dtype=bool)
         return np.flatnonzero(keep[self.labels])
 
-    def subset(self, names: Iterable[str]) -> "FaceDataset":
+    def subset(self, names: Iterable[str]) -> FaceDataset:
         """A copy holding only `names`' images, labels renumbered 0..P-1 in `people` order."""
         rows = self.indices_of_people(names)
         kept_labels = np.unique(self.labels[rows])

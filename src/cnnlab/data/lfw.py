@@ -11,15 +11,15 @@ Image `n` of `name` is `<name>/<name>_<nnnn>.jpg`. Splits are by identity, never
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from cnnlab.data.images import path_problem
 from cnnlab.core.errors import CnnlabError
+from cnnlab.data.images import path_problem
 
 IMAGE_DIR_CANDIDATES = ("lfw-deepfunneled", "lfw_funneled", "lfw-funneled", "lfw")
 
@@ -150,7 +150,8 @@ def parse_people(path: str | Path) -> list[dict[str, int]]:
                 raise CnnlabError(f"{path}: file ends before set {s + 1} of {count}")
             no, fields = lines[cursor]
             if len(fields) != 1:
-                raise CnnlabError(f"{path}:{no}: expected the number of people in set {s + 1}, got {' '.join(fields)!r}")
+                raise CnnlabError(f"{path}:{no}: expected the number of people in set {s + 1}, "
+                                  f"got {' '.join(fields)!r}")
             n_people = _int_field(path, no, fields[0], "number of people")
             cursor += 1
         else:

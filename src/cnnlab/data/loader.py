@@ -10,8 +10,8 @@ Cutout (DeVries & Taylor 2017, "Improved Regularization of CNNs with Cutout").
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

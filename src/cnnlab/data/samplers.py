@@ -3,7 +3,7 @@ Person Re-Identification"): every batch holds P people with up to K images each,
 batch contains same-person pairs for a pair loss to learn from."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

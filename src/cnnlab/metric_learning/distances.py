@@ -1,9 +1,10 @@
 """Distances between embeddings, as objects a loss or a search is given (the composition
 pytorch-metric-learning uses: Musgrave et al. 2020, "PyTorch Metric Learning").
 
-Every distance is "smaller is more alike" and offers two shapes:
+Every distance is "smaller is more alike" and offers two shapes, named as in
+pytorch-metric-learning (where, as in torch, "pairwise" means row by row):
 `paired(a, b)` -> N distances between rows a[i] and b[i];
-`pairwise(a, b)` -> N x M distances between every row of a and every row of b.
+`compute_mat(a, b)` -> the N x M matrix of distances between every row of a and every row of b.
 """
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ DISTANCES = Registry("distance")
 
 
 class Distance(nn.Module):
-    """Base class: subclasses implement `paired` and `pairwise`; calling is `paired`."""
+    """Base class: subclasses implement `paired` and `compute_mat`; calling is `paired`."""
 
     def paired(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def compute_mat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ class EuclideanDistance(Distance):
         self._check(a, b, paired=True)
         return self._root((a - b).pow(2).sum(dim=1))
 
-    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def compute_mat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self._check(a, b, paired=False)
         # |a|^2 + |b|^2 - 2ab: one matrix product instead of an N x M x D difference tensor,
         # which a gallery of thousands would not fit; rounding can dip below zero, hence the clamp.
@@ -79,7 +80,7 @@ class CosineDistance(Distance):
         self._check(a, b, paired=True)
         return 1.0 - (F.normalize(a, dim=1, eps=self.eps) * F.normalize(b, dim=1, eps=self.eps)).sum(1)
 
-    def pairwise(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def compute_mat(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self._check(a, b, paired=False)
         return 1.0 - F.normalize(a, dim=1, eps=self.eps) @ F.normalize(b, dim=1, eps=self.eps).T
 

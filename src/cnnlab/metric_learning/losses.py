@@ -42,13 +42,5 @@ class ContrastiveLoss(nn.Module):
             raise ValueError("contrastive loss of zero pairs is undefined")
         return self.per_pair(emb_a, emb_b, same).mean()
 
-    def from_batch(self, embeddings: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
-                   same: torch.Tensor) -> torch.Tensor:
-        """Loss of the pairs (embeddings[i[k]], embeddings[j[k]]) formed inside one batch, so
-        each image is embedded once however many pairs it belongs to."""
-        if i.shape != j.shape:
-            raise ValueError(f"pair index tensors differ in shape: {tuple(i.shape)} vs {tuple(j.shape)}")
-        return self(embeddings[i], embeddings[j], same)
-
     def extra_repr(self) -> str:
         return f"margin={self.margin}"

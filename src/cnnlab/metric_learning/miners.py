@@ -17,9 +17,9 @@ import inspect
 
 import torch
 
+from cnnlab.core.registry import Registry
 from cnnlab.data.pairs import batch_pairs
 from cnnlab.metric_learning.distances import Distance, EuclideanDistance
-from cnnlab.core.registry import Registry
 
 MINERS = Registry("pair miner")
 
@@ -55,7 +55,7 @@ class HardPairMiner:
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z = embeddings.detach().float()
         n = z.shape[0]
-        d = self.distance.pairwise(z, z)
+        d = self.distance.compute_mat(z, z)
         same = labels[:, None] == labels[None, :]
         eye = torch.eye(n, dtype=torch.bool, device=z.device)
         anchors = torch.arange(n, device=z.device)

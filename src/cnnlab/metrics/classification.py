@@ -13,10 +13,9 @@ would partly measure feature norm rather than how well classes separate.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
 
 # What cnnlab's `train_acc` is, said beside every table that shows it.
 TRAIN_ACC_NOTE = ("train acc = running accuracy over the final epoch's augmented training batches "

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cnnlab.metric_learning.distances import CosineDistance, Distance, EuclideanDistance, create_distance
 from cnnlab.core.errors import CnnlabError
+from cnnlab.metric_learning.distances import CosineDistance, Distance, EuclideanDistance, create_distance
 
 BACKENDS = ("torch", "faiss", "auto")
 FAISS_MIN_ROWS = 50_000
@@ -133,7 +133,7 @@ def nearest_neighbours(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor
     rows = None if query_rows is None else torch.as_tensor(np.asarray(query_rows), dtype=torch.int64)
     values, indices = [], []
     for s in range(0, q.shape[0], chunk):
-        d = distance.pairwise(q[s:s + chunk], g)
+        d = distance.compute_mat(q[s:s + chunk], g)
         if rows is not None:
             d[torch.arange(d.shape[0]), rows[s:s + chunk].to(d.device)] = float("inf")
         v, i = d.topk(k, dim=1, largest=False)

@@ -8,8 +8,8 @@ error (sample std / sqrt(folds)).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -85,7 +85,8 @@ def threshold_at_far(distances, same, far_target: float) -> tuple[float, float, 
     else:
         first_rejected = negatives[allowed]
         below = d[d < first_rejected]
-        threshold = float((below.max() + first_rejected) / 2) if below.size else float(np.nextafter(first_rejected, -np.inf))
+        threshold = (float((below.max() + first_rejected) / 2) if below.size
+                     else float(np.nextafter(first_rejected, -np.inf)))
     return threshold, float(np.mean(negatives <= threshold)), limited
 
 
@@ -130,7 +131,7 @@ def far_key(far: float) -> str:
 
 
 @dataclass
-class VerificationReport:
+class VerificationMetrics:
     """Metrics of one set of pairs. `threshold` is the operating point the accuracy is taken
     at: the calibrated one passed in (a later `verify` reuses it), else the best on these pairs
     (`threshold_source` says which; only the former is an honest test accuracy)."""
@@ -147,20 +148,20 @@ class VerificationReport:
 
 
 def evaluate(distances, same, threshold: float | None = None,
-             fars: Sequence[float] = DEFAULT_FARS) -> VerificationReport:
+             fars: Sequence[float] = DEFAULT_FARS) -> VerificationMetrics:
     d, s = _pairs(distances, same)
     if threshold is None:
         threshold, accuracy = best_threshold(d, s)
         source = "best on these pairs"
     else:
         accuracy, source = accuracy_at(d, s, threshold), "calibrated"
-    return VerificationReport(accuracy=accuracy, threshold=float(threshold), auc=auc(d, s), eer=eer(d, s),
+    return VerificationMetrics(accuracy=accuracy, threshold=float(threshold), auc=auc(d, s), eer=eer(d, s),
                               tar_at_far={far_key(f): tar_at_far(d, s, f) for f in fars},
                               n_pairs=int(d.size), threshold_source=source)
 
 
 @dataclass
-class KFoldReport:
+class KFoldAccuracy:
     """LFW's k-fold result: per-fold accuracy at a threshold chosen on the other folds."""
     fold_accuracies: list[float]
     fold_thresholds: list[float]
@@ -174,7 +175,7 @@ class KFoldReport:
         return asdict(self)
 
 
-def kfold_accuracy(distances, same, folds) -> KFoldReport:
+def kfold_accuracy(distances, same, folds) -> KFoldAccuracy:
     """For each fold f: threshold = best_threshold on the pairs of every other fold, then the
     accuracy of fold f's pairs at that threshold. Fold f's pairs are never passed to the
     threshold search (only `others`' arrays are)."""
@@ -194,6 +195,6 @@ def kfold_accuracy(distances, same, folds) -> KFoldReport:
         accuracies.append(accuracy_at(d[held_out], s[held_out], threshold))
     acc = np.array(accuracies)
     std = float(acc.std(ddof=1))
-    return KFoldReport(fold_accuracies=accuracies, fold_thresholds=thresholds, mean_accuracy=float(acc.mean()),
+    return KFoldAccuracy(fold_accuracies=accuracies, fold_thresholds=thresholds, mean_accuracy=float(acc.mean()),
                        std_accuracy=std, standard_error=std / np.sqrt(acc.size), n_pairs=int(d.size),
                        folds=[int(f) for f in fold_ids])

@@ -16,9 +16,9 @@ Max-pooling carries no parameters, so the counts do not say where it sits. It is
 VGG-style, one 2x2 max-pool after each group of convolutions (after the stem, stage 1 and
 stage 2): the stem's three convs see the full 32x32 image and the 512-wide stage runs at
 4x4, where the last residual layer of Page's DAWNBench ResNet (whose recipe the presets
-follow) runs too. Measured with `count_macs`, block A's network then costs 0.36 GMACs per
-image; pooling only after stages 1 and 2 (stage 3 at 8x8) would cost 1.15 GMACs, 3.2 times
-as much (x0.25 width: 72M against 23M MACs), all of it out of the `quick` preset's CPU budget.
+follow) runs too. Pooling only after stages 1 and 2 (stage 3 at 8x8) would cost about three
+times the MACs, out of the `quick` preset's CPU budget (`count_macs`; the numbers are in
+docs/decisions/blocknet-layout.md).
 """
 from __future__ import annotations
 

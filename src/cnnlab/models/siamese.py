@@ -18,13 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab.metric_learning.distances import DISTANCES, Distance, EuclideanDistance
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import load_state_dict_checked, load_torch_file, save_torch_atomic
+from cnnlab.core.registry import Registry
+from cnnlab.metric_learning.distances import DISTANCES, Distance, EuclideanDistance
 from cnnlab.metrics.retrieval import nearest_neighbours
 from cnnlab.models.backbones import BACKBONES, DataConfig, create_backbone
 from cnnlab.models.utils import eval_mode, module_device
-from cnnlab.core.registry import Registry
 
 HEADS = Registry("projection head")
 
@@ -80,7 +80,7 @@ class SiameseNet(nn.Module):
 
     def __init__(self, config: SiameseConfig | str | None = None, **options):
         super().__init__()
-        if "backbone_name" in options:  # the keyword of earlier versions
+        if "backbone_name" in options:  # the keyword saved configs of older models use
             options["backbone"] = options.pop("backbone_name")
         try:
             if isinstance(config, SiameseConfig):
@@ -100,7 +100,7 @@ class SiameseNet(nn.Module):
         self._frozen_modules: list[nn.Module] = []
 
     @classmethod
-    def from_config(cls, config: SiameseConfig, **overrides) -> "SiameseNet":
+    def from_config(cls, config: SiameseConfig, **overrides) -> SiameseNet:
         """`from_config(cfg, weights="none")` rebuilds the architecture for loading a checkpoint."""
         return cls(config, **overrides)
 
@@ -197,7 +197,7 @@ class SiameseNet(nn.Module):
     def backbone_frozen(self) -> bool:
         return bool(self._frozen_modules)
 
-    def train(self, mode: bool = True) -> "SiameseNet":
+    def train(self, mode: bool = True) -> SiameseNet:
         super().train(mode)
         for module in self._frozen_modules:
             module.eval()

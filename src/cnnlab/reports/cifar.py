@@ -28,13 +28,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cnnlab.reports.analysis import EMBEDDINGS_FILE, analyse_embeddings
-from cnnlab.reports.document import render_html, render_markdown
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import atomic_write_text, save_npz_atomic, write_json
 from cnnlab.core.progress import progress_bar
 from cnnlab.metrics.classification import pair_rate
+from cnnlab.reports.analysis import EMBEDDINGS_FILE, analyse_embeddings
 from cnnlab.reports.claims import check_claims
+from cnnlab.reports.document import render_html, render_markdown
+from cnnlab.reports.results_table import results_table
 
 FIGURES_DIR = "figures"
 CACHE_DIR = ".analysis_cache"
@@ -157,28 +158,6 @@ def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * float(x):.2f}"
 
 
-def _num(x: Any, fmt: str = "{:,.0f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
-def _results_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    from cnnlab.blocks.reference import (REPORT_PARAMS, REPORT_TRAIN_ACC, REPORT_TRAIN_TIME_S, REPORT_VAL_ACC,
-                                         minutes)
-
-    # The reference report's figures sit beside ours so the two read side by side.
-    headers = ["block", "params", "report params", "MACs (M)", "val acc %", "report val acc %", "test acc %",
-               "train acc %", "report train acc %", "train time (s)", "report train time", "images/s",
-               "precision", "device"]
-    body = [[str(r.get("block")), _num(r.get("params")), _num(REPORT_PARAMS.get(r.get("block"))),
-             _num(None if r.get("macs") is None else r["macs"] / 1e6, "{:,.1f}"),
-             _pct(r.get("val_acc")), _pct(REPORT_VAL_ACC.get(r.get("block"))), _pct(r.get("test_acc")),
-             _pct(r.get("train_acc")), _pct(REPORT_TRAIN_ACC.get(r.get("block"))),
-             _num(r.get("train_time_s"), "{:,.1f}"), minutes(REPORT_TRAIN_TIME_S.get(r.get("block"))),
-             _num(r.get("images_per_s"), "{:,.0f}"), str(r.get("precision", "-")),
-             str(r.get("device", "-"))] for r in rows]
-    return headers, body
-
-
 def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared: list[dict],
                     figures: dict[str, str], block_dirs: dict[str, Path], missing: list[str],
                     claims: list[dict]) -> list[tuple]:
@@ -187,9 +166,8 @@ def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared:
                      f"Report written {time.strftime('%Y-%m-%d %H:%M:%S')}."))
     doc.append(("h", 2, "Results"))
     from cnnlab.reports.text import reference_note
-    doc.append(("p", "Accuracies in %, MACs per 32x32 image, training images/s over the whole training run. "
-                     + reference_note()))
-    doc.append(("table", *_results_table(results["rows"])))
+    doc.append(("p", "MACs per 32x32 image, training images/s over the whole training run. " + reference_note()))
+    doc.append(("table", *results_table(results["rows"])))
     from cnnlab.reports.text import budget_caption
     caption = budget_caption(results.get("recipe", {}), results.get("data", {}))
     if caption:
@@ -256,7 +234,8 @@ def _build_document(out: Path, results: dict, analyses: dict[str, dict], shared:
     for block, d in block_dirs.items():
         cfg = d / "config.yaml"
         if cfg.is_file():
-            doc.append(("details", f"Resolved config of block {block} ({cfg.relative_to(out)})", cfg.read_text().strip()))
+            doc.append(("details", f"Resolved config of block {block} ({cfg.relative_to(out)})",
+                        cfg.read_text().strip()))
 
     doc.append(("h", 2, "Environment"))
     env = results.get("environment")
@@ -288,8 +267,8 @@ def write_report(out_dir: str | Path, *, tsne_points: int = 2000, seed: int = 0,
     """Analyse every block of a `cifar compare` run folder and write the figures,
     analysis.json/csv, report.md and a self-contained report.html; returns report.html.
 
-    `tsne_points` bounds the t-SNE sample per block (2,000 points: about 6 s per block on
-    an idle 2-core machine, 13 s on a busy one, measured); lower it for a faster report.
+    `tsne_points` bounds the t-SNE sample per block, the slow step (its time: docs/report.md);
+    lower it for a faster report.
     """
     if tsne_points < 0 or knn_k < 1 or top_k < 1 or silhouette_sample < 2:
         raise CnnlabError("tsne_points must be >= 0, knn_k and top_k >= 1, silhouette_sample >= 2")
@@ -301,8 +280,13 @@ def write_report(out_dir: str | Path, *, tsne_points: int = 2000, seed: int = 0,
     settings = {"tsne_points": tsne_points, "seed": seed, "knn_k": knn_k,
                 "silhouette_sample": silhouette_sample, "top_k": top_k}
 
-    from cnnlab.reports.plots.cifar import (block_styles, plot_accuracy_params_time, plot_confusion,
-                                    plot_training_curves, plot_tsne)
+    from cnnlab.reports.plots.cifar import (
+        block_styles,
+        plot_accuracy_params_time,
+        plot_confusion,
+        plot_training_curves,
+        plot_tsne,
+    )
 
     styles = block_styles(list(block_dirs))
     analyses: dict[str, dict] = {}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnnlab.metrics.classification import pair_rate
 from cnnlab.blocks.reference import REPORT_BEST_BLOCK, REPORT_COMMON_CONFUSIONS, REPORT_VAL_ACC
+from cnnlab.metrics.classification import pair_rate
 
 SUPPORTED, NOT_SUPPORTED, NOT_JUDGED = "supported", "not supported", "not judged yet"
 

@@ -32,8 +32,9 @@ def render_markdown(doc: list[tuple]) -> str:
             parts.append(el[1])
         elif kind == "table":
             headers, rows = el[1], el[2]
+            # Columns after the first right-aligned, as the HTML's stylesheet does: they hold numbers.
             lines = ["| " + " | ".join(map(_md_cell, headers)) + " |",
-                     "| " + " | ".join("---" for _ in headers) + " |"]
+                     "| " + " | ".join(["---"] + ["---:"] * (len(headers) - 1)) + " |"]
             lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
             parts.append("\n".join(lines))
         elif kind == "img":

@@ -2,8 +2,8 @@
 measured, with the figures drawn from their files embedded (the task measures; this writes)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cnnlab.core.files import atomic_write_text, write_json
 from cnnlab.core.runfiles import MARGIN_COMPARISON as COMPARISON_JSON
@@ -30,7 +30,8 @@ def margins_markdown(comparison: dict) -> str:
         lines.append(f"| {r['margin']:g} | {t['accuracy']:.2%} | {t['best_threshold_accuracy']:.2%} | {t['auc']:.4f} | "
                      f"{t['eer']:.2%} | {t['tar_at_far'].get('0.01', float('nan')):.2%} | {t['threshold']:.3f} | "
                      f"{o['same_beyond_threshold']} | {o['different_within_threshold']} | "
-                     f"{o['nn_other_person']} / {o['nn_queries']} | {o.get('same_to_different_median', float('nan')):.3f} | "
+                     f"{o['nn_other_person']} / {o['nn_queries']} | "
+                     f"{o.get('same_to_different_median', float('nan')):.3f} | "
                      f"{(r.get('retrieval') or {}).get('map_at_r', float('nan')):.2%} | {r['train_time_s']:.0f} |")
     figures = "\n".join(f"![{Path(f).stem}]({Path(f).name})" for f in comparison.get("figures", []))
     return ("# Contrastive margin comparison (LFW View 1 DevTest)\n\n" + "\n".join(lines)

@@ -72,7 +72,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await _send_json(send, 413, f"request body of {int(declared):,} bytes exceeds the limit of {limit:,}")
+            return await _send_json(send, 413,
+                                    f"request body of {int(declared):,} bytes exceeds the limit of {limit:,}")
         state = {"seen": 0, "over": False, "answered": False}
 
         async def counting_receive():

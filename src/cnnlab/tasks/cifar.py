@@ -22,42 +22,47 @@ from __future__ import annotations
 import copy
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+from scipy.special import log_softmax
 
-from cnnlab.core import runfiles
-from cnnlab.core.runfiles import CIFAR_EMBEDDINGS as EMBEDDINGS
 from cnnlab.blocks import BLOCKS
+from cnnlab.core import runfiles
 from cnnlab.core.config import RUN_ONLY_FIELDS, build_config, option
-from cnnlab.training.distributed import broadcast_object, is_main_process
-from cnnlab.training.engine import FINAL, Engine, TrainConfig, load_weights, seed_everything
 from cnnlab.core.env import device_name, environment, resolve_device
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import atomic_write_text, check_output_dir, load_yaml, read_json, to_plain, write_json
+from cnnlab.core.progress import no_log
+from cnnlab.core.runfiles import CIFAR_EMBEDDINGS as EMBEDDINGS
 from cnnlab.metrics.classification import TRAIN_ACC_NOTE
 from cnnlab.models import BlockNet, BlockNetConfig, count_parameters
-from cnnlab.core.progress import no_log
-from cnnlab.tasks.classification import (ClassificationConfig, ClassificationTask, count_macs, eval_loader,
-                                         save_embeddings, score)
+from cnnlab.tasks.classification import (
+    ClassificationConfig,
+    ClassificationTask,
+    count_macs,
+    eval_loader,
+    save_embeddings,
+    score,
+)
+from cnnlab.training.checkpoint import load_weights
+from cnnlab.training.distributed import broadcast_object, is_main_process
+from cnnlab.training.engine import FINAL, Engine, TrainConfig
 
 ROW_FIELDS = ["block", "params", "macs", "val_acc", "test_acc", "train_acc", "train_time_s",
               "images_per_s", "device", "precision", "run_dir"]
 
 @dataclass
 class CifarDataConfig:
-    # a folder, "synthetic", or None: $CNNLAB_DATA, then the download folder
+    # None: `cnnlab.data.cifar.find_cifar_root` looks in $CNNLAB_DATA, else the download folder.
     root: str | None = option(None, "CIFAR-10 folder (default: $CNNLAB_DATA), or 'synthetic'")
-    # held out of the official training set, stratified
     val_size: int = option(5000, "training images held out for validation (stratified)")
-    # stratified subset of the remaining training images; None = all
-    train_subset: int | None = option(None, "stratified subset of training images")
-    seed: int = option(0, "seed of the validation split and the subset")  # seeds the split and the subset
-    # fetch the official archive when no copy is found (needs internet)
+    train_subset: int | None = option(None, "stratified subset of training images")  # None: all of them
+    seed: int = option(0, "seed of the validation split and the subset")
     download: bool = option(False, "download the official CIFAR-10 when no copy is found (needs internet)")
-    # sizes used when root == "synthetic" (tests, smoke runs)
+    # Synthetic data is for tests and smoke runs.
     synthetic_train: int = option(1000, "training images when root is 'synthetic'")
     synthetic_val: int = option(200, "validation images when root is 'synthetic'")
     synthetic_test: int = option(200, "test images when root is 'synthetic'")
@@ -77,9 +82,9 @@ PRESETS: dict[str, dict] = {
         "model": dict(width_multiplier=1.0, dropout=0.0),
         "data": dict(val_size=5000, train_subset=None),
     },
-    # Sized so that `make demo` stays within 15 minutes on a 2-core CPU without AMX (fp32): the
-    # CIFAR step is then ~7.5 of them (BENCHMARKS.md, "The whole make demo"). Too short to rank
-    # the blocks; results.md says so and points to the full table.
+    # Sized so that `make demo` stays within 15 minutes on a 2-core CPU without AMX (fp32; its
+    # time per step: docs/performance.md, "The whole make demo"). Too short to rank the blocks;
+    # results.md says so and points to the full table.
     "quick": {
         "train": dict(epochs=4, batch_size=128, lr=0.2, optimizer="sgd", momentum=0.9, weight_decay=5e-4,
                       schedule="onecycle", warmup=0.2, ema=0.0, precision="auto", channels_last=True),
@@ -203,8 +208,7 @@ def train_block(block: str, recipe: Recipe, splits, run_dir: str | Path, *,
         return _row(finished, block)
     if engine.is_main:
         splits.report.write(run_dir)  # every skipped file, beside the run it was left out of
-    seed_everything(recipe.train.seed)
-    model = BlockNet(model_config)
+    model = engine.build_model(lambda: BlockNet(model_config))
     task = ClassificationTask.from_arrays(
         splits.train_images, splits.train_labels, splits.val_images, splits.val_labels, recipe.task,
         batch_size=recipe.train.batch_size, device=engine.device, seed=recipe.train.seed,
@@ -219,7 +223,7 @@ def train_block(block: str, recipe: Recipe, splits, run_dir: str | Path, *,
              "test_loss": test["loss"], "test_acc": test["acc"], "train_acc_note": TRAIN_ACC_NOTE,
              "skipped_files": len(splits.report.bad),
              "device_name": device_name(engine.device)}
-    write_json(final_path, final)
+    engine.write_final(final)
     return _row(final, block)
 
 
@@ -231,8 +235,9 @@ def score_test(engine: Engine, model, splits, recipe: Recipe, run_dir: Path) -> 
     path = save_embeddings(model, loader, run_dir / EMBEDDINGS, splits.class_names)
     with np.load(path) as saved:
         logits, labels = saved["logits"].astype(np.float64), saved["labels"]
-    shifted = logits - logits.max(1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    # scipy's log-softmax (float64, numpy's exp and sum), not torch's: torch's rounds some
+    # entries differently, and the test loss of a run would change in its last digits.
+    log_probs = log_softmax(logits, axis=1)
     return {"loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
             "acc": float((logits.argmax(1) == labels).mean())}
 
@@ -261,7 +266,8 @@ def compare(blocks: list[str], recipe: Recipe, out: str | Path, *, log: Callable
     splits = load_data(recipe.data, progress=recipe.train.progress, log=log,
                        out=out if is_main_process() else None)
     results = {"preset": recipe.preset, "recipe": _comparable_recipe(recipe),
-               "data": data_summary(splits, recipe.data), "environment": environment(resolve_device(recipe.train.device)),
+               "data": data_summary(splits, recipe.data),
+               "environment": environment(resolve_device(recipe.train.device)),
                "rows": [r for r in (earlier or {}).get("rows", []) if r["block"] not in blocks]}
     for i, block in enumerate(blocks, 1):
         log(f"[{i}/{len(blocks)}] block {block}")
@@ -321,7 +327,8 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, device: str | 
                                   ("test", splits.test_images, splits.test_labels)):
         loader = eval_loader(images, labels, task.eval_batch_size, device=engine.device,
                              channels_last=train.channels_last)
-        results.update({f"{split}_{k}": v for k, v in engine.evaluate(model, lambda m: score(m, loader)).items()})
+        results.update({f"{split}_{k}": v
+                        for k, v in engine.evaluate(model, lambda m, loader=loader: score(m, loader)).items()})
     results.update({"run_dir": str(run_dir), "device": str(engine.device), "data": splits.source})
     write_json(run_dir / "eval.json", results)
     return results

@@ -5,9 +5,9 @@
 used in the comparison table."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -15,22 +15,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.core.config import option
-from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader
-from cnnlab.training.distributed import DistContext
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import save_npz_atomic
+from cnnlab.data.loader import CIFAR10_MEAN, CIFAR10_STD, AugmentConfig, DeviceLoader
 from cnnlab.models.utils import eval_mode, module_device
+from cnnlab.training.distributed import DistContext
 from cnnlab.training.task import Task
 
 
 @dataclass
 class ClassificationConfig:
     label_smoothing: float = option(0.1, "label smoothing of the training loss")
-    # random crop after zero padding; 0 = off
     crop_padding: int = option(4, "zero padding before the random crop, in pixels (0 = off)")
-    flip: bool = option(True, "random horizontal flips")  # random horizontal flip
-    # Cutout square side (DeVries & Taylor 2017); 0 = off
-    cutout: int = option(0, "Cutout square side in pixels (0 = off)")
+    flip: bool = option(True, "random horizontal flips")
+    cutout: int = option(0, "Cutout square side in pixels (0 = off)")  # DeVries & Taylor 2017
     eval_batch_size: int = option(1000, "batch size of validation and test scoring")
 
     def __post_init__(self):
@@ -55,7 +53,7 @@ class ClassificationTask(Task):
     @classmethod
     def from_arrays(cls, train_images, train_labels, val_images, val_labels, config: ClassificationConfig,
                     *, batch_size: int, device, seed: int = 0, channels_last: bool = True,
-                    mean=CIFAR10_MEAN, std=CIFAR10_STD, dist: DistContext | None = None) -> "ClassificationTask":
+                    mean=CIFAR10_MEAN, std=CIFAR10_STD, dist: DistContext | None = None) -> ClassificationTask:
         """`dist` (the engine's, under torchrun): each rank trains on its share of every global
         batch of `batch_size`; validation is the whole split on every rank."""
         dist = dist or DistContext()
@@ -76,6 +74,9 @@ class ClassificationTask(Task):
     def train_batches(self, epoch: int) -> DeviceLoader:
         self.train.set_epoch(epoch)
         return self.train
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train)
 
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y = batch
@@ -144,9 +145,8 @@ def save_embeddings(model: nn.Module, batches: Iterable, path: str | Path,
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
     """Multiply-accumulates per image of the convolutions and matrix products (Conv2d, Linear),
     from torch's own `FlopCounterMode` on one forward pass in eval mode (FLOPs / 2). Element-wise
-    work (BatchNorm, activations, attention gates, pooling) is not counted, as is usual. Gives
-    the same figures as the forward-hook counter it replaced, for every block at widths 1 and 1/4
-    (checked when it was replaced; tests/test_blocks.py holds golden values)."""
+    work (BatchNorm, activations, attention gates, pooling) is not counted, as is usual.
+    tests/test_blocks.py holds golden values."""
     from torch.utils.flop_counter import FlopCounterMode
     with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_shape, device=module_device(model)))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed
 import torch.nn as nn
 
 from cnnlab.core.env import distributed_backend, launch_ranks
@@ -59,31 +59,32 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
                               f"{torch.cuda.device_count()}; start at most that many processes per node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(distributed_backend(device))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(distributed_backend(device))
         # Leave the group cleanly at exit; NCCL warns about (and may hang on) a group left open.
         atexit.register(_leave)
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, str(dist.get_backend())), device
+    rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return DistContext(rank, world_size, local_rank, str(torch.distributed.get_backend())), device
 
 
 def _leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def is_main_process() -> bool:
     """Rank 0, or not distributed. Before the group is joined, the launcher's RANK says."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
     return launch_ranks()[0] == 0
 
 
-def wrap(module: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+def wrap(module: nn.Module, dist: DistContext, device: torch.device) -> nn.Module:
     """`module` in DistributedDataParallel when distributed (else itself). DDP copies rank 0's
     weights and buffers to every rank here, averages gradients during backward, and, with
     broadcast_buffers (the default), hands rank 0's BatchNorm running statistics to the other
     ranks before each forward pass."""
-    if not ctx.enabled:
+    if not dist.enabled:
         return module
     return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -94,30 +95,30 @@ class TrainingModule:
     task freezes or unfreezes layers between epochs, `current()` builds a new wrapper (one
     broadcast of weights that are already equal). Compiling wraps the same parameters."""
 
-    def __init__(self, module: nn.Module, ctx: DistContext, device: torch.device, *, compile: bool = False):
-        self.module, self.ctx, self.device, self.compile = module, ctx, device, compile
+    def __init__(self, module: nn.Module, dist: DistContext, device: torch.device, *, compile: bool = False):
+        self.module, self.dist, self.device, self.compile = module, dist, device, compile
         self._key: tuple | None = None
         self._wrapped: nn.Module | None = None
 
     def current(self) -> nn.Module:
-        key = tuple(p.requires_grad for p in self.module.parameters()) if self.ctx.enabled else ()
+        key = tuple(p.requires_grad for p in self.module.parameters()) if self.dist.enabled else ()
         if self._wrapped is None or key != self._key:
-            wrapped = wrap(self.module, self.ctx, self.device)
+            wrapped = wrap(self.module, self.dist, self.device)
             self._wrapped, self._key = torch.compile(wrapped) if self.compile else wrapped, key
         return self._wrapped
 
 
-def seed_rank(ctx: DistContext, seed: int, epoch: int) -> None:
+def seed_rank(dist: DistContext, seed: int, epoch: int) -> None:
     """Give every rank but 0 a torch seed of its own for the epoch (`cnnlab.core.rng.rank_seed`):
     rank 0 keeps the single-process stream, so a one-process run is unchanged."""
-    if ctx.rank > 0:
-        torch.manual_seed(rank_seed(seed, ctx.rank, epoch))
+    if dist.rank > 0:
+        torch.manual_seed(rank_seed(seed, dist.rank, epoch))
 
 
-def sync_batchnorm(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+def sync_batchnorm(model: nn.Module, dist: DistContext, device: torch.device) -> nn.Module:
     """BatchNorm over the global batch instead of each rank's share (`--sync-bn`). PyTorch's
     SyncBatchNorm runs on GPUs only; a single process has nothing to synchronise."""
-    if not ctx.enabled:
+    if not dist.enabled:
         return model
     if device.type != "cuda":
         raise CnnlabError("sync_bn needs CUDA (PyTorch's SyncBatchNorm does not run on CPUs); "
@@ -125,34 +126,34 @@ def sync_batchnorm(model: nn.Module, ctx: DistContext, device: torch.device) -> 
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+def broadcast_object(obj: Any, dist: DistContext) -> Any:
     """Rank 0's `obj` on every rank (e.g. the checkpoint only rank 0 reads)."""
-    if not ctx.enabled:
+    if not dist.enabled:
         return obj
-    box = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(box, src=0)
+    box = [obj if dist.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
 
 
-def broadcast_buffers(ctx: DistContext, *modules: nn.Module) -> None:
+def broadcast_buffers(dist: DistContext, *modules: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) on every rank. After an epoch each rank
     has folded its own last batch into them; evaluating and saving rank 0's makes every rank
     score the same model, the one the checkpoint holds."""
-    if ctx.enabled:
+    if dist.enabled:
         for module in {id(m): m for m in modules}.values():  # the model twice when no EMA
             for buffer in module.buffers():
-                dist.broadcast(buffer, src=0)
+                torch.distributed.broadcast(buffer, src=0)
 
 
-def sum_over_ranks(sums: dict[str, torch.Tensor], images: int, ctx: DistContext,
+def sum_over_ranks(sums: dict[str, torch.Tensor], images: int, dist: DistContext,
                    device: torch.device) -> tuple[dict[str, torch.Tensor], int]:
     """The epoch's metric sums and image count added over all ranks: one all-reduce."""
-    if not ctx.enabled:
+    if not dist.enabled:
         return sums, images
     keys = list(sums)  # the same order on every rank: the same code filled them
     packed = torch.stack([*(sums[k].to(device=device, dtype=torch.float64) for k in keys),
                           torch.tensor(float(images), dtype=torch.float64, device=device)])
-    dist.all_reduce(packed)
+    torch.distributed.all_reduce(packed)
     return {k: packed[i] for i, k in enumerate(keys)}, int(packed[-1].item())
 
 
@@ -169,22 +170,22 @@ class _GatherRows(torch.autograd.Function):
         padded = local.new_zeros((max(sizes), *local.shape[1:]))
         padded[: len(local)] = local
         parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
+        torch.distributed.all_gather(parts, padded.contiguous())
         return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous()
-        dist.all_reduce(grad)
+        torch.distributed.all_reduce(grad)
         start = sum(ctx.sizes[: ctx.rank])
         return grad[start:start + ctx.sizes[ctx.rank]], None, None
 
 
-def gather_rows(local: torch.Tensor, sizes: tuple[int, ...], ctx: DistContext) -> torch.Tensor:
+def gather_rows(local: torch.Tensor, sizes: tuple[int, ...], dist: DistContext) -> torch.Tensor:
     """The global batch's rows from each rank's share (`sizes[r]` rows on rank r)."""
-    if not ctx.enabled:
+    if not dist.enabled:
         return local
-    if len(local) != sizes[ctx.rank]:
-        raise ValueError(f"rank {ctx.rank} holds {len(local)} rows, expected {sizes[ctx.rank]}")
-    return _GatherRows.apply(local, tuple(sizes), ctx.rank)
+    if len(local) != sizes[dist.rank]:
+        raise ValueError(f"rank {dist.rank} holds {len(local)} rows, expected {sizes[dist.rank]}")
+    return _GatherRows.apply(local, tuple(sizes), dist.rank)
 

@@ -4,14 +4,10 @@ A `Task` (`cnnlab.training.task`) says what differs between jobs: batches, the l
 evaluate. The `Engine` owns the rest: device, bf16 autocast, channels_last, `torch.compile`, the
 optimizer, the per-step schedule, weight EMA (`cnnlab.training.optim`), non-finite checks, progress, an
 atomic checkpoint each epoch, exact resume, which epoch is the result (`select_metric`), callbacks
-after each validation (logging, pruning), and data-parallel training under `torchrun`. A run
-directory holds:
-    config.yaml        resolved configs: train (this module) + whatever the caller adds (task, model, data)
-    environment.json   versions, device name, CPU model and flags, precision used (and why), world_size, backend
-    metrics.jsonl      one JSON object per epoch: epoch, train_*, val_*, lr, epoch_time_s, images_per_s
-    checkpoint.pt      model, optimizer, scheduler, EMA, epoch, history, RNG states (weights_only-loadable)
-    final.json         the selected epoch's metrics (the last without select_metric), totals; callers add test scores
-    events.out.tfevents.*  with `tensorboard`: lr per step, the metrics.jsonl scalars per epoch
+after each validation (logging, pruning), the run's seed, and data-parallel training under
+`torchrun`. It writes a run directory's config.yaml, environment.json, checkpoint.pt, final.json
+(`cnnlab.core.runfiles` says what each holds), metrics.jsonl (one row per epoch: train_*, val_*,
+lr, epoch_time_s, images_per_s) and, with `tensorboard`, event files.
 """
 from __future__ import annotations
 
@@ -19,30 +15,39 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from cnnlab.core import runfiles
-from cnnlab.training import distributed
-from cnnlab.core.config import RUN_ONLY_FIELDS, option
+from cnnlab.core.config import option
 from cnnlab.core.env import PRECISIONS, environment, resolve_device, resolve_precision
 from cnnlab.core.errors import CnnlabError
-from cnnlab.core.files import (atomic_write_text, load_entries, load_state_dict_checked, load_torch_file, read_json,
-                       save_torch_atomic, save_yaml, to_plain, write_json)
-from cnnlab.models.utils import eval_mode
-from cnnlab.training.optim import SCHEDULES, LRSchedule, ModelEma
+from cnnlab.core.files import (
+    atomic_write_text,
+    load_entries,
+    load_state_dict_checked,
+    read_json,
+    save_torch_atomic,
+    save_yaml,
+    to_plain,
+    write_json,
+)
 from cnnlab.core.progress import progress_bar
 from cnnlab.core.rng import rng_state as _rng_state
 from cnnlab.core.rng import seed_everything
 from cnnlab.core.rng import set_rng_state as _set_rng_state
+from cnnlab.models.utils import eval_mode
+from cnnlab.training import distributed
+from cnnlab.training.checkpoint import CHECKPOINT, comparable_config, load_checkpoint
+from cnnlab.training.checkpoint import load_weights as load_weights  # re-exported: a run's result
+from cnnlab.training.optim import SCHEDULES, LRSchedule, ModelEma
 from cnnlab.training.task import Callback, Selection, Task
 from cnnlab.training.tensorboard_log import TensorBoardLog, remove_event_files
 
-CHECKPOINT = runfiles.CHECKPOINT
 METRICS = "metrics.jsonl"
 FINAL = runfiles.FINAL
 
@@ -95,10 +100,15 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    model: nn.Module              # trained weights, on the engine's device
-    eval_model: nn.Module         # what to score: the EMA model when EMA is on, else `model`
+    """What `fit` returns. The result to score and save is `eval_model`, holding the weights of
+    epoch `selected_epoch` (the best by `select_metric`, else the last), the EMA weights when EMA
+    is on. `model` is the module that trained: with EMA it holds the last epoch's raw weights;
+    without, it is `eval_model` itself."""
+    model: nn.Module
+    eval_model: nn.Module
+    selected_epoch: int           # 1-based
     history: list[dict]           # the rows of metrics.jsonl
-    final: dict                   # the contents of final.json
+    final: dict                   # the engine's part of final.json
     run_dir: Path | None = None
     resumed_from_epoch: int = 0   # epochs already done when fit started (0 = fresh)
 
@@ -124,6 +134,7 @@ class Engine:
         # What `auto` became here and why, for environment.json and final.json.
         self.precision, self.precision_reason = resolve_precision(config.precision, self.device)
         self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        self._seeded_rng: dict | None = None  # every generator's state right after the run's seeding
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -144,6 +155,12 @@ class Engine:
         fmt = torch.channels_last if self.config.channels_last else torch.preserve_format
         return model.to(self.device, memory_format=fmt)
 
+    def build_model(self, build: Callable[[], nn.Module]) -> nn.Module:
+        """`build()` the run's model from the run's seed (its initial weights are the seed's)
+        and `prepare` it. Callers never seed: the engine does (`_start_from_seed`)."""
+        self._start_from_seed()
+        return self.prepare(build())
+
     def evaluate(self, model: nn.Module, fn) -> dict[str, float]:
         """Run `fn(model)` in eval mode under no_grad and autocast; restore the mode after."""
         with eval_mode(model), self.autocast():
@@ -156,18 +173,18 @@ class Engine:
         saved = to_plain(saved)
         if isinstance(saved.get("train"), dict):  # settings added since that run started: their defaults
             saved["train"] = {**to_plain(TrainConfig()), **saved["train"]}
-        saved, current = _comparable(saved), _comparable(self._resolved_config())
+        saved, current = comparable_config(saved), comparable_config(self._resolved_config())
         return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, model: nn.Module, task: Task, *, resume: bool = False,
             callbacks: Sequence[Callback] = ()) -> FitResult:
         cfg = self.config
-        seed_everything(cfg.seed)
+        self._start_from_seed()
         model = self.prepare(model)
         if cfg.sync_bn:
             model = distributed.sync_batchnorm(model, self.dist, self.device)
-        steps_per_epoch = len(task.train_batches(0))
+        steps_per_epoch = task.steps_per_epoch()
         if steps_per_epoch == 0:
             raise CnnlabError("the task yields no training batches (data smaller than one batch?)")
         optimizer = self._optimizer(model, task)
@@ -187,9 +204,7 @@ class Engine:
         start_epoch = len(history)
         # What training runs: the task's training module (default the model), in DDP under
         # torchrun, compiled when asked; checkpoints and EMA keep using the plain `model`.
-        trained = distributed.TrainingModule(
-            task.training_module(model),
-            self.dist, self.device, compile=cfg.compile)
+        trained = distributed.TrainingModule(task.training_module(model), self.dist, self.device, compile=cfg.compile)
         eval_model = ema.module if ema is not None else model
         with TensorBoardLog(self.run_dir if cfg.tensorboard and self.writes else None,
                             steps_done=start_epoch * steps_per_epoch) as board:
@@ -207,9 +222,10 @@ class Engine:
                 board.epoch(record, (epoch + 1) * steps_per_epoch)
                 for callback in callbacks:  # logging, pruning: after the checkpoint, so a stop keeps it
                     callback.on_validation(epoch + 1, record, selection.epoch)
-        selection.restore_into(eval_model)  # the result is the selected epoch's weights
-        final = self._finish(history, selection.epoch)
-        return FitResult(model, eval_model, history, final, self.run_dir, start_epoch)
+        selection.restore_into(eval_model)
+        final = self._final_record(history, selection.epoch)
+        self.write_final(final)
+        return FitResult(model, eval_model, final["selected_epoch"], history, final, self.run_dir, start_epoch)
 
     def _train_epoch(self, model, task, optimizer, scheduler, ema, epoch, board: TensorBoardLog) -> dict:
         cfg = self.config
@@ -261,10 +277,10 @@ class Engine:
             groups = [dict(g) for g in custom]
         else:
             # No weight decay on biases and BatchNorm scales: decaying them only fights the
-            # normalisation (the usual practice, e.g. timm's filter_bias_and_bn).
-            params = [p for p in model.parameters()]
-            groups = [{"params": [p for p in params if p.ndim > 1]},
-                      {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+            # normalisation. timm's split (1-D tensors and biases), decayed group first: the
+            # order the optimizer state in checkpoints follows.
+            from timm.optim import param_groups_weight_decay
+            groups = sorted(param_groups_weight_decay(model, cfg.weight_decay), key=lambda g: g["weight_decay"] == 0)
         for group in groups:
             group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
             group.setdefault("weight_decay", cfg.weight_decay)
@@ -293,6 +309,16 @@ class Engine:
     @staticmethod
     def _means(state: _EpochState) -> dict[str, float]:
         return {k: float(v) / max(state.images, 1) for k, v in state.sums.items()}
+
+    def _start_from_seed(self) -> None:
+        """Put every generator at the run's seed. The run is seeded once, by the first call
+        (`build_model`, else `fit`); `fit` returns the generators to that seeded state, so
+        training draws the same numbers whatever building the model and the task drew."""
+        if self._seeded_rng is None:
+            seed_everything(self.config.seed)
+            self._seeded_rng = _rng_state()
+        else:
+            _set_rng_state(self._seeded_rng)
 
     def _check_finite(self, state: _EpochState, epoch: int) -> None:
         bad = int(state.first_bad_step)
@@ -351,51 +377,22 @@ class Engine:
             self.autocast_dtype = torch.bfloat16 if started == "bf16" else None
         return list(state["history"])
 
-    def _finish(self, history: list[dict], selected: int) -> dict:
-        """final.json: the selected epoch's metrics (the last epoch's without selection), the
-        totals of the whole run, and which epoch was selected, by what."""
+    def _final_record(self, history: list[dict], selected: int) -> dict:
+        """The engine's part of final.json: the selected epoch's metrics (the last epoch's
+        without selection), the totals of the whole run, and which epoch was selected, by what."""
         train_time = sum(r["epoch_time_s"] for r in history)
         images = sum(r["images_per_s"] * r["epoch_time_s"] for r in history)
-        final = {**history[(selected or len(history)) - 1], "epochs": len(history),
-                 "selected_epoch": selected or len(history), "select_metric": self.config.select_metric or None,
-                 "train_time_s": train_time,
-                 "images_per_s": images / max(train_time, 1e-9), "device": str(self.device),
-                 "precision": self.precision,
-                 "ema": self.config.ema > 0, "world_size": self.dist.world_size}
+        return {**history[(selected or len(history)) - 1], "epochs": len(history),
+                "selected_epoch": selected or len(history), "select_metric": self.config.select_metric or None,
+                "train_time_s": train_time, "images_per_s": images / max(train_time, 1e-9),
+                "device": str(self.device), "precision": self.precision,
+                "ema": self.config.ema > 0, "world_size": self.dist.world_size}
+
+    def write_final(self, final: dict) -> None:
+        """Write final.json (on rank 0, when the run has a folder): the one writer of that file.
+        `fit` writes the engine's record; a caller adds its scores (the test set's) by passing
+        that record back with them. Fields of the file that `final` lacks are kept: a finished
+        run resumed again keeps the test scores it was given."""
         if self.writes:
             old = read_json(self.run_dir / FINAL) if (self.run_dir / FINAL).is_file() else {}
-            # Keep fields callers added (test scores) when a finished run is resumed again.
             write_json(self.run_dir / FINAL, {**old, **final})
-        return final
-
-
-# ---------------------------------------------------------------------- module helpers
-def load_checkpoint(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise CnnlabError(f"no checkpoint at {path}")
-    # weights_only: a file holding code is refused, never run; a malformed one is one line.
-    return load_torch_file(path, "training checkpoint", required={"config": dict, "model": dict, "history": list})
-
-
-def load_weights(run_dir: str | Path, model: nn.Module, *, prefer_ema: bool = True) -> nn.Module:
-    """Load a run's result into `model`: the selected epoch's weights when the run selected one
-    by a validation metric, else the last epoch's (the EMA weights when the run kept them)."""
-    state = load_checkpoint(run_dir)
-    ema = state.get("ema") if prefer_ema else None
-    weights = (ema.get("module") if isinstance(ema, dict) else ema) if ema else state["model"]
-    selected = state.get("selected")
-    if isinstance(selected, dict) and selected.get("state") is not None:
-        weights = selected["state"]  # the run's result is its selected epoch (of the evaluated model)
-    load_state_dict_checked(model, weights, f"checkpoint {Path(run_dir) / CHECKPOINT}")
-    return model
-
-
-def _comparable(config: dict) -> dict:
-    """Flatten {"train": {...}, "task": {...}} to {"train.lr": ...} so a mismatch can be named."""
-    flat = {}
-    for section, values in config.items():
-        for key, value in (values.items() if isinstance(values, dict) else [("", values)]):
-            if not (section == "train" and key in RUN_ONLY_FIELDS):
-                flat[f"{section}.{key}" if key else section] = value
-    return flat

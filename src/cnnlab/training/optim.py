@@ -42,9 +42,17 @@ class LRSchedule:
 
 
 class ModelEma:
-    """Exponential moving average of parameters and float buffers (BN statistics too),
-    with timm's warmup (decay grows as (1+t)/(10+t)) so early averages are not dominated
-    by the random initialisation on short runs."""
+    """Exponential moving average of parameters and float buffers (BN statistics too); integer
+    buffers (BatchNorm's batch counter) are copied.
+
+    Warm-up: update t (1, 2, ...) uses decay min(`decay`, (1 + t) / (10 + t)), the `num_updates`
+    rule of TensorFlow's ExponentialMovingAverage: 0.18 at the first update, 0.5 at t = 8, 0.9 at
+    t = 80, so on a short run the average is not dominated by the random initialisation.
+    """
+
+    # Not timm's ModelEmaV2 (no warm-up) or ModelEmaV3: V3's warm-up, 1 - (1 + t / gamma) ** -power,
+    # is this rule at gamma = 9, power = 1 but rounds differently at some t, so EMA weights (and
+    # a checkpoint's resume) would not match those of runs already made.
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sized
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 
 class Task:
-    """Subclass and implement the first three; the hooks below them are optional."""
+    """Subclass and implement the first four; the hooks below them are optional."""
 
     def train_batches(self, epoch: int) -> Iterable[Any] | Sized:
         """The batches of epoch `epoch` (0-based), already on the engine's device; has len()."""
+        raise NotImplementedError
+
+    def steps_per_epoch(self) -> int:
+        """How many batches every epoch has: the schedule's length is epochs x this, known
+        before any epoch's batches are built."""
         raise NotImplementedError
 
     def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -5,7 +5,8 @@ Every scalar is plotted against the number of optimizer steps done: `lr` at each
 rate that step used), and each numeric field of a metrics.jsonl row (train_loss, val_acc,
 epoch_time_s, ...) at the end of its epoch, under the same name. A resumed run opens a new
 event file that tells TensorBoard to drop what the interrupted run logged after its last
-checkpoint (`purge_step`), so no step appears twice. `tensorboard` is an optional dependency (`pip install 'cnnlab[tensorboard]'`).
+checkpoint (`purge_step`), so no step appears twice. `tensorboard` is an optional dependency
+(`pip install 'cnnlab[tensorboard]'`).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class TensorBoardLog:
             self.writer.close()
             self.writer = None
 
-    def __enter__(self) -> "TensorBoardLog":
+    def __enter__(self) -> TensorBoardLog:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,14 +7,14 @@ The face task is imported inside the functions that train, so `import cnnlab.tun
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from cnnlab.core.config import RUN_ONLY_FIELDS
 from cnnlab.core.errors import CnnlabError
 from cnnlab.tune.results import trial_config
 from cnnlab.tune.space import SearchSpace
-from cnnlab.tune.study import Report
+from cnnlab.tune.study import ReportEpoch
 
 # What a trial's run directory must not keep: the weights (checkpoint each epoch, final model).
 WEIGHT_FILES = ("checkpoint.pt", "model.pt")
@@ -53,7 +53,7 @@ class FaceTrainer:
     called with `evaluate_test=False`, so the DevTest pairs are never read while tuning. Trial
     run directories keep their metrics and config; their weights are deleted (the best
     configuration is retrained for the test, and trials may run on other machines anyway), also
-    when the worker dies mid-trial (the trial registers them as scratch, `TrialReporter.scratch`).
+    when the worker dies mid-trial (the trial registers them as scratch, `TrialPruning.scratch`).
     Trainers log to a `log.txt` in their run directory (the study's progress bar owns the
     terminal); the test of the best configuration also passes its lines to `echo`.
     """
@@ -81,18 +81,18 @@ class FaceTrainer:
         from cnnlab.tasks.faces import FaceTrainConfig
         return build_config(FaceTrainConfig, mapping, self.run_options)
 
-    def objective(self, params: dict, report: Report) -> float:
+    def objective(self, params: dict, report_epoch: ReportEpoch) -> float:
         from cnnlab.tasks.faces import train_view1
         config = self._config(trial_config(self.base_config, params))
-        run_dir = self.out_dir / "trials" / f"trial-{getattr(report, 'number', 0):04d}"
+        run_dir = self.out_dir / "trials" / f"trial-{getattr(report_epoch, 'number', 0):04d}"
         weights = [run_dir / name for name in WEIGHT_FILES]
-        if hasattr(report, "scratch"):
-            report.scratch(*weights)  # deleted by another worker if this process dies mid-trial
+        if hasattr(report_epoch, "scratch"):
+            report_epoch.scratch(*weights)  # deleted by another worker if this process dies mid-trial
         with _RunLog(run_dir / "log.txt") as log:
             try:
                 # evaluate_test=False: no test pairs are read, and no figures are drawn.
-                metrics = train_view1(config, self.data_root, run_dir, evaluate_test=False, report=report, log=log,
-                                      features=self._memo())
+                metrics = train_view1(config, self.data_root, run_dir, evaluate_test=False,
+                                      report_epoch=report_epoch, log=log, features=self._memo())
             finally:
                 for path in weights:
                     path.unlink(missing_ok=True)

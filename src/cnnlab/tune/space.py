@@ -62,12 +62,13 @@ class _FloatRange:
     log: ClassVar[bool] = False
 
     @classmethod
-    def from_spec(cls, name: str, spec: dict) -> "_FloatRange":
+    def from_spec(cls, name: str, spec: dict) -> _FloatRange:
         _check_keys(name, spec, ("low", "high"))
         low, high = _number(name, spec, "low"), _number(name, spec, "high")
         if not (0 < low <= high if cls.log else low <= high):
             rule = "0 < low <= high" if cls.log else "low <= high"
-            raise CnnlabError(f"search space parameter {name!r}: {cls.registry_name} needs {rule}, got low={low}, high={high}")
+            raise CnnlabError(f"search space parameter {name!r}: {cls.registry_name} needs {rule}, "
+                              f"got low={low}, high={high}")
         return cls(low, high)
 
     def to_optuna(self) -> BaseDistribution:
@@ -99,7 +100,7 @@ class IntRange:
     step: int = 1
 
     @classmethod
-    def from_spec(cls, name: str, spec: dict) -> "IntRange":
+    def from_spec(cls, name: str, spec: dict) -> IntRange:
         _check_keys(name, spec, ("low", "high", "step"))
         low, high = _number(name, spec, "low", int), _number(name, spec, "high", int)
         step = _number(name, spec, "step", int) if "step" in spec else 1
@@ -108,7 +109,8 @@ class IntRange:
         if not low <= high:
             raise CnnlabError(f"search space parameter {name!r}: int needs low <= high, got low={low}, high={high}")
         if (high - low) % step:
-            raise CnnlabError(f"search space parameter {name!r}: high - low ({high - low}) must be a multiple of step ({step})")
+            raise CnnlabError(f"search space parameter {name!r}: high - low ({high - low}) "
+                              f"must be a multiple of step ({step})")
         return cls(low, high, step)
 
     def to_optuna(self) -> BaseDistribution:
@@ -125,11 +127,12 @@ class Categorical:
     choices: tuple
 
     @classmethod
-    def from_spec(cls, name: str, spec: dict) -> "Categorical":
+    def from_spec(cls, name: str, spec: dict) -> Categorical:
         _check_keys(name, spec, ("choices",))
         choices = spec.get("choices")
         if not isinstance(choices, (list, tuple)) or not choices:
-            raise CnnlabError(f"search space parameter {name!r}: categorical needs a non-empty list of choices, got {choices!r}")
+            raise CnnlabError(f"search space parameter {name!r}: categorical needs a non-empty list of choices, "
+                              f"got {choices!r}")
         for c in choices:
             # optuna stores choices in its database; only these types survive the round trip.
             if c is not None and not isinstance(c, (bool, int, float, str)):
@@ -151,7 +154,7 @@ class SearchSpace:
     params: dict[str, Any]
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "search space") -> "SearchSpace":
+    def from_dict(cls, data: dict, source: str = "search space") -> SearchSpace:
         if not isinstance(data, dict) or not data:
             raise CnnlabError(f"{source}: a search space is a non-empty mapping of parameter -> distribution")
         params = {}
@@ -167,16 +170,16 @@ class SearchSpace:
         return cls(params)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "SearchSpace":
+    def from_yaml(cls, path: str | Path) -> SearchSpace:
         return cls.from_dict(load_yaml(path), source=str(path))
 
     @classmethod
-    def default(cls) -> "SearchSpace":
+    def default(cls) -> SearchSpace:
         text = resources.files("cnnlab.tune").joinpath(DEFAULT_SPACE_FILE).read_text()
         return cls.from_dict(yaml.safe_load(text), source=f"cnnlab/{DEFAULT_SPACE_FILE}")
 
     @classmethod
-    def packaged(cls, name: str) -> "SearchSpace":
+    def packaged(cls, name: str) -> SearchSpace:
         """A space installed with cnnlab: `recipe` is cnnlab/tune/space_recipe.yaml."""
         if name not in PACKAGED_SPACES:
             raise CnnlabError(f"unknown search space {name!r}; packaged: {', '.join(PACKAGED_SPACES)} "
@@ -186,7 +189,7 @@ class SearchSpace:
                              source=f"cnnlab/{file}")
 
     @classmethod
-    def resolve(cls, spec: str | None) -> "SearchSpace":
+    def resolve(cls, spec: str | None) -> SearchSpace:
         """`--space`: None (the default space), a packaged name, or a YAML file."""
         if spec is None:
             return cls.default()
@@ -199,7 +202,7 @@ class SearchSpace:
         return list(self.params)
 
     def distributions(self) -> dict[str, BaseDistribution]:
-        return {name: dist.to_optuna() for name, dist in self.params.items()}
+        return {name: distribution.to_optuna() for name, distribution in self.params.items()}
 
     def to_dict(self) -> dict:
-        return {name: dist.to_dict() for name, dist in self.params.items()}
+        return {name: distribution.to_dict() for name, distribution in self.params.items()}

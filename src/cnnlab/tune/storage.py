@@ -43,10 +43,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def _prepare_sqlite(url: str) -> None:
-    """Create the folder of a SQLite file and switch it to write-ahead logging: readers no
-    longer block the writer, and a commit costs one sync instead of three (a 6-trial study
-    ran 4x faster here). WAL needs a local disk, which is where SQLite studies belong anyway."""
+    """Create the folder of a SQLite file and switch it to write-ahead logging: readers do not
+    block the writer, and a commit costs one sync instead of three (what that buys: see
+    docs/tuning.md). WAL needs a local disk, which is where SQLite studies belong anyway."""
     import sqlite3
+
     from sqlalchemy.engine import make_url
 
     database = make_url(url).database
@@ -86,7 +87,7 @@ class StudyLock:
         self.name = f"{study_name}:lock"
         self.stale_after = stale_after
 
-    def __enter__(self) -> "StudyLock":
+    def __enter__(self) -> StudyLock:
         waited_since = time.monotonic()
         while True:
             try:
@@ -141,7 +142,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"cnnlab-heartbeat-{trial.number}", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self.beat()
         self._thread.start()
         return self

@@ -5,7 +5,7 @@ Every worker runs `run_study` with the same `storage` URL and `study_name`. `tri
 TOTAL number of trials the study should hold, across all workers and earlier runs: each worker
 claims one trial at a time under a lock kept in the storage itself, so N workers together run
 exactly `trials` trials, each trial once, and re-running a finished command runs nothing and
-only rewrites the report (a resumed study continues where it stopped). A trial whose worker
+only rewrites the study summary (a resumed study continues where it stopped). A trial whose worker
 died, or that was interrupted, does not count: its parameters run again (`recovery`).
 
 Nothing here prints: messages for the user go to the `log` callable the caller passes (the CLI
@@ -20,8 +20,9 @@ import math
 import random
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -30,15 +31,25 @@ from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import to_plain, write_json
 from cnnlab.core.progress import progress_bar
 from cnnlab.tune.recovery import SCRATCH, abandon_interrupted, recover_dead_trials
-from cnnlab.tune.report import write_study_report
 from cnnlab.tune.results import StudyResult, best_trial, counted, finished_count, summarize_study
 from cnnlab.tune.samplers import make_pruner, make_sampler
 from cnnlab.tune.space import SearchSpace
-from cnnlab.tune.storage import (HEARTBEAT, HEARTBEAT_INTERVAL, STALE_AFTER, Heartbeat, StudyLock, default_storage,
-                                 open_storage, redact, worker_id)
+from cnnlab.tune.storage import (
+    HEARTBEAT,
+    HEARTBEAT_INTERVAL,
+    STALE_AFTER,
+    Heartbeat,
+    StudyLock,
+    default_storage,
+    open_storage,
+    redact,
+    worker_id,
+)
+from cnnlab.tune.summary import write_study_summary
 
-Report = Callable[[int, float], None]
-Objective = Callable[[dict, Report], float]
+# report_epoch(epoch, score): records a validation score; may raise optuna.TrialPruned.
+ReportEpoch = Callable[[int, float], None]
+Objective = Callable[[dict, ReportEpoch], float]
 TestBest = Callable[[dict, Path], dict]  # (best train config, run dir) -> test metrics
 Log = Callable[[str], None]
 
@@ -76,11 +87,11 @@ def _claim(study: optuna.Study, lock: StudyLock, space: SearchSpace, total: int,
         return trial
 
 
-class TrialReporter:
-    """The `report` an objective receives: `report(step, value)` records an intermediate
-    validation score and raises `optuna.TrialPruned` when the pruner stops the trial.
-    `report.number` is the trial number (e.g. to name the trial's run directory), and
-    `report.scratch(paths)` names files the trial deletes when it ends (weights)."""
+class TrialPruning:
+    """The `report_epoch` an objective receives: `report_epoch(step, value)` records an
+    intermediate validation score in the trial and raises `optuna.TrialPruned` when the pruner
+    stops the trial. `.number` is the trial number (e.g. to name the trial's run directory),
+    and `.scratch(paths)` names files the trial deletes when it ends (weights)."""
 
     def __init__(self, trial: optuna.Trial):
         self._trial = trial
@@ -101,10 +112,10 @@ class TrialReporter:
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, log: Log,
                heartbeat_interval: float = HEARTBEAT_INTERVAL) -> tuple[TrialState, str]:
     """Run one trial and tell the study its outcome: (state, error message or "")."""
-    report = TrialReporter(trial)
+    report_epoch = TrialPruning(trial)
     try:
         with Heartbeat(trial, heartbeat_interval):
-            value = objective(dict(trial.params), report)
+            value = objective(dict(trial.params), report_epoch)
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"objective returned a non-finite score {value}")
@@ -150,15 +161,15 @@ def run_study(objective: Objective, space: SearchSpace, *, trials: int, out_dir:
               environment_device: Any = None, plots: bool = True, write_files: bool = True,
               log: Log | None = None, heartbeat_interval: float = HEARTBEAT_INTERVAL,
               stale_after: float = STALE_AFTER) -> StudyResult:
-    """Run trials of a shared study until it holds `trials` trials, then write the report.
+    """Run trials of a shared study until it holds `trials` trials, then write the study summary.
 
-    objective(params, report) -> score (maximised); `report(step, value)` records an
+    objective(params, report_epoch) -> score (maximised); `report_epoch(step, value)` records an
     intermediate score and raises `optuna.TrialPruned` when the pruner stops the trial.
     An exception in the objective fails that trial (message kept) and the study goes on.
     `storage` None means `sqlite:///<out_dir>/study.db`; the same storage and study name on
     several processes or machines share the study. `base_config` holds the train config
     fields every trial shares; best.yaml is base_config updated with the best params.
-    `write_files=False` skips the report files (a worker of a large fleet); the result still
+    `write_files=False` skips the summary files (a worker of a large fleet); the result still
     holds the trials table and best params. `log(message)` receives what the user should read
     (a failed trial, trials still running elsewhere).
     """
@@ -204,19 +215,19 @@ def run_study(objective: Objective, space: SearchSpace, *, trials: int, out_dir:
                                    f"{error} (all errors in {out_dir / 'trials.md'})")
                     break
         except KeyboardInterrupt:
-            interrupted = True  # the finished trials are in the storage; still write their report
+            interrupted = True  # the finished trials are in the storage; still write their summary
         finally:
             bar.close()
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if running and not interrupted:
             log(f"{running} trial(s) still running in other workers; run the same command "
-                f"again after they finish to refresh the report")
+                f"again after they finish to refresh the summary")
         settings = _settings(trials, storage_url, study_name, sampler, seed, pruner, metric)
         result = summarize_study(study, space, out_dir, metric=metric, base_config=base_config,
                                  storage=settings["storage"], trials=trials)
         if write_files:
-            write_study_report(study, space, result, settings=settings, base_config=base_config,
-                               environment_device=environment_device, plots=plots)
+            write_study_summary(study, space, result, settings=settings, base_config=base_config,
+                                environment_device=environment_device, plots=plots)
         result.ran_here = ran_here
         if interrupted:
             raise KeyboardInterrupt

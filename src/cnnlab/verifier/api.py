@@ -16,19 +16,26 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cnnlab.core import runfiles
-from cnnlab.metric_learning.distances import DISTANCES, create_distance
 from cnnlab.core.errors import CnnlabError
+from cnnlab.metric_learning.distances import DISTANCES, create_distance
 from cnnlab.models.utils import in_batches
-from cnnlab.verifier.images import (DEFAULT_MAX_PIXELS, FacePreprocessing, ImageInput, is_batch, prepare_faces,
-                                    preprocessing_from_extra)
+from cnnlab.verifier.images import (
+    DEFAULT_MAX_PIXELS,
+    FacePreprocessing,
+    ImageInput,
+    is_batch,
+    prepare_faces,
+    preprocessing_from_extra,
+)
 from cnnlab.verifier.runtime import create_runtime, default_batch_size
 
 if TYPE_CHECKING:
@@ -116,7 +123,7 @@ class FaceVerifier:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, run_dir_or_model_pt: str | Path, device: str = "auto", **options: Any) -> "FaceVerifier":
+    def load(cls, run_dir_or_model_pt: str | Path, device: str = "auto", **options: Any) -> FaceVerifier:
         """From a run directory or its model.pt; `device="auto"` is CUDA when present.
         Options: runtime ("auto", "onnxruntime", "torch", "torch-channels-last"), batch_size,
         threshold (overrides the calibrated one), max_pixels, log."""
@@ -211,25 +218,25 @@ class FaceVerifier:
         return VerifyResult(distance=d, threshold=limit, same=d <= limit, distance_name=self.distance_name,
                             faces=(faces[0], faces[1]))
 
-    def identify(self, image: ImageInput, index: "GalleryIndex", k: int = 5,
+    def identify(self, image: ImageInput, index: GalleryIndex, k: int = 5,
                  backend: str = "auto") -> list[Match]:
         """The k gallery entries nearest to one image, nearest first."""
         return self.identify_all([image], index, k, backend)[0]
 
-    def identify_all(self, images: Sequence[ImageInput], index: "GalleryIndex", k: int = 5,
+    def identify_all(self, images: Sequence[ImageInput], index: GalleryIndex, k: int = 5,
                      backend: str = "auto") -> list[list[Match]]:
         """`identify` for several images: the index is checked against this model once, before
         any image is embedded."""
         index.check_model(self)
         return self._matches(self.embed(list(images)), index, k, backend)
 
-    def search(self, embeddings: np.ndarray, index: "GalleryIndex", k: int = 5,
+    def search(self, embeddings: np.ndarray, index: GalleryIndex, k: int = 5,
                backend: str = "auto") -> list[list[Match]]:
         """`identify` for query embeddings (Q x D): one list of matches per query."""
         index.check_model(self)
         return self._matches(embeddings, index, k, backend)
 
-    def _matches(self, embeddings: np.ndarray, index: "GalleryIndex", k: int, backend: str) -> list[list[Match]]:
+    def _matches(self, embeddings: np.ndarray, index: GalleryIndex, k: int, backend: str) -> list[list[Match]]:
         distances, rows = index.nearest(embeddings, k, backend=backend)
         limit = self._threshold
         return [[Match(rank=r + 1, distance=float(d), name=index.names[i], person=index.people[i],

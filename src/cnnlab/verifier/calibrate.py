@@ -1,10 +1,11 @@
 """Move a model's threshold to a target population: `cnnlab faces calibrate MODEL FOLDER`.
 
 A model ranks faces it never trained on well (AUC) long before its LFW-chosen threshold decides
-well there: on AT&T, 66% of different-person pairs fall inside the LFW threshold. Calibration
-keeps the embeddings and picks a new threshold on labelled pairs of the people the model will
-meet (an identity folder, `person/image`): every same-person pair and seeded different-person
-pairs, as `faces score` draws them.
+well there (on AT&T most different-person pairs fall inside the LFW threshold: docs/verifier.md,
+"Calibrate on your own people first"). Calibration keeps the embeddings and picks a new
+threshold on labelled pairs of the people the model will meet (an identity folder,
+`person/image`): every same-person pair and seeded different-person pairs, as `faces score`
+draws them.
 
 Two objectives:
 - `far` (default, target 1e-3): the threshold that accepts the most same-person pairs while at
@@ -25,15 +26,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-
-from cnnlab.data.cache import file_sha256
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import load_torch_file, save_torch_atomic
-from cnnlab.verifier.folder import (DEFAULT_FAR, OBJECTIVES, FolderEmbeddings, calibrate_embedded,
-                                   embed_identity_folder)
+from cnnlab.data.cache import file_sha256
+from cnnlab.verifier.folder import DEFAULT_FAR, OBJECTIVES, FolderEmbeddings, calibrate_embedded, embed_identity_folder
 from cnnlab.verifier.model import EmbeddingModel
-
-
 
 
 def calibrate(verifier: EmbeddingModel, folder: str | Path, *, objective: str = "far", far: float = DEFAULT_FAR,

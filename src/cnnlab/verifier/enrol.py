@@ -13,18 +13,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from cnnlab.core.errors import CnnlabError
-from cnnlab.verifier.index import (_COLUMNS, COMMIT_EVERY, INDEX_FILE, MAX_SHARDS, EnrolReport, GalleryFile,
-                                   GalleryIndex, _contents, _load_shards, _new_meta, _rows, _Writer, embed_files,
-                                   scan_gallery)
+from cnnlab.verifier.index import (
+    _COLUMNS,
+    COMMIT_EVERY,
+    INDEX_FILE,
+    MAX_SHARDS,
+    EnrolCounts,
+    GalleryFile,
+    GalleryIndex,
+    _contents,
+    _load_shards,
+    _new_meta,
+    _rows,
+    _Writer,
+    embed_files,
+    scan_gallery,
+)
 from cnnlab.verifier.model import EmbeddingModel
-
 
 LOCK_FILE = ".writer.lock"
 
@@ -65,7 +77,7 @@ def _open_for_writing(root: Path) -> GalleryIndex:
 
 
 def build_index(verifier: EmbeddingModel, gallery: str | Path, out: str | Path, *, person: str | None = None,
-                lock_timeout: float | None = None, **options) -> EnrolReport:
+                lock_timeout: float | None = None, **options) -> EnrolCounts:
     """Index every face under `gallery` into the folder `out` (`person`: who the images
     directly in `gallery` show). An existing index there (built with the same model) is
     extended, not rebuilt: this is how an interrupted build resumes."""
@@ -88,7 +100,7 @@ def build_index(verifier: EmbeddingModel, gallery: str | Path, out: str | Path, 
 
 
 def add_to_index(index_dir: str | Path, gallery: str | Path, verifier: EmbeddingModel, *,
-                 person: str | None = None, lock_timeout: float | None = None, **options) -> EnrolReport:
+                 person: str | None = None, lock_timeout: float | None = None, **options) -> EnrolCounts:
     """Add the faces under `gallery` that the index does not hold yet (or whose file changed)."""
     root = Path(index_dir)
     _open_for_writing(root).check_model(verifier)  # a wrong model is refused before waiting or scanning
@@ -143,9 +155,9 @@ def _keep(index: GalleryIndex, keep: np.ndarray) -> tuple[int, int]:
 
 def _enrol(index: GalleryIndex, writer: _Writer, verifier: EmbeddingModel, gallery: Path,
            files: list[GalleryFile], *, commit_every: int = COMMIT_EVERY, progress: bool | None = None,
-           log: Callable[[str], None] | None = None) -> EnrolReport:
+           log: Callable[[str], None] | None = None) -> EnrolCounts:
     from cnnlab.core.progress import progress_bar
-    report = EnrolReport()
+    counts = EnrolCounts()
     row_of = {p: r for r, p in enumerate(index.paths)}
     cols = index._columns
     row_with = {h: r for r, h in enumerate(cols["sha256"].tolist()) if h}  # bytes -> a row embedding them
@@ -153,23 +165,23 @@ def _enrol(index: GalleryIndex, writer: _Writer, verifier: EmbeddingModel, galle
     for f in files:
         row = row_of.get(str(f.path))
         if row is not None and (int(cols["sizes"][row]), int(cols["mtimes"][row])) == (f.size, f.mtime_ns):
-            report.unchanged += 1
+            counts.unchanged += 1
             continue
         f = replace(f, sha256=_contents(f.path))
         if row is not None and f.sha256 and f.sha256 == cols["sha256"][row]:
             restat[row] = f  # same bytes, new stat (copied or touched): only the stat is refreshed
-            report.unchanged += 1
+            counts.unchanged += 1
             continue
         if row is None:
-            report.added += 1
+            counts.added += 1
         else:
             changed_rows.append(row)
-            report.updated += 1
+            counts.updated += 1
         if f.sha256 in row_with:  # these bytes are indexed under another path: same embedding
             copies.append((f, row_with[f.sha256]))
         else:
             todo.append(f)
-    report.copied = len(copies)
+    counts.copied = len(copies)
     if str(gallery.resolve()) not in writer.meta["galleries"]:
         writer.meta["galleries"] = [*writer.meta["galleries"], str(gallery.resolve())]
     copied_rows = None
@@ -188,21 +200,21 @@ def _enrol(index: GalleryIndex, writer: _Writer, verifier: EmbeddingModel, galle
     try:
         for s in range(0, len(todo), max(1, commit_every)):
             z, ok, bad = embed_files(verifier, todo[s:s + commit_every])
-            report.bad += bad
+            counts.bad += bad
             writer.commit(_rows(z, ok))
             bar.update(len(todo[s:s + commit_every]))
     finally:
         bar.close()
     changed = {str(index.paths[r]) for r in changed_rows}
-    for path, _ in report.bad:  # a bad file was counted as added (or updated) above
+    for path, _ in counts.bad:  # a bad file was counted as added (or updated) above
         if path in changed:
-            report.updated -= 1
+            counts.updated -= 1
         else:
-            report.added -= 1
+            counts.added -= 1
     if len(writer.meta["shards"]) > MAX_SHARDS:
         merged = _load_shards(writer.root, writer.meta)
         writer.commit(merged, replace_all=True)
-    report.total = int(writer.meta["count"])
+    counts.total = int(writer.meta["count"])
     if log:
-        log(f"index {writer.root}: {report.summary()}")
-    return report
+        log(f"index {writer.root}: {counts.summary()}")
+    return counts

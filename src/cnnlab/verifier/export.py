@@ -30,7 +30,8 @@ class _EmbedModule(nn.Module):
 
 
 @dataclass
-class ExportReport:
+class OnnxExport:
+    """The ONNX file `export_onnx` wrote and how its outputs were checked against PyTorch."""
     path: Path
     opset: int
     input_size: int
@@ -57,7 +58,7 @@ def run_onnx(path: str | Path, images: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = None, opset: int = 17,
-                check_batch: int = 2, atol: float = 1e-4, seed: int = 0) -> ExportReport:
+                check_batch: int = 2, atol: float = 1e-4, seed: int = 0) -> OnnxExport:
     """Write `model.embed` to `path` as ONNX and prove the file computes the same embeddings.
 
     `input_size` defaults to the model's `data_config.input_size`. A mismatch beyond `atol`
@@ -96,17 +97,17 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int | None = Non
         diff = float(np.abs(actual - expected).max())
         if not diff <= atol:
             raise CnnlabError(f"ONNX export differs from PyTorch by {diff:.2e} (> {atol:.0e}); file not written")
-    return ExportReport(path=path, opset=opset, input_size=size, runtime=runtime, max_abs_diff=diff)
+    return OnnxExport(path=path, opset=opset, input_size=size, runtime=runtime, max_abs_diff=diff)
 
 
-def write_export_metadata(report: ExportReport, model: nn.Module, extra: dict | None = None) -> Path:
+def write_export_metadata(export: OnnxExport, model: nn.Module, extra: dict | None = None) -> Path:
     """`<file>.json` beside the ONNX file: input size, normalisation (already in the graph),
     embedding size and anything else a consumer needs, e.g. the calibrated threshold."""
     from cnnlab.core.files import write_json
 
-    meta = {**report.to_dict(), "input": "float32 RGB in [0, 1], N x 3 x H x W",
+    meta = {**export.to_dict(), "input": "float32 RGB in [0, 1], N x 3 x H x W",
             "data_config": model.data_config.to_dict(), "embedding_dim": model.embedding_dim,
             "model_config": model.config.to_dict(), **(extra or {})}
-    out = report.path.with_suffix(".json")
+    out = export.path.with_suffix(".json")
     write_json(out, meta)
     return out

@@ -3,8 +3,8 @@
 LFW's numbers say how a model does on LFW; a user's own people (or a small public set such as
 the AT&T faces) may look nothing like it. This scores the saved model as it would be used:
 
-    report = score_identity_folder(FaceVerifier.load("runs/faces-view1"), "att-faces")
-    report["at_model_threshold"]["accuracy"], report["auc"]
+    scores = score_identity_folder(FaceVerifier.load("runs/faces-view1"), "att-faces")
+    scores["at_model_threshold"]["accuracy"], scores["auc"]
 
 Every image of `<folder>/<person>/<image>` is embedded once, through the model's own face step
 (`embed_files`, as an index build does: files that cannot be read, or where the face step finds
@@ -24,21 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.metric_learning.distances import create_distance
-from cnnlab.core.errors import CnnlabError
 from cnnlab.metrics.verification import accuracy_at, best_threshold, evaluate, threshold_at_far
 from cnnlab.verifier.index import embed_file_batches, scan_gallery
 from cnnlab.verifier.model import EmbeddingModel
 
-
 DEFAULT_FAR = 1e-3
 OBJECTIVES = ("far", "accuracy")   # how `calibrate_embedded` chooses a threshold
 # Different-person distances cluster by the pair of people (a look-alike pair sits far inside
-# the others), so a false-accept rate is read from pairs of people, not pairs of images. On AT&T
-# (BENCHMARKS.md, "Calibrating on your own people") a threshold for FAR 1e-2 chosen on 10
-# people (45 pairs of people) gave 0.2x-5.9x the target on 30 others, on 20 people (190 pairs)
-# 0.3x-1.9x; FAR 1e-3 missed 2x on both. The rule that fits: target x pairs of people >= 2.
+# the others), so a false-accept rate is read from pairs of people, not pairs of images. The rule
+# that fits the AT&T measurements (docs/results/faces.md, "Calibrating on your own people"):
+# target x pairs of people >= 2.
 MIN_FAR_PEOPLE_PAIRS = 2.0
 BEST_THRESHOLD_NOTE = ("upper bound: the threshold is chosen on these same pairs, peeking at their labels; "
                        "the accuracy at the model's threshold is the honest one")
@@ -121,15 +119,15 @@ def score_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, negat
     d, same, counts = pair_distances(verifier, embedded, rows, negatives=negatives, seed=seed)
     scored_people = embedded.people if rows is None else [embedded.people[r] for r in rows]
     threshold = verifier.threshold if verifier.has_threshold else None
-    report = evaluate(d, same, threshold=threshold)
+    metrics = evaluate(d, same, threshold=threshold)
     best, best_accuracy = best_threshold(d, same)
     result = {
         "folder": str(embedded.folder), "model": str(verifier.source), "distance": verifier.distance_name,
         "images": len(scored_people), "people": len(set(scored_people)), "unlabelled": embedded.unlabelled,
         "skipped": embedded.skipped, "pairs": counts,
         # None when the model file holds no calibrated threshold: then only the curve is honest.
-        "at_model_threshold": report.to_dict() if threshold is not None else None,
-        "auc": report.auc, "eer": report.eer, "tar_at_far": dict(report.tar_at_far),
+        "at_model_threshold": metrics.to_dict() if threshold is not None else None,
+        "auc": metrics.auc, "eer": metrics.eer, "tar_at_far": dict(metrics.tar_at_far),
         "best_threshold": best, "best_threshold_accuracy": best_accuracy,
         "best_threshold_note": BEST_THRESHOLD_NOTE,
     }

@@ -11,23 +11,24 @@ service's crops all follow.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, Sequence, Union
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.registry import Registry
 from cnnlab.data.align import DetectorSpec, NoFaceDetected
 from cnnlab.data.faces import ALIGN_KIND, FacePreprocess
 from cnnlab.data.images import TooManyPixels, UnreadableImage, open_rgb, to_rgb8
-from cnnlab.core.errors import CnnlabError
-from cnnlab.core.registry import Registry
 
 # 40 megapixels: a large phone photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 40_000_000
 
-ImageInput = Union[str, Path, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+ImageInput = str | Path | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
 
 class ImageRejected(CnnlabError):

@@ -28,23 +28,22 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from cnnlab.data.cache import file_sha256
-from cnnlab.data.images import decode_images, list_folders, list_images
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import read_json, save_npz_atomic, write_json
+from cnnlab.data.cache import file_sha256
+from cnnlab.data.images import decode_images, list_folders, list_images
 from cnnlab.metrics.retrieval import FaissGallery, check_k, choose_backend, nearest_neighbours
 from cnnlab.verifier.model import EmbeddingModel
 
-
 INDEX_FILE = "index.json"
 FORMAT = "cnnlab.face-index"
-VERSION = 2          # 2 added the per-row SHA-256; version 1 indexes are read (hash unknown)
+VERSION = 2          # rows carry their file's SHA-256; version 1 indexes (no hashes) are still read
 READS = (1, 2)
 COMMIT_EVERY = 1024
 # More shards than this after an add are merged into one, so opening stays one read per few files.
@@ -98,7 +97,8 @@ def _contents(path: Path) -> str:
 
 
 @dataclass
-class EnrolReport:
+class EnrolCounts:
+    """What one enrolment did to an index: images per outcome, and the files it skipped."""
     added: int = 0        # images embedded for the first time
     updated: int = 0      # images already indexed whose file changed: embedded again
     unchanged: int = 0    # images already indexed and unchanged (same bytes): skipped
@@ -169,7 +169,7 @@ class GalleryIndex:
 
     # ------------------------------------------------------------------ reading
     @classmethod
-    def open(cls, root: str | Path) -> "GalleryIndex":
+    def open(cls, root: str | Path) -> GalleryIndex:
         root = Path(root)
         if not (root / INDEX_FILE).is_file():
             raise CnnlabError(f"{root} is not a face index (no {INDEX_FILE}); "
@@ -194,7 +194,7 @@ class GalleryIndex:
         index._stamp = _stamp(root)
         return index
 
-    def reloaded(self) -> "GalleryIndex":
+    def reloaded(self) -> GalleryIndex:
         """This index, or a fresh read of it when a writer has committed since it was opened
         (`index.json` replaced): a long-running reader (`faces serve`) sees additions, removals
         and prunes without a restart. An in-memory index is returned as it is."""
@@ -204,7 +204,7 @@ class GalleryIndex:
 
     @classmethod
     def in_memory(cls, verifier: EmbeddingModel, files: Sequence[GalleryFile], embeddings: np.ndarray,
-                  root: str | Path) -> "GalleryIndex":
+                  root: str | Path) -> GalleryIndex:
         """An index that is never written: a gallery embedded for one search."""
         meta = {**_new_meta(verifier, Path(root)), "count": len(files)}
         return cls(Path(root), meta, _rows(embeddings, files))
@@ -282,7 +282,8 @@ def _load_shards(root: Path, meta: dict) -> dict[str, np.ndarray]:
     dim = int(meta["embedding_dim"])
     columns = {c: np.concatenate(v) if v else _rows(np.zeros((0, dim), np.float32), [])[c] for c, v in parts.items()}
     if len(columns["embeddings"]) != meta["count"]:
-        raise CnnlabError(f"index {root} is damaged: {len(columns['embeddings'])} rows, index.json says {meta['count']}")
+        raise CnnlabError(f"index {root} is damaged: {len(columns['embeddings'])} rows, "
+                          f"index.json says {meta['count']}")
     return columns
 
 

@@ -1,16 +1,16 @@
 """Ways to run a face model's `embed` on a batch of uint8 faces, chosen by what is fastest.
 
-`benchmarks/bench_embed.py` measured the default model at 192 px on 2 CPU cores (BENCHMARKS.md):
-onnxruntime runs the exported graph 2.5-3 times as fast as eager PyTorch fp32, batched or one
-image at a time, with or without channels_last. So on a CPU the default ("auto") exports the model once to
-ONNX (cached under `$CNNLAB_CACHE/onnx/`, keyed by the model fingerprint, checked against
+On a CPU onnxruntime runs the exported graph several times as fast as eager PyTorch, batched or
+one image at a time, with or without channels_last (`benchmarks/bench_embed.py`; the numbers are
+in docs/performance.md, "Face embedding throughput on the CPU"). So on a CPU the default ("auto")
+exports the model once to ONNX (cached under `$CNNLAB_CACHE/onnx/`, keyed by the model fingerprint, checked against
 PyTorch by `cnnlab.verifier.export` before it is ever used) and runs it with onnxruntime; on a GPU, or
 without onnxruntime, eager PyTorch runs it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,9 +19,9 @@ from cnnlab.core.errors import CnnlabError
 from cnnlab.models.utils import eval_mode, module_device
 
 RUNTIMES = ("auto", "onnxruntime", "torch", "torch-channels-last")
-# onnxruntime: batch 16 was the best or tied-best in every benchmark run (BENCHMARKS.md). Eager
-# PyTorch ran as fast one image at a time as in batches of 64 there, so 16 only bounds memory.
-# On a GPU bigger batches only help.
+# Batch 16 on a CPU: onnxruntime's best batch in every measured run, and eager PyTorch gains
+# nothing from larger ones (docs/performance.md), so 16 only bounds memory. On a GPU bigger
+# batches only help.
 DEFAULT_BATCH = {"onnxruntime": 16, "torch": 16, "torch-channels-last": 16}
 GPU_BATCH = 128
 

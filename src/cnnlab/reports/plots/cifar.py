@@ -3,8 +3,8 @@ every block, and accuracy against size and training time. Inputs are arrays and 
 read from run files; nothing here touches a model."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -5,8 +5,8 @@ with the calibrated threshold), ROC curves, a nearest-neighbour retrieval grid a
 the image files they name; nothing here touches a model or a data set loader."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -11,8 +11,7 @@ from cnnlab.tasks.faces.config import PRESETS, FaceTrainConfig, cache_stage, pre
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
 from cnnlab.tasks.faces.margins import compare_margins, outlier_counts
 from cnnlab.tasks.faces.task import FaceVerificationTask
-from cnnlab.tasks.faces.training import (METRICS_FILE, backbone_features, default_lfw_root, embed_images,
-                                         train_verifier)
+from cnnlab.tasks.faces.training import METRICS_FILE, backbone_features, default_lfw_root, embed_images, train_verifier
 from cnnlab.tasks.faces.view1 import format_retrieval, format_test, record_plots, train_view1, untrained_baseline
 from cnnlab.tasks.faces.view2 import train_view2
 

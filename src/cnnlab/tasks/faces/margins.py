@@ -8,17 +8,17 @@ are drawn afterwards from those files, and the Markdown comparison that embeds t
 the report layer (`cnnlab.reports.margins`, run by `cnnlab.pipelines`)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from cnnlab.core import runfiles
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import to_plain, write_json
-from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.core.progress import no_log
+from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo
 from cnnlab.tasks.faces.training import TEST_EMBEDDINGS, TEST_PAIRS

@@ -8,7 +8,8 @@ batch are then gathered on every rank (`cnnlab.training.distributed.gather_rows`
 negatives and the loss are those of one process training on the whole batch."""
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,15 +20,15 @@ from cnnlab.data.loader import random_crop, random_flip, shard_sizes, shard_slic
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.data.samplers import PKSampler
 from cnnlab.metric_learning.distances import create_distance
-from cnnlab.training.distributed import DistContext, gather_rows
 from cnnlab.metric_learning.losses import ContrastiveLoss
-from cnnlab.metrics.verification import evaluate
 from cnnlab.metric_learning.miners import create_miner
+from cnnlab.metrics.verification import evaluate
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import in_batches
 from cnnlab.tasks.faces.config import FaceTrainConfig, frozen_prefix, set_trainable
-from cnnlab.training.task import Task
 from cnnlab.tasks.faces.features import PrefixFeatures, embed_from_prefix
+from cnnlab.training.distributed import DistContext, gather_rows
+from cnnlab.training.task import Task
 
 
 class FaceBatch(NamedTuple):
@@ -57,7 +58,7 @@ class EmbedFrom(nn.Module):
 class _EpochBatches:
     """One epoch of P x K batches, gathered lazily on the task's device."""
 
-    def __init__(self, task: "FaceVerificationTask", epoch: int):
+    def __init__(self, task: FaceVerificationTask, epoch: int):
         self.task, self.epoch = task, epoch
         self.index_batches = task.sampler.batches(epoch)
 
@@ -131,6 +132,9 @@ class FaceVerificationTask(Task):
         never = frozen_prefix(self.config, len(stages))
         backbone = [p for s in stages[never:] for p in s.parameters()]
         groups = []
+        # Not timm's param_groups_weight_decay: it leaves out parameters that do not require
+        # gradients, and the stages frozen for the first `freeze_epochs` are frozen when the
+        # optimizer is built.
         for params, scale in ((backbone, self.config.backbone_lr_scale), (list(model.head.parameters()), 1.0)):
             groups.append({"params": [p for p in params if p.ndim > 1], "lr_scale": scale})
             groups.append({"params": [p for p in params if p.ndim <= 1], "lr_scale": scale, "weight_decay": 0.0})
@@ -138,6 +142,9 @@ class FaceVerificationTask(Task):
 
     def train_batches(self, epoch: int) -> _EpochBatches:
         return _EpochBatches(self, epoch)
+
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler)
 
     def training_module(self, model: SiameseNet) -> EmbedFrom:
         return EmbedFrom(model, self.start_stage)

@@ -12,32 +12,32 @@ published results without being so (and training first would waste the whole run
 """
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cnnlab.core import runfiles
+from cnnlab.core.env import data_root
+from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import to_plain
+from cnnlab.core.progress import no_log
 from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.images import DecodeReport
 from cnnlab.data.lfw import LFWProtocol, Pair
 from cnnlab.metric_learning.distances import create_distance
-from cnnlab.training.engine import Engine, seed_everything
-from cnnlab.core.errors import CnnlabError
-from cnnlab.core.files import to_plain
-from cnnlab.metrics.verification import VerificationReport, best_threshold, evaluate
+from cnnlab.metrics.verification import VerificationMetrics, best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches, module_device
-from cnnlab.core.progress import no_log
-from cnnlab.training.task import Callback
 from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
 from cnnlab.tasks.faces.task import FaceVerificationTask
+from cnnlab.training.engine import Engine
+from cnnlab.training.task import Callback
 
 MODEL_FILE = runfiles.MODEL
 METRICS_FILE = runfiles.METRICS
@@ -66,9 +66,8 @@ def backbone_features(model: SiameseNet, images: np.ndarray, *, batch_size: int 
 
 
 def pair_distances(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray, distance: str) -> np.ndarray:
-    dist = create_distance(distance)
     z = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
-    return dist.paired(z[torch.as_tensor(i)], z[torch.as_tensor(j)]).numpy().astype(np.float64)
+    return create_distance(distance).paired(z[torch.as_tensor(i)], z[torch.as_tensor(j)]).numpy().astype(np.float64)
 
 
 # ---------------------------------------------------------------------------- one training
@@ -83,22 +82,22 @@ class EpochLog(Callback):
                  f"{record['val_acc']:.2%} ({time.perf_counter() - self.started:.0f} s)")
 
 
-class PruningReport(Callback):
-    """`report(epoch, val_auc)` after each epoch (0-based epoch, as optuna's trial.report
+class PruningCallback(Callback):
+    """`report_epoch(epoch, val_auc)` after each epoch (0-based epoch, as optuna's trial.report
     steps): the tuner's pruner raises there to stop a trial that is behind."""
 
-    def __init__(self, report: Callable[[int, float], None]):
-        self.report = report
+    def __init__(self, report_epoch: Callable[[int, float], None]):
+        self.report_epoch = report_epoch
 
     def on_validation(self, epoch: int, record: dict, selected_epoch: int) -> None:
-        self.report(epoch - 1, record["val_auc"])
+        self.report_epoch(epoch - 1, record["val_auc"])
 
 
 @dataclass
 class TrainedVerifier:
     model: SiameseNet
     threshold: float                 # calibrated on the validation pairs
-    validation: VerificationReport   # at that threshold (the best one on those pairs)
+    validation: VerificationMetrics  # at that threshold (the best one on those pairs)
     history: list[dict]
     best_epoch: int
     train_time_s: float
@@ -107,7 +106,7 @@ class TrainedVerifier:
 
 
 def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Sequence[str],
-                   val_people: Sequence[str], run_dir: str | Path, *, report=None,
+                   val_people: Sequence[str], run_dir: str | Path, *, report_epoch=None,
                    log: Callable[[str], None] = no_log, data_info: dict | None = None,
                    features: FeatureMemo | None = None, cache_rows: np.ndarray | None = None) -> TrainedVerifier:
     """Train on `fit_people`, select the epoch and calibrate the threshold on pairs sampled
@@ -117,12 +116,12 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     batch can draw and the validation rows; View 2 caches every image once for all folds)."""
     overlap = set(fit_people) & set(val_people)
     if overlap:
-        raise CnnlabError(f"{len(overlap)} people are in both the training and validation split, e.g. {sorted(overlap)[:3]}")
+        raise CnnlabError(f"{len(overlap)} people are in both the training and validation split, "
+                          f"e.g. {sorted(overlap)[:3]}")
     engine = Engine(config.train_config(), run_dir, run_config={
         "faces": to_plain(config), "data": {**(data_info or {}), "fit_people": len(fit_people),
                                             "val_people": len(val_people)}})
-    seed_everything(config.seed)
-    model = engine.prepare(SiameseNet.from_config(config.model_config()))
+    model = engine.build_model(lambda: SiameseNet.from_config(config.model_config()))
     num_stages = len(model.backbone_stages())
     if config.trainable_stages > num_stages:
         raise CnnlabError(f"trainable_stages={config.trainable_stages} but {config.backbone} has {num_stages} stages")
@@ -146,10 +145,9 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
         f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k} per epoch, "
         f"{'from cached stage ' + str(stage) + ' features' if stage else 'from pixels'}); "
         f"validating on {len(task.val_same)} pairs of {len(val_people)} people")
-    callbacks = [EpochLog(log, config.epochs)] + ([PruningReport(report)] if report is not None else [])
+    callbacks = [EpochLog(log, config.epochs)] + ([PruningCallback(report_epoch)] if report_epoch is not None else [])
     result = engine.fit(model, task, callbacks=callbacks)
-    model = result.eval_model  # the engine put the selected epoch's weights there
-    best_epoch = int(result.final["selected_epoch"])
+    model, best_epoch = result.eval_model, result.selected_epoch  # the selected epoch's weights
     model.eval()
     # The threshold comes from the validation people only; the test pairs never choose it.
     # The task embeds them as validation did (from the cached frozen features when there are
@@ -167,7 +165,8 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
 
 # ---------------------------------------------------------------------------- shared by the runs
 def default_lfw_root() -> Path:
-    return Path(os.environ.get("CNNLAB_DATA", "../shared/data")) / "lfw"
+    """`lfw/` in the data root (`cnnlab.core.env.data_root`): where the commands look without --data."""
+    return data_root()[0] / "lfw"
 
 
 def load_lfw_images(protocol: LFWProtocol, config: FaceTrainConfig, log: Callable[[str], None] = no_log,

@@ -8,23 +8,22 @@ way. Runs write files; the figures are drawn from them afterwards, by the caller
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from cnnlab.core import runfiles
+from cnnlab.core.env import resolve_device
+from cnnlab.core.files import save_npz_atomic, save_yaml, write_json
+from cnnlab.core.progress import no_log
+from cnnlab.core.rng import seed_everything
 from cnnlab.data.faces import FaceDataset
 from cnnlab.data.lfw import LFWProtocol, image_relpath
 from cnnlab.data.pairs import sample_pairs
-from cnnlab.training.distributed import is_main_process
-from cnnlab.training.engine import seed_everything
-from cnnlab.core.env import resolve_device
-from cnnlab.core.files import save_npz_atomic, save_yaml, write_json
 from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet, save_model
-from cnnlab.core.progress import no_log
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo
 from cnnlab.tasks.faces.training import (
@@ -42,6 +41,7 @@ from cnnlab.tasks.faces.training import (
     test_report,
     train_verifier,
 )
+from cnnlab.training.distributed import is_main_process
 
 
 def view1_files(protocol: LFWProtocol, config: FaceTrainConfig, train_people: Sequence[str],
@@ -98,7 +98,7 @@ def record_plots(out_dir: str | Path, metrics: dict, plots: Sequence[str | Path]
 
 # ---------------------------------------------------------------------------- View 1
 def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,
-                evaluate_test: bool, report: Callable[[int, float], None] | None = None,
+                evaluate_test: bool, report_epoch: Callable[[int, float], None] | None = None,
                 log: Callable[[str], None] = no_log, features: FeatureMemo | None = None) -> dict:
     """Train on View 1's DevTrain people minus a seeded validation split; select and calibrate
     on validation pairs. Only with `evaluate_test` are the 1,000 DevTest pairs read and scored
@@ -119,7 +119,7 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
         check_scored_pairs(dataset, bad, split.test_pairs, protocol.root / "pairsDevTest.txt")
     main = is_main_process()  # under torchrun rank 0 scores and writes; the other ranks only train
     skipped = record_bad_files(bad, out_dir, log) if main else len(bad.bad)
-    trained = train_verifier(config, dataset, fit_people, val_people, out_dir, report=report, log=log,
+    trained = train_verifier(config, dataset, fit_people, val_people, out_dir, report_epoch=report_epoch, log=log,
                              data_info={"protocol": "view1", "root": str(protocol.root)}, features=features)
     metrics = {"protocol": "view1", "validation": trained.validation.to_dict(), "threshold": trained.threshold,
                "best_epoch": trained.best_epoch, "epochs": config.epochs, "train_time_s": trained.train_time_s,

@@ -2,27 +2,36 @@
 the tenth fold's 600 pairs; resumable, since it takes hours (see `train_view2`)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from cnnlab.core import runfiles
 from cnnlab.core.config import RUN_ONLY_FIELDS, build_config
-from cnnlab.data.lfw import LFWProtocol, split_people
-from cnnlab.training.distributed import is_main_process
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import load_yaml, read_json, save_yaml, to_plain, write_json
+from cnnlab.core.progress import no_log
+from cnnlab.data.lfw import LFWProtocol, split_people
 from cnnlab.metrics.verification import evaluate, kfold_accuracy
 from cnnlab.models.siamese import save_model
 from cnnlab.models.utils import eval_mode
-from cnnlab.core.progress import no_log
 from cnnlab.tasks.faces.config import FaceTrainConfig
 from cnnlab.tasks.faces.features import FeatureMemo, embed_from_prefix
-from cnnlab.tasks.faces.training import (METRICS_FILE, MODEL_FILE, check_scored_pairs, embed_images, load_lfw_images,
-                                         pair_distances, record_bad_files, saved_model_extra, test_report,
-                                         train_verifier)
+from cnnlab.tasks.faces.training import (
+    METRICS_FILE,
+    MODEL_FILE,
+    check_scored_pairs,
+    embed_images,
+    load_lfw_images,
+    pair_distances,
+    record_bad_files,
+    saved_model_extra,
+    test_report,
+    train_verifier,
+)
+from cnnlab.training.distributed import is_main_process
 
 
 def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | Path, *,
@@ -35,7 +44,7 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     best on the other nine folds' pairs embedded by the fold's model. The latter is the usual
     recipe for models trained elsewhere; here those pairs are mostly of people the model trained
     on, whose same-person distances are tighter than unseen people's, so it chooses a lower
-    threshold (BENCHMARKS.md measures the effect). Reports mean and standard deviation of both
+    threshold (docs/results/faces.md measures the effect). Reports mean and standard deviation of both
     over the folds that ran."""
     if config.train_people or config.test_images != "people":
         raise CnnlabError("train_people and test_images are View 1 options: View 2 trains each fold on all "

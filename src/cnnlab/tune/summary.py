@@ -1,4 +1,4 @@
-"""The report of a study, rewritten by every worker and every rerun from the storage:
+"""The summary of a study, rewritten by every worker and every rerun from the storage:
 
     trials.csv, trials.md   every trial (params, state, score, duration, worker, error), best first
     score_vs_params.png     the score against each parameter
@@ -54,15 +54,16 @@ def rows_to_markdown(rows: list[dict], metric: str) -> str:
         return "(no trials)\n"
     columns = list(rows[0])
     header = [metric if c == "score" else c for c in columns]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" if c in _TEXT_COLUMNS else "---:" for c in columns) + " |"]
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" if c in _TEXT_COLUMNS else "---:" for c in columns) + " |"]
     for row in rows:
         cells = [_fmt(row[c]).replace("|", "\\|") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_study_report(study: optuna.Study, space: SearchSpace, result: StudyResult, *, settings: dict,
-                       base_config: dict | None, environment_device: Any = None, plots: bool = True) -> None:
+def write_study_summary(study: optuna.Study, space: SearchSpace, result: StudyResult, *, settings: dict,
+                        base_config: dict | None, environment_device: Any = None, plots: bool = True) -> None:
     """Write the trials table, plots, best.yaml, study.yaml and environment.json of `result`
     (from `summarize_study`) into `result.out_dir`, recording each file in `result.files`."""
     out_dir, metric, rows, counts = result.out_dir, result.metric, result.rows, result.counts
@@ -76,7 +77,8 @@ def write_study_report(study: optuna.Study, space: SearchSpace, result: StudyRes
     importances = param_importances(study)
     write_json(out_dir / "importances.json", importances)
     written["importances.json"] = out_dir / "importances.json"
-    atomic_write_text(out_dir / "trials.md", summary + importances_markdown(importances) + rows_to_markdown(rows, metric))
+    atomic_write_text(out_dir / "trials.md",
+                      summary + importances_markdown(importances) + rows_to_markdown(rows, metric))
     written["trials.md"] = out_dir / "trials.md"
 
     if result.best_config is not None:
@@ -104,7 +106,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 8
 
 
 def param_importances(study: optuna.Study, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE) -> dict:
-    """Which parameters the score depends on: optuna's fANOVA (seeded, so a rerun of the report
+    """Which parameters the score depends on: optuna's fANOVA (seeded, so a rerun of the summary
     gives the same shares) over the completed trials. Pruned trials are left out (optuna's
     importances take completed trials only; a pruned trial's last score is from an earlier epoch
     than the others'). `importances` is None below `min_trials` completed trials."""
@@ -151,17 +153,17 @@ def plot_score_vs_params(study: optuna.Study, space: SearchSpace, path: str | Pa
     axes = np.atleast_1d(axes).ravel()
     jitter = np.random.default_rng(0)
     for ax, name in zip(axes, names):
-        dist = space.params[name]
+        distribution = space.params[name]
         scored = [t for t in complete + pruned if name in t.params]
-        if isinstance(dist, Categorical):
-            index = {repr(c): i for i, c in enumerate(dist.choices)}
+        if isinstance(distribution, Categorical):
+            index = {repr(c): i for i, c in enumerate(distribution.choices)}
             x = {t.number: index[repr(t.params[name])] + jitter.uniform(-0.12, 0.12) for t in scored}
-        elif isinstance(dist, IntRange):
-            x = {t.number: t.params[name] + jitter.uniform(-0.06, 0.06) * dist.step for t in scored}
+        elif isinstance(distribution, IntRange):
+            x = {t.number: t.params[name] + jitter.uniform(-0.06, 0.06) * distribution.step for t in scored}
         else:
             x = {t.number: float(t.params[name]) for t in scored}
 
-        def draw(trials, **style):
+        def draw(trials, *, ax=ax, x=x, **style):
             trials = [t for t in trials if t.number in x]
             if trials:
                 ax.scatter([x[t.number] for t in trials], [t.value for t in trials], **style)
@@ -170,22 +172,22 @@ def plot_score_vs_params(study: optuna.Study, space: SearchSpace, path: str | Pa
         draw(complete, color="tab:blue", alpha=0.8, label="complete")
         if best is not None:
             draw([best], marker="*", s=200, color="tab:red", zorder=3, label="best")
-        if isinstance(dist, Categorical):
-            ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices])
-            ax.set_xlim(-0.5, len(dist.choices) - 0.5)
-        elif isinstance(dist, LogUniform):
+        if isinstance(distribution, Categorical):
+            ax.set_xticks(range(len(distribution.choices)), [str(c) for c in distribution.choices])
+            ax.set_xlim(-0.5, len(distribution.choices) - 0.5)
+        elif isinstance(distribution, LogUniform):
             ax.set_xscale("log")
             # Within two decades label 1-2-5 steps, beyond only the powers of ten; minor ticks
             # unlabelled either way (their 2x10^-3 labels run into each other).
-            decades = math.log10(dist.high / dist.low) if dist.low < dist.high else 0
+            decades = math.log10(distribution.high / distribution.low) if distribution.low < distribution.high else 0
             ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5) if decades <= 2 else (1,)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
-        if isinstance(dist, (LogUniform, Uniform, IntRange)) and dist.low < dist.high:
-            pad = 0.0 if isinstance(dist, LogUniform) else 0.06 * (dist.high - dist.low)
-            ax.set_xlim(dist.low - pad, dist.high + pad)
-        if isinstance(dist, IntRange) and (dist.high - dist.low) // dist.step <= 10:
-            ax.set_xticks(range(dist.low, dist.high + 1, dist.step))
+        if isinstance(distribution, (LogUniform, Uniform, IntRange)) and distribution.low < distribution.high:
+            pad = 0.0 if isinstance(distribution, LogUniform) else 0.06 * (distribution.high - distribution.low)
+            ax.set_xlim(distribution.low - pad, distribution.high + pad)
+        if isinstance(distribution, IntRange) and (distribution.high - distribution.low) // distribution.step <= 10:
+            ax.set_xticks(range(distribution.low, distribution.high + 1, distribution.step))
         ax.set_xlabel(name)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -204,7 +206,8 @@ def plot_history(study: optuna.Study, path: str | Path, metric: str) -> Path:
     complete, pruned = _scored(study)
     fig, ax = new_figure(7.0, 4.0)
     if pruned:
-        ax.scatter([t.number for t in pruned], [t.value for t in pruned], marker="x", color="0.6", label="pruned (last score)")
+        ax.scatter([t.number for t in pruned], [t.value for t in pruned], marker="x", color="0.6",
+                   label="pruned (last score)")
     if complete:
         complete = sorted(complete, key=lambda t: t.number)
         numbers = [t.number for t in complete]
