@@ -172,7 +172,7 @@ class FaceDetector:
         # pool waits at a barrier for the thread that is not getting the CPU: 48 LFW images ran
         # at 3.0 img/s with two threads and 42.8 with one (14x); on an idle machine two threads
         # are faster (77 vs 45 img/s, 0.59x). One thread bounds the worst case
-        # (benchmarks/bench_detect.py, BENCHMARKS.md).
+        # (benchmarks/bench_detect.py, docs/performance.md).
         with torch_threads(DETECT_THREADS):
             return self._detect(images, batch_size)
 

@@ -70,9 +70,8 @@ def tsne_2d(features: np.ndarray, labels: np.ndarray, n_points: int = 2000,
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
     # One thread: the picture is then the same on every machine (threaded gradient sums
-    # may round differently), and on a shared 2-core machine OpenMP threads fighting for
-    # cores made 2,000 points take 44-50 s against 13 s single-threaded (idle: 3.4 s vs
-    # 5.6 s; 120 points: 0.9 s vs 0.2 s), measured.
+    # may round differently), and on a shared machine threads fighting for cores are slower
+    # than one (docs/report.md has the timings).
     with threadpool_limits(limits=1):
         xy = tsne.fit_transform(x)
     return xy.astype(np.float32), np.asarray(labels)[idx]
