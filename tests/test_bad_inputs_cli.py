@@ -292,3 +292,62 @@ def test_a_usage_error_starts_like_every_other_error(capsys):
     err = capsys.readouterr().err
     assert err.startswith("cnnlab: error: the following arguments are required: image2") and err.count("\n") == 1
     assert "(see cnnlab faces verify --help)" in err
+
+
+# ---------------------------------------------------------------------------- issue 32, item 6
+def save_noise(path, side: int, seed: int = 0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_index_add_of_a_file_says_it_expects_a_folder(face_files, tmp_path, capsys):
+    """Was "gallery folder not found" for a file that exists."""
+    image = face_files / "gallery" / "g0.png"
+    assert main(["faces", "index", "build", str(face_files / "gallery"), "--model", str(face_files / "model.pt"),
+                 "--out", str(tmp_path / "idx"), "--no-progress", "--runtime", "torch"]) == 0
+    capsys.readouterr()
+    assert main(["faces", "index", "add", str(tmp_path / "idx"), str(image), "--no-progress",
+                 "--runtime", "torch"]) == 2
+    line = one_error_line(capsys)
+    assert line == f"cnnlab: error: {image} is a file: expected a folder of images (or of one folder per person)"
+    assert main(["faces", "score", str(image), "--model", str(face_files / "model.pt"), "--runtime", "torch"]) == 2
+    assert "is a file: expected a folder" in one_error_line(capsys)
+
+
+def test_one_person_is_one_person_not_1_people(face_files, tmp_path, capsys):
+    for n in range(3):
+        save_noise(tmp_path / "folder" / "Bob" / f"{n}.png", 48, seed=n)
+    assert main(["faces", "score", str(tmp_path / "folder"), "--model", str(face_files / "model.pt"),
+                 "--runtime", "torch", "--no-progress"]) == 2
+    line = one_error_line(capsys)
+    assert "holds 1 person " in line and "1 people" not in line
+
+
+def test_calibrate_onto_its_own_model_is_refused_before_anything_is_loaded(face_files, tmp_path, monkeypatch, capsys):
+    """Was refused only after the folder was embedded (minutes on a real folder)."""
+    import cnnlab.cli.faces_use as faces_use
+    model = tmp_path / "model.pt"
+    shutil.copy(face_files / "model.pt", model)
+    before = model.read_bytes()
+    monkeypatch.setattr(faces_use, "load_verifier", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert main(["faces", "calibrate", str(model), str(face_files / "gallery"), "--out", str(model)]) == 2
+    assert "is the model being calibrated" in one_error_line(capsys)
+    assert main(["faces", "calibrate", str(tmp_path), str(face_files / "gallery"), "--out", str(model)]) == 2
+    assert "is the model being calibrated" in one_error_line(capsys)  # the run folder's model.pt, too
+    assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("side", [1, 39])
+def test_the_centre_crop_refuses_an_image_too_small_for_a_face(face_files, tmp_path, capsys, side):
+    """The aligned step finds no face under 40 px; the centre crop took a 1x1 image and answered."""
+    from cnnlab.verifier import FaceVerifier, NoFaceFound
+    small = save_noise(tmp_path / f"small{side}.png", side)
+    good = face_files / "gallery" / "g0.png"
+    assert main(["faces", "verify", str(face_files / "model.pt"), str(good), str(small), "--runtime", "torch"]) == 2
+    assert one_error_line(capsys) == (f"cnnlab: error: {small}: no face found in the image: it is {side} x {side} "
+                                      "pixels, below the 40 px a face needs on its shorter side")
+    verifier = FaceVerifier.load(face_files / "model.pt", device="cpu", runtime="torch")
+    with pytest.raises(NoFaceFound, match=f"{side} x {side} pixels"):
+        verifier.embed(np.zeros((side, side, 3), np.uint8))
+    assert verifier.embed(np.zeros((40, 40, 3), np.uint8)).shape == (8,)  # the minimum itself is a face

@@ -65,7 +65,7 @@ def server(tmp_path_factory):
     @app.get("/test-page", response_class=HTMLResponse)
     def test_page() -> str:
         from cnnlab.serve.app import _page
-        return _page().replace("</body>", PICK_AND_COMPARE + "</body>")
+        return _page(has_threshold=True).replace("</body>", PICK_AND_COMPARE + "</body>")
 
     @app.get("/test-face/{n}")
     def test_face(n: int) -> Response:

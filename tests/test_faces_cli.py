@@ -100,3 +100,17 @@ def test_every_recipe_flag_is_explained_in_help(command, capsys):
         assert flag in text, flag
     assert "detect the face (MTCNN) and warp its 5 landmarks" in text
     assert "hard miner: nearest other-person images per image (default 1)" in text
+
+
+def test_the_phases_after_the_last_epoch_report_progress_in_a_log(tmp_path, capsys):
+    """Issue 32, item 7: embedding DevTest and drawing the figures took minutes without a line.
+    In a log (stderr not a terminal) each shows the plain progress line, as training does."""
+    root = make_fake_lfw(tmp_path / "lfw")
+    quiet_flag = TINY.index("--no-progress")
+    flags = TINY[:quiet_flag] + TINY[quiet_flag + 1:]  # progress: auto, i.e. plain lines here
+    assert main(["faces", "train", "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", *flags]) == 0
+    captured = capsys.readouterr()
+    assert "scoring the 16 DevTest pairs: embedding" in captured.out and "drawing the figures" in captured.out
+    lines = captured.err.splitlines()
+    assert any(line.startswith("embed DevTest: ") and "img (100%)" in line and "done in" in line for line in lines)
+    assert any(line.startswith("figures: 4/4 figure (100%)") and "done in" in line for line in lines), lines

@@ -98,8 +98,11 @@ def test_a_corrupt_file_is_skipped_listed_and_the_run_goes_on(setup, verifier, t
     (copy / "README.txt").write_text("ignored: not an image")
     result = score_identity_folder(verifier, copy, progress=False)
     assert result["images"] == 9 and result["people"] == 3
-    assert len(result["skipped"]) == 1 and result["skipped"][0]["path"] == str(bad)
-    assert result["skipped"][0]["reason"]
+    # Every file is accounted for: the damaged image as unreadable, the text file as not an image.
+    assert [(s["path"], s["kind"]) for s in result["skipped"]] == [(str(copy / "README.txt"), "not_image"),
+                                                                   (str(bad), "unreadable")]
+    assert all(s["reason"] for s in result["skipped"])
+    assert result["files"]["seen"] == 11 and result["files"]["used"] == 9
     assert result["pairs"]["matched"] == 9
 
 

@@ -37,7 +37,7 @@ def module_of(function):
 def fake_trained(threshold: float):
     validation = VerificationMetrics(accuracy=0.8, threshold=threshold, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
     return SimpleNamespace(model=None, threshold=threshold, validation=validation, history=[], best_epoch=1,
-                           train_time_s=0.0, cache_time_s=0.0, start_stage=0)
+                           train_time_s=0.0, cache_time_s=0.0, start_stage=0, extra_validation=None)
 
 
 def stand_in_training(monkeypatch, function, threshold: float, distance_of) -> list:

@@ -76,7 +76,8 @@ def test_embed_and_search(service):
     found = client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "3"}).json()
     assert [m["rank"] for m in found["matches"]] == [1, 2, 3]
     assert found["matches"][0]["name"] == "person01/1.png" and found["matches"][0]["person"] == "person01"
-    assert client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "7"}).status_code == 422
+    everything = client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "7"})
+    assert everything.status_code == 200 and len(everything.json()["matches"]) == 6  # k > gallery: all of it
 
 
 def test_search_without_an_index_is_404(service):
@@ -269,3 +270,178 @@ def test_answers_show_no_server_paths_unless_asked(service, tmp_path):
         assert operator.get("/healthz").json()["model"]["model"] == str(verifier.source)
         found = operator.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "1"}).json()
         assert found["matches"][0]["path"] == str((gallery / "person01" / "1.png").resolve())
+
+
+# ---------------------------------------------------------------------------- issue 32: paths, a broken index, k
+def server_paths(*paths) -> list[str]:
+    """The absolute forms of the server's folders that no answer may carry."""
+    import os
+    return sorted({str(q) for p in paths for q in (p, p.resolve(), os.path.abspath(p))}, key=len, reverse=True)
+
+
+def every_answer(client, query: bytes) -> dict[str, object]:
+    """One response of every route, good requests and refused ones."""
+    image = {"image": ("q.png", query, "image/png")}
+    return {
+        "page": client.get("/"), "docs": client.get("/docs"), "openapi": client.get("/openapi.json"),
+        "healthz": client.get("/healthz"), "verify": post_verify(client, query, query, crops="true"),
+        "verify not an image": post_verify(client, b"text", query),
+        "embed": client.post("/embed", files=[("images", ("x.png", query, "image/png"))]),
+        "search": client.post("/search", files=image, data={"k": "3"}),
+        "search bad k": client.post("/search", files=image, data={"k": "0"}),
+        "unknown route": client.get("/nothing/here"),
+    }
+
+
+def test_no_answer_of_any_route_shows_a_server_path(tmp_path):
+    """Item 2: /openapi.json and /docs (the model's path in the description), the 500 of a
+    library error and the answers while the index is broken carry names only."""
+    from cnnlab.core.errors import CnnlabError
+    model = build_tiny_model(tmp_path / "models" / "model.pt")
+    verifier = FaceVerifier.load(model, device="cpu", runtime="torch")
+    build_index(verifier, make_gallery(tmp_path / "g", people=2, per_person=2), tmp_path / "idx", progress=False)
+    private = server_paths(tmp_path)
+    query = (tmp_path / "g" / "person00" / "0.png").read_bytes()
+    with TestClient(create_app(verifier, GalleryIndex.open(tmp_path / "idx"), LIMITS),
+                    raise_server_exceptions=False) as client:
+        answers = every_answer(client, query)
+        assert "model.pt" in answers["openapi"].json()["info"]["description"]
+        (tmp_path / "idx" / "index.json").write_text("{ not json")  # the index breaks while serving
+        answers |= {f"broken {k}": v for k, v in every_answer(client, query).items()}
+        original = verifier.verify
+
+        def fails(*a, **k):
+            raise CnnlabError(f"{tmp_path / 'models' / 'model.pt'} cannot be read ({tmp_path}/x/y.bin)")
+        verifier.verify = fails
+        try:
+            answers["verify 500"] = post_verify(client, query, query)
+        finally:
+            verifier.verify = original
+    assert answers["verify 500"].status_code == 500 and "model.pt cannot be read" in answers["verify 500"].text
+    assert answers["broken healthz"].status_code == 200 and answers["broken search"].status_code == 503
+    for name, response in answers.items():
+        assert not [p for p in private if p in response.text], (name, response.text[:300])
+
+
+def test_show_paths_keeps_them_in_the_description(service):
+    _, verifier, _, _ = service
+    with TestClient(create_app(verifier, None, LIMITS, show_paths=True)) as operator:
+        assert str(verifier.source) in operator.get("/openapi.json").json()["info"]["description"]
+
+
+def test_an_index_removed_then_restored_never_stops_healthz_and_search_comes_back(tmp_path):
+    """Item 3: /healthz answers 200 throughout and says the index's state; /search is 503 with
+    a reason for an API client (no command-line advice) while the index is gone, damaged or
+    rebuilt with another model, and 200 again once it is back, without a restart."""
+    import shutil
+    model = build_tiny_model(tmp_path / "model.pt")
+    verifier = FaceVerifier.load(model, device="cpu", runtime="torch")
+    build_index(verifier, make_gallery(tmp_path / "g", people=2, per_person=2), tmp_path / "idx", progress=False)
+    query = (tmp_path / "g" / "person01" / "1.png").read_bytes()
+
+    def search():
+        return client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": "2"})
+
+    def state():
+        response = client.get("/healthz")
+        assert response.status_code == 200
+        return response.json()["index"]
+
+    def refused(response, words: str):
+        assert response.status_code == 503 and response.headers["retry-after"], response.text
+        detail = response.json()["detail"]
+        assert words in detail and "cnnlab " not in detail and "--" not in detail, detail
+        return detail
+
+    with TestClient(create_app(verifier, GalleryIndex.open(tmp_path / "idx"), LIMITS)) as client:
+        first = state()
+        assert first["status"] == "ok" and first["images"] == 4 and search().status_code == 200
+        shutil.move(tmp_path / "idx", tmp_path / "away")                   # removed
+        gone = state()
+        assert gone["status"] == "unavailable" and "index.json is missing" in gone["reason"]
+        refused(search(), "index.json is missing")
+        assert post_verify(client, query, query).status_code == 200        # the rest of the service goes on
+        shutil.move(tmp_path / "away", tmp_path / "idx")                   # restored
+        assert state()["status"] == "ok" and search().json()["matches"][0]["name"] == "person01/1.png"
+
+        good = (tmp_path / "idx" / "index.json").read_bytes()
+        (tmp_path / "idx" / "index.json").write_text("{ half a file")     # damaged
+        assert state()["status"] == "unavailable" and "not valid JSON" in state()["reason"]
+        refused(search(), "not valid JSON")
+        (tmp_path / "idx" / "index.json").write_bytes(good)                # repaired
+        assert state()["status"] == "ok" and search().status_code == 200
+
+        other = FaceVerifier.load(build_tiny_model(tmp_path / "other.pt", seed=5), device="cpu", runtime="torch")
+        shutil.rmtree(tmp_path / "idx")
+        build_index(other, tmp_path / "g", tmp_path / "idx", progress=False)  # rebuilt with another model
+        refused(search(), "another model")
+        assert state()["status"] == "unavailable"
+        shutil.rmtree(tmp_path / "idx")
+        build_index(verifier, tmp_path / "g", tmp_path / "idx", progress=False)
+        assert search().status_code == 200 and state()["images"] == 4
+
+
+def test_k_above_the_gallery_returns_all_of_it_in_the_service_and_the_cli(service, capsys):
+    """Item 4: one rule for both: k up to max_k (the limit /healthz shows), and more than the
+    gallery holds is the whole gallery, ranked."""
+    client, _, gallery, root = service
+    query = (gallery / "person01" / "1.png").read_bytes()
+
+    def search(k):
+        return client.post("/search", files={"image": ("q.png", query, "image/png")}, data={"k": str(k)})
+
+    max_k = client.get("/healthz").json()["limits"]["max_k"]
+    assert max_k == LIMITS.max_k == 100
+    for k in (7, max_k):
+        answer = search(k).json()
+        assert len(answer["matches"]) == 6 and answer["gallery_images"] == 6
+    assert search(max_k + 1).status_code == 422 and f"at most {max_k}" in search(max_k + 1).json()["detail"]
+    assert search(0).status_code == 422
+    assert main(["faces", "search", str(root / "idx"), str(gallery / "person01" / "1.png"), "-k", "7", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)["results"][0]["matches"]
+    served = search(7).json()["matches"]
+    assert [m["name"] for m in cli] == [m["name"] for m in served] and len(cli) == 6
+
+
+def test_the_page_claims_a_calibrated_threshold_only_for_a_model_with_one(service, tmp_path):
+    """Item 6: a model without a threshold gets a page that says it cannot decide, and /verify
+    answers its distance with threshold and verdict null (not a 500)."""
+    client, _, _, _ = service
+    assert "against its calibrated threshold" in client.get("/").text
+    bare = FaceVerifier.load(build_tiny_model(tmp_path / "bare.pt", threshold=None), device="cpu", runtime="torch")
+    with TestClient(create_app(bare, None, LIMITS)) as uncalibrated:
+        page = uncalibrated.get("/").text
+        answer = post_verify(uncalibrated, face_bytes(1), face_bytes(2)).json()
+    assert "against its calibrated threshold" not in page and "holds no calibrated threshold" in page
+    assert answer["threshold"] is None and answer["same"] is None
+    assert answer["distance"] == pytest.approx(bare.distance(face_bytes(1), face_bytes(2)), abs=1e-6)
+
+
+def test_an_image_too_small_for_a_face_is_a_422(service):
+    """Item 6: the centre crop refuses what the aligned step refuses (under 40 px)."""
+    client, _, _, _ = service
+    response = post_verify(client, png_of_size(1, 1), face_bytes(1))
+    assert response.status_code == 422 and "1 x 1 pixels" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--port", "99999"], "a port is a number from 1 to 65535, got 99999"),
+    (["--port", "0"], "must be >= 1"),
+])
+def test_serve_with_an_impossible_port_is_one_line_exit_2(service, capsys, flags, words):
+    _, _, _, root = service
+    with pytest.raises(SystemExit) as stop:
+        main(["faces", "serve", "--model", str(root / "model.pt"), *flags])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and words in err and err.count("\n") == 1
+
+
+def test_serve_on_a_host_that_is_not_here_blames_the_host_not_the_port(service, monkeypatch, capsys):
+    import cnnlab.cli.faces_use as faces_use
+    _, _, _, root = service
+    monkeypatch.setattr(faces_use, "load_verifier", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    for host in ("256.1.1.1", "203.0.113.7"):  # not an address at all; an address of another machine
+        assert main(["faces", "serve", "--model", str(root / "model.pt"), "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cnnlab: error: cannot listen on {host}:8000: ") and err.count("\n") == 1
+        assert "another server on that port" not in err and "--host" in err

@@ -49,7 +49,8 @@ WORKER = textwrap.dedent("""
             (signals / "b-started").touch()
             wait_for("killed")  # the first trial of B ends only after A was killed
         (run_dir / "model.pt").write_bytes(b"model")
-        return {"validation": {"auc": config.lr * 10 + config.margin / 10 + config.embedding_dim / 1000}}
+        auc = config.lr * 10 + config.margin / 10 + config.embedding_dim / 1000
+        return {"validation": {"auc": auc}, "selection_auc": auc}
 
     cnnlab.tasks.faces.train_view1 = fake_train_view1
     trainer = FaceTrainer({}, out / "no-data", out, device="cpu", progress=False)

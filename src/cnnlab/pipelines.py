@@ -18,7 +18,8 @@ def view1_with_plots(config, data_root, out_dir, *, evaluate_test: bool, report_
     metrics = train_view1(config, data_root, out_dir, evaluate_test=evaluate_test, report_epoch=report_epoch,
                           log=log)
     if metrics["test"] is not None:
-        metrics = record_plots(out_dir, metrics, plot_run(out_dir))
+        log("drawing the figures")
+        metrics = record_plots(out_dir, metrics, plot_run(out_dir, progress=config.progress))
     return metrics
 
 

@@ -1,7 +1,7 @@
 """The reference report's published figures per block, shown beside cnnlab's own in
 `cnnlab blocks`, results.md and report.{md,html}: its whole Part 1 table.
 
-Parameter counts are for the report's network at full width (the README's "BlockNet" section
+Parameter counts are for the report's network at full width (docs/blocks.md's "BlockNet" section
 derives the network from them). E's count is the one cnnlab does
 not reproduce: its E has 1,443,050 parameters (+20,672).
 

@@ -50,8 +50,8 @@ def load() -> dict:
 
 def config_fields(name: str) -> list[dict]:
     """The fields of config dataclass `name` (e.g. "TrainConfig"), in declaration order: dicts
-    with name, type ("int", "float", "str", "bool", or None for a field no flag can hold),
-    default (of a default instance) and help."""
+    with name, type ("int", "float", "str", "bool", "list" for a list of strings, a repeatable
+    flag, or None for a field no flag can hold), default (of a default instance) and help."""
     return load()["configs"][name]
 
 
@@ -129,11 +129,13 @@ def _fields(cls: type) -> list[dict]:
 
 
 def _scalar_type(annotation: Any) -> str | None:
-    """"int", "float", "str" or "bool" for `int`, `bool | None`, `str | None`...; None for a
-    field no single flag can hold (a list, a dict)."""
+    """"int", "float", "str" or "bool" for `int`, `bool | None`, `str | None`...; "list" for
+    `list[str]` (a flag given once per item); None for a field no flag can hold (a dict)."""
     import types
     import typing
 
+    if typing.get_origin(annotation) is list and typing.get_args(annotation) == (str,):
+        return "list"
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _scalar_type(args[0]) if len(args) == 1 else "str"

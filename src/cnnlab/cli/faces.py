@@ -4,6 +4,8 @@
 flag of the same name."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from cnnlab.cli import tune
 from cnnlab.cli.faces_use import register as register_use
 from cnnlab.cli.options import add_face_recipe_flags as add_config_flags
@@ -24,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--folds", type=int, nargs="+", metavar="N", help="view2: run only these folds (1-10)")
     p.add_argument("--no-test", action="store_true",
                    help="view1: train and validate only; never read the DevTest pairs")
+    p.add_argument("--score-folder", action="append", dest="score_folders", metavar="DIR",
+                   help="view1: then score the saved model on this identity folder (DIR/<person>/<image>, e.g. "
+                        "$CNNLAB_DATA/att-faces) as `faces score` does, at its LFW threshold, no calibration; in "
+                        "metrics.json (scored_folders), never used for a choice; repeatable")
     add_config_flags(p)
     p.set_defaults(func=run_train)
 
@@ -61,6 +67,12 @@ def run_train(args) -> int:
     from cnnlab.tasks.faces import train_view2
     config = config_from_args(args)
     out = check_output_dir(args.out or f"runs/faces-{args.protocol}")  # before any image is read
+    for folder in args.score_folders or []:
+        if args.protocol != "view1":
+            raise CnnlabError("--score-folder applies to --protocol view1 (one model) only; score a fold's model "
+                              "with `cnnlab faces score DIR --model OUT/fold-NN`")
+        if not Path(folder).is_dir():
+            raise CnnlabError(f"--score-folder: identity folder not found: {folder}")
     if args.protocol == "view1":
         if args.folds:
             raise CnnlabError("--folds applies to --protocol view2 only")
@@ -70,6 +82,8 @@ def run_train(args) -> int:
         if metrics["test"] is None:
             v = metrics["validation"]
             print(f"validation: AUC {v['auc']:.4f}, accuracy {v['accuracy']:.2%} (test pairs not read)")
+        if args.score_folders:
+            score_folders(out, args.score_folders, metrics, device=config.device)
     else:
         folds = None
         if args.folds:
@@ -87,6 +101,27 @@ def run_train(args) -> int:
               f"AUC {summary['auc']['mean']:.4f} ± {summary['auc']['std']:.4f}")
     print(f"results: {out / 'metrics.json'}  model: {out / 'model.pt' if args.protocol == 'view1' else out}")
     return 0
+
+
+def score_folders(run_dir: Path, folders: list[str], metrics: dict, *, device: str) -> None:
+    """The run's saved model scored on identity folders it never trained on, exactly as
+    `faces score FOLDER --model RUN` scores them (at the LFW-calibrated threshold: no
+    calibration on the folder), added to the run's metrics.json as `scored_folders`."""
+    from cnnlab.core.files import write_json
+    from cnnlab.training.distributed import is_main_process
+    from cnnlab.verifier import FaceVerifier, score_identity_folder
+    if not is_main_process():
+        return
+    verifier = FaceVerifier.load(run_dir, device=device)
+    metrics["scored_folders"] = []
+    for folder in folders:
+        result = score_identity_folder(verifier, folder, progress=False)
+        at = result["at_model_threshold"]
+        print(f"{folder} (never trained on, no calibration): {result['images']} images of {result['people']} people, "
+              f"AUC {result['auc']:.4f}, accuracy {at['accuracy']:.2%} at the model's threshold, best-threshold "
+              f"accuracy {result['best_threshold_accuracy']:.2%} (upper bound: peeks at the labels)")
+        metrics["scored_folders"].append(result)
+    write_json(run_dir / "metrics.json", metrics)
 
 
 def run_margins(args) -> int:

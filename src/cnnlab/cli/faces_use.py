@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from cnnlab.cli import catalog
-from cnnlab.cli.options import distance_threshold, positive_float, positive_int
+from cnnlab.cli.options import distance_threshold, port_number, positive_float, positive_int
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -28,6 +28,12 @@ def load_verifier(model: str | Path, args: argparse.Namespace, **options):
     log = (lambda m: print(m, file=sys.stderr)) if is_interactive() else None
     return FaceVerifier.load(model, device=args.device, runtime=args.runtime, batch_size=args.batch_size,
                              log=log, **options)
+
+
+FOLDER_HELP = ("one folder per person: every image under FOLDER/<person>/, at any depth (albums), is that "
+               "person's; images directly in FOLDER belong to no one and are left out")
+# How many files left out the screen names before "... and N more" (all of them are in --json).
+SKIPPED_SHOWN = 5
 
 
 def register(commands) -> None:
@@ -48,7 +54,8 @@ def register(commands) -> None:
     p.add_argument("queries", nargs="*", metavar="QUERY", help="query images")
     p.add_argument("--query", action="append", default=[], metavar="IMG", help="a query image (repeatable)")
     p.add_argument("--gallery", metavar="DIR", help="embed this folder for this search instead of reading an index "
-                   "(images, and/or one folder per person); the first argument is then the model")
+                   "(images, and/or one folder per person, albums inside it included); the first argument is "
+                   "then the model")
     p.add_argument("--model", help="with an INDEX: the model to search with (default: the one that built it)")
     p.add_argument("-k", type=positive_int, default=5)
     p.add_argument("--json", action="store_true", help="print the matches as JSON")
@@ -59,14 +66,17 @@ def register(commands) -> None:
     sub = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND")
     sub.required = True
     p = sub.add_parser("build", help="embed every face under GALLERY_DIR into a new index folder (or extend one)")
-    p.add_argument("gallery", metavar="GALLERY_DIR", help="images, and/or one folder of images per person")
+    p.add_argument("gallery", metavar="GALLERY_DIR",
+                   help="images, and/or one folder per person: every image under a person's folder, at any depth "
+                        "(albums), is that person's; a deeper folder never names a person")
     p.add_argument("--model", required=True, help="model.pt (or its run directory) written by `faces train`")
     p.add_argument("--out", required=True, metavar="INDEX", help="index folder to write")
     _add_enrol_flags(p)
     p.set_defaults(func=run_index_build)
     p = sub.add_parser("add", help="add the faces under DIR that the index does not hold yet")
     p.add_argument("index", metavar="INDEX")
-    p.add_argument("gallery", metavar="DIR")
+    p.add_argument("gallery", metavar="DIR", help="as GALLERY_DIR of `index build`: images, and/or one folder per "
+                   "person, every image at any depth")
     p.add_argument("--model", help="default: the model that built the index (another one is refused)")
     _add_enrol_flags(p)
     p.set_defaults(func=run_index_add)
@@ -83,7 +93,7 @@ def register(commands) -> None:
 
     p = commands.add_parser("score", help="score the model on an identity folder it never trained on "
                             "(every same-person pair + as many random different-person pairs)")
-    p.add_argument("folder", metavar="FOLDER", help="one folder of images per person: FOLDER/<person>/<image>")
+    p.add_argument("folder", metavar="FOLDER", help=FOLDER_HELP)
     p.add_argument("--model", required=True, help="model.pt (or its run directory) written by `faces train`")
     p.add_argument("--negatives", type=positive_int, metavar="N",
                    help="different-person pairs to draw (default: as many as same-person pairs)")
@@ -101,7 +111,7 @@ def register(commands) -> None:
     p = commands.add_parser("calibrate", help="move the model's threshold to your people: choose it on labelled "
                             "pairs of an identity folder and write a new model file")
     p.add_argument("model", help="model.pt (or its run directory) written by `faces train`")
-    p.add_argument("folder", metavar="FOLDER", help="one folder of images per person: FOLDER/<person>/<image>")
+    p.add_argument("folder", metavar="FOLDER", help=FOLDER_HELP)
     p.add_argument("--out", required=True, metavar="NEW.pt", help="the calibrated model file to write")
     _add_calibration_flags(p)
     p.add_argument("--negatives", type=positive_int, metavar="N",
@@ -115,7 +125,7 @@ def register(commands) -> None:
     p.add_argument("--model", required=True, help="model.pt (or its run directory) written by `faces train`")
     p.add_argument("--index", metavar="INDEX", help="gallery index for POST /search")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000, help="port to listen on, 1-65535 (default 8000)")
     p.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="largest image file accepted (MB)")
     p.add_argument("--max-pixels", type=positive_int, default=None,
                    help="largest image accepted, in pixels, read from its header (default 40,000,000)")
@@ -140,7 +150,9 @@ def _add_wait_flag(p: argparse.ArgumentParser) -> None:
 
 def _add_enrol_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--person", metavar="NAME",
-                   help="who the images directly in the folder show (default: unknown); subfolders name their own")
+                   help="who every image under the folder shows, at any depth, sub-folders included (default: each "
+                        "top-level folder names its person; images directly in the folder are of no one)")
+    p.add_argument("--json", action="store_true", help="print the counts and every file left out as JSON")
     p.add_argument("--commit-every", type=positive_int, default=1024, metavar="N",
                    help="save progress every N images: an interrupted build keeps them and the rerun continues")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -175,12 +187,17 @@ def run_search(args) -> int:
         if args.model:
             raise CnnlabError("--model goes with an INDEX; with --gallery the first argument is the model")
         verifier = load_verifier(target, args)
-        files = scan_gallery(args.gallery)
-        embeddings, ok, bad = embed_file_batches(verifier, files, desc="embed gallery")
-        for path, reason in bad:
-            print(f"skipped {path}: {reason}", file=sys.stderr if args.json else sys.stdout)
+        scan = scan_gallery(args.gallery)
+        embeddings, ok, left_out = embed_file_batches(verifier, scan.images, desc="embed gallery")
+        gallery_files = scan.tally()
+        gallery_files.left_out += left_out
+        gallery_files.used = len(ok)
+        # On stderr, beside the embedding's progress: stdout holds only the matches (table or JSON).
+        for line in gallery_files.preview(SKIPPED_SHOWN, "the --json output"):
+            print(line, file=sys.stderr)
+        print(f"gallery {args.gallery}: {gallery_files.summary()}", file=sys.stderr)
         if not ok:
-            raise CnnlabError(f"no readable images in {args.gallery}")
+            raise CnnlabError(f"no usable images in {args.gallery} ({gallery_files.summary()})")
         index = GalleryIndex.in_memory(verifier, ok, embeddings, args.gallery)
     else:
         if not (target / INDEX_FILE).is_file():
@@ -198,11 +215,12 @@ def run_search(args) -> int:
         verifier = load_verifier(model, args)
     if index.count == 0:
         raise CnnlabError(f"{target} is empty: add faces with `cnnlab faces index add {target} DIR`")
-    k = min(args.k, index.count)  # more than the gallery holds: the whole gallery, ranked
-    results = verifier.identify_all(queries, index, k=k)  # checks the index's model, then embeds
+    # More than the gallery holds is all of it, ranked (the service's rule too: `clamp_k`).
+    results = verifier.identify_all(queries, index, k=args.k)  # checks the index's model, then embeds
     if args.json:
         threshold = verifier.threshold if verifier.has_threshold else None
         print(json.dumps({"index": str(index.root), "model": str(verifier.source), "threshold": threshold,
+                          **({"gallery_files": gallery_files.to_dict()} if args.gallery else {}),
                           "results": [{"query": q, "matches": [m.to_dict() for m in ms]}
                                       for q, ms in zip(queries, results)]}, indent=2))
         return 0
@@ -210,7 +228,7 @@ def run_search(args) -> int:
         print(f"threshold {verifier.threshold:.4f}: 'within' says whether a distance is at most the threshold "
               "(the model's decision, not an identity)")
         print(f"threshold: {verifier.threshold_source}")
-    if k < args.k:
+    if index.count < args.k:
         print(f"the gallery holds {index.count} images: all of them, ranked")
     for q, matches in zip(queries, results):
         if len(queries) > 1:
@@ -229,9 +247,13 @@ def _enrol_options(args) -> dict:
             "person": args.person, "lock_timeout": 0 if args.no_wait else None}
 
 
-def _print_enrolment(counts) -> None:
-    for path, reason in counts.bad:
-        print(f"skipped {path}: {reason}")
+def _print_enrolment(counts, args, index: str) -> None:
+    """The first files left out and the counts (every file under the folder), or all as JSON."""
+    if args.json:
+        print(json.dumps({"index": str(index), **counts.to_dict()}, indent=2))
+        return
+    for line in counts.files.preview(SKIPPED_SHOWN, "the --json output"):
+        print(line)
     print(counts.summary())
 
 
@@ -241,8 +263,9 @@ def run_index_build(args) -> int:
     check_output_dir(args.out)  # before the model is loaded
     verifier = load_verifier(args.model, args)
     counts = build_index(verifier, args.gallery, args.out, **_enrol_options(args))
-    _print_enrolment(counts)
-    print(f"index: {args.out}")
+    _print_enrolment(counts, args, args.out)
+    if not args.json:
+        print(f"index: {args.out}")
     return 0 if counts.total else 1
 
 
@@ -251,7 +274,7 @@ def run_index_add(args) -> int:
     index = GalleryIndex.open(args.index)
     verifier = load_verifier(args.model or index.model_path, args)
     counts = add_to_index(args.index, args.gallery, verifier, **_enrol_options(args))
-    _print_enrolment(counts)
+    _print_enrolment(counts, args, args.index)
     return 0
 
 
@@ -271,12 +294,10 @@ def run_index_prune(args) -> int:
 
 
 # ---------------------------------------------------------------------------- score
-SKIPPED_SHOWN = 5
-
 
 def run_score(args) -> int:
     from cnnlab.core.files import check_output_file, write_json
-    from cnnlab.verifier import score_identity_folder
+    from cnnlab.verifier import FileTally, LeftOut, score_identity_folder
     if args.out:
         check_output_file(args.out)  # before minutes of embedding
     verifier = load_verifier(args.model, args)
@@ -289,11 +310,11 @@ def run_score(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     pairs, skipped = result["pairs"], result["skipped"]
-    for item in skipped[:SKIPPED_SHOWN]:
-        print(f"skipped {item['path']}: {item['reason']}")
-    if len(skipped) > SKIPPED_SHOWN:
-        print(f"... and {len(skipped) - SKIPPED_SHOWN} more skipped" + (f" (all in {args.out})" if args.out else ""))
-    print(f"{result['folder']}: {result['images']} images of {result['people']} people, "
+    files = FileTally(result["files"]["seen"], result["files"]["used"], [LeftOut(**item) for item in skipped])
+    for line in files.preview(SKIPPED_SHOWN, args.out or "the --json output"):
+        print(line)
+    print(f"{result['folder']}: {files.summary()}")
+    print(f"{result['images']} images of {result['people']} people scored, "
           f"{len(skipped)} skipped; {pairs['matched']} same-person + {pairs['mismatched']} different-person pairs")
     print(f"AUC {result['auc']:.4f}  EER {result['eer']:.4f}")
     at = result["at_model_threshold"]
@@ -317,15 +338,19 @@ def run_score(args) -> int:
 def run_calibrate(args) -> int:
     from cnnlab.core.files import check_output_file
     from cnnlab.verifier import resolve_model_path
-    from cnnlab.verifier.calibrate import calibrate, write_calibrated_model
+    from cnnlab.verifier.calibrate import calibrate, check_calibrated_output, write_calibrated_model
     check_output_file(args.out)
     source = resolve_model_path(args.model)
+    check_calibrated_output(source, args.out)  # before the model is loaded and the folder embedded
     verifier = load_verifier(source, args)
-    record = calibrate(verifier, args.folder, objective=args.objective, far=args.far, negatives=args.negatives,
-                       seed=args.seed, progress=False if args.no_progress else None)
+    record, files = calibrate(verifier, args.folder, objective=args.objective, far=args.far,
+                              negatives=args.negatives, seed=args.seed, progress=False if args.no_progress else None)
     write_calibrated_model(source, args.out, record)
     pairs = record["pairs"]
-    print(f"{record['folder']}: {record['images']} images of {record['people']} people, {record['skipped']} skipped; "
+    for line in files.preview(SKIPPED_SHOWN, f"`cnnlab faces score {args.folder} --model {args.model} --json`"):
+        print(line)
+    print(f"{record['folder']}: {files.summary()}")
+    print(f"{record['images']} images of {record['people']} people, {record['skipped']} skipped; "
           f"{pairs['matched']} same-person + {pairs['mismatched']} different-person pairs")
     goal = f"false-accept rate <= {args.far:g}" if args.objective == "far" else "best accuracy"
     print(f"threshold {record['threshold']:.4f} ({goal}; was {record['replaced']}): false-accept rate "
@@ -337,39 +362,6 @@ def run_calibrate(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------- serve
 def run_serve(args) -> int:
-    from cnnlab.core.errors import CnnlabError
-    try:
-        import uvicorn
-
-        from cnnlab.serve import ServeLimits, create_app
-    except ImportError as exc:
-        raise CnnlabError(f"`faces serve` needs FastAPI and uvicorn ({exc.name} is missing): "
-                          "pip install 'cnnlab[serve]'") from None
-    from cnnlab.verifier import DEFAULT_MAX_PIXELS, GalleryIndex
-    limits = ServeLimits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS)
-    _check_port(args.host, args.port)  # before minutes of loading; uvicorn's own failure is six lines
-    verifier = load_verifier(args.model, args, max_pixels=limits.max_pixels)
-    index = GalleryIndex.open(args.index) if args.index else None
-    app = create_app(verifier, index, limits, show_paths=args.show_paths)
-    print(f"serving {verifier.source} ({verifier.runtime.name})"
-          + (f" with {index.count} indexed images" if index is not None else "")
-          + f" on http://{args.host}:{args.port}/  (API docs: /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
-
-
-def _check_port(host: str, port: int) -> None:
-    """One line, exit 2, when HOST:PORT cannot be listened on (in use, or not an address here)."""
-    import socket
-
-    from cnnlab.core.errors import CnnlabError
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as exc:
-        raise CnnlabError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
-                          "(another server on that port? choose one with --port)") from None
-
+    from cnnlab.cli.faces_serve import serve
+    return serve(args, load_verifier)

@@ -1,10 +1,10 @@
 """Dataclass configs as command-line flags: the one place where a config becomes flags, for
 every CLI. A field `batch_size` is the flag `--batch-size`, typed from its annotation, with the
 help text the field declares (`cnnlab.core.config.option`), default None so that "not given" never
-overrides a preset or a `--config` file. The fields are read from the catalog
-(`cnnlab.cli.catalog`), so `--help` imports none of the library. Values are not validated here:
-`build_config` does it once, so a bad value is the same one-line error from a flag, a YAML file
-or Python."""
+overrides a preset or a `--config` file; a `list[str]` field is a flag given once per item. The
+fields are read from the catalog (`cnnlab.cli.catalog`), so `--help` imports none of the library.
+Values are not validated here: `build_config` does it once, so a bad value is the same one-line
+error from a flag, a YAML file or Python."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +40,8 @@ def add_config_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
             text = f"{text} (default {field['default']})" if text else f"(default {field['default']})"
         if field["type"] == "bool":
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif field["type"] == "list":  # a list of strings: the flag once per item
+            parser.add_argument(flag, dest=dest, action="append", default=None, metavar=name.upper(), help=text)
         else:
             parser.add_argument(flag, dest=dest, type=_TYPES[field["type"]], default=None, help=text)
         mapping[dest] = (section, name)

@@ -45,11 +45,14 @@ def option_from(cls: type, name: str, default: Any = dataclasses.MISSING, *, not
 
 
 def build_config(cls: type[T], *sources: dict | None) -> T:
-    """Merge mappings (later wins, None values ignored) into dataclass `cls`; unknown keys
-    and invalid values become a one-line CnnlabError."""
+    """Merge mappings (later wins, None values ignored) into dataclass `cls`; a source that is
+    not a mapping, unknown keys and invalid values become a one-line CnnlabError."""
     names = {f.name for f in dataclasses.fields(cls)}
     merged: dict[str, Any] = {}
     for source in sources:
+        if source is not None and not isinstance(source, dict):
+            raise CnnlabError(f"invalid {cls.__name__}: expected a mapping of its options (key: value), "
+                              f"got {_kind_of(source)} {source!r}")
         for key, value in (source or {}).items():
             if value is None:
                 continue
@@ -68,10 +71,15 @@ def build_config(cls: type[T], *sources: dict | None) -> T:
 def _typed(owner: str, key: str, annotation: Any, value: Any) -> Any:
     """`value` checked against a scalar field's annotation, before any work: a YAML file can
     hold anything (`epochs: 1.5`, `epochs: true`, `lr: 1e-3`, which PyYAML reads as a string).
-    Number strings become numbers, whole floats become ints; anything else is a one-line error
-    naming the key. Non-scalar fields (lists, dicts) are left to the dataclass."""
+    Number strings become numbers (on purpose: PyYAML 1.1 reads `1e-3` as a string, so the
+    value everyone writes is accepted; docs/training.md says so), whole floats become ints;
+    anything else is a one-line error naming the key. A field of a sequence of numbers
+    (`depths: tuple[int, ...]`) takes a list whose items are checked the same way; other
+    fields (strings lists, dicts) are left to the dataclass."""
     union = typing.get_origin(annotation) in (Union, types.UnionType)
     choices = [a for a in typing.get_args(annotation) if a is not type(None)] if union else [annotation]
+    if len(choices) == 1 and typing.get_origin(choices[0]) in (tuple, list):
+        return _typed_items(owner, key, choices[0], value)
     if len(choices) != 1 or choices[0] not in _KIND_NAMES:
         return value
     kind = choices[0]
@@ -103,4 +111,27 @@ def _typed(owner: str, key: str, annotation: Any, value: Any) -> Any:
     raise wrong
 
 
+def _typed_items(owner: str, key: str, annotation: Any, value: Any) -> Any:
+    """A list (or tuple) for a `tuple[int, ...]` / `list[float]` field, each item checked as a
+    number field would be; a string is not a sequence of numbers here (`depths: "abc"`)."""
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    if len(set(args)) != 1 or args[0] not in (int, float):
+        return value
+    kind = args[0]
+    if not isinstance(value, (list, tuple)):
+        raise CnnlabError(f"invalid {owner}: {key} must be a list of {_PLURAL_NAMES[kind]}, got {value!r}")
+    try:
+        items = [_typed(owner, key, kind, item) for item in value]
+    except CnnlabError:
+        raise CnnlabError(f"invalid {owner}: {key} must be a list of {_PLURAL_NAMES[kind]}, "
+                          f"got {value!r}") from None
+    return type(value)(items)
+
+
+def _kind_of(value: Any) -> str:
+    return {list: "a list", tuple: "a list", str: "a string", bool: "true/false", int: "a number",
+            float: "a number"}.get(type(value), type(value).__name__)
+
+
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+_PLURAL_NAMES = {int: "whole numbers", float: "numbers"}

@@ -190,6 +190,29 @@ class FaceDataset:
         return f"{text}; {report.summary()}" if report is not None else text
 
 
+def merge_datasets(base: FaceDataset, others: Sequence[tuple[str, FaceDataset]]) -> FaceDataset:
+    """One dataset of `base` and `others`: `base`'s rows first and unchanged (people, labels,
+    paths relative to its root), then each `(tag, dataset)`'s people renamed `tag/person` (so
+    no name can meet one of `base`'s, and LFW's protocol pairs still resolve) with absolute paths
+    (`root / path` is then the file itself). Splits select its rows by person, as for one source.
+    All must come from one face step: their pixels must have the same size."""
+    if not others:
+        return base
+    for tag, other in others:
+        if other.images.shape[1:] != base.images.shape[1:]:
+            raise CnnlabError(f"{tag}: images of shape {other.images.shape[1:]} cannot join {base.root}'s "
+                              f"{base.images.shape[1:]} (one face step for every source)")
+    people, labels, paths = list(base.people), [base.labels], list(base.paths)
+    for tag, other in others:
+        labels.append(other.labels + len(people))
+        people += [f"{tag}/{p}" for p in other.people]
+        paths += [str(Path(other.root).absolute() / rel) for rel in other.paths]
+    if len(set(people)) != len(people):
+        raise CnnlabError("two sources give the same person name; give each source its own tag")
+    return FaceDataset(images=np.concatenate([base.images] + [o.images for _, o in others]),
+                       labels=np.concatenate(labels), people=people, paths=paths, root=base.root, spec=base.spec)
+
+
 def scan_identity_folders(root: str | Path, people: Sequence[str] | None = None,
                           files: Sequence[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """(people, [(person, relative path)]) for `root/<person>/<image>`, sorted; hidden files
@@ -235,8 +258,18 @@ def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, 
     People whose images all fail are dropped; people with one image stay (negatives only).
     """
     root = Path(root)
+    _, found = scan_identity_folders(root, people, files)
+    return load_face_files(root, found, spec, strict=strict, progress=progress, cache=cache)
+
+
+def load_face_files(root: str | Path, files: Sequence[tuple[str, str]], spec: FacePreprocess | None = None, *,
+                    strict: bool = False, progress: bool | None = None, cache: ArrayCache | None = None,
+                    ) -> tuple[FaceDataset, DecodeReport]:
+    """Decode (or load from the cache) `files`, (person, path relative to `root`) pairs from
+    any layout that names each image's person (identity folders, CelebA's identity file), as
+    `load_identity_folders` does."""
+    root = Path(root)
     spec = spec or FacePreprocess()
-    _, files = scan_identity_folders(root, people, files)
     abs_paths = [str(root / rel) for _, rel in files]
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", root.name) or "faces"
     landmarks = None

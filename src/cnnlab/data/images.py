@@ -13,6 +13,12 @@ which clips 16-bit values to 255 (a 16-bit PNG came out all white):
   pixel never leaks in; fully opaque images are unchanged.
 - Everything else (`1`, `L`, `P`, `CMYK`, `YCbCr`, 16-bit RGB which Pillow reads as 8-bit)
   goes through `convert("RGB")`.
+
+Formats: whatever Pillow reads, plus HEIC/HEIF (the iPhone's default photo format) through the
+`pillow-heif` plugin, registered once when this module is imported. AVIF is Pillow's own
+(`PIL.features.check("avif")`; recent wheels have it); where Pillow lacks it, an .avif file is
+reported as unreadable, never skipped without a word. HEIF's rotation is applied by libheif,
+which then resets the EXIF orientation, so `exif_transpose` does not turn such a photo twice.
 """
 from __future__ import annotations
 
@@ -26,12 +32,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import write_json
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp", ".gif",
+                    ".heic", ".heif", ".hif", ".avif"}
+pillow_heif.register_heif_opener()  # once, here, where every image cnnlab reads is opened
 # Part of every cache key built from decoded pixels: bump when decoding changes any pixel,
 # so no loader (CIFAR or faces) reuses pixels an older decoder produced.
 DECODER_VERSION = 2
@@ -59,6 +68,9 @@ class DecodeReport:
     # Files that decoded, but not as asked: (path, what was done instead), e.g. no face was
     # found so the centre crop was used. Listed beside the bad files, never silently.
     fallback: list[tuple[str, str]] = field(default_factory=list)
+    # The paths among `bad` that decoded but that `transform` refused (a face step that found no
+    # face): readable images, which a caller may count apart from files that cannot be decoded.
+    refused: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = f"{len(self.bad)} unreadable file(s) skipped" if self.bad else "all files decoded"
@@ -116,6 +128,39 @@ def list_images(folder: str | Path) -> list[Path]:
         names = sorted(e.name for e in entries if not e.name.startswith(".")
                        and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and not _is_dir(e))
     return [folder / n for n in names]
+
+
+def is_image_name(path: str | Path) -> bool:
+    """Whether the file's extension is one of IMAGE_EXTENSIONS (any case)."""
+    return os.path.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def walk_files(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(every non-hidden file under `folder` at any depth, sorted by path; [(folder, reason)] of
+    sub-folders that could not be listed). Hidden files and folders (".DS_Store", ".thumbnails")
+    are not looked at. A linked folder is followed, each folder at most once (a link loop ends).
+    Broken links and the like are listed as files, as in `list_images`."""
+    files: list[Path] = []
+    unlisted: list[tuple[Path, str]] = []
+    visited: set[tuple[int, int]] = set()
+    stack = [Path(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            st = os.stat(current)
+            if (st.st_dev, st.st_ino) in visited:
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            with os.scandir(current) as it:
+                entries = sorted((e.name, _is_dir(e)) for e in it if not e.name.startswith("."))
+        except OSError as exc:
+            if current == Path(folder):
+                raise
+            unlisted.append((current, f"folder cannot be read ({exc.strerror or type(exc).__name__})"))
+            continue
+        files += [current / name for name, is_dir in entries if not is_dir]
+        stack += [current / name for name, is_dir in reversed(entries) if is_dir]
+    return sorted(files), unlisted
 
 
 def path_problem(path: str | Path) -> str | None:
@@ -200,7 +245,7 @@ def open_rgb(source: str | Path | BinaryIO, max_pixels: int | None = None) -> Im
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, UnreadableImage):
+    if isinstance(exc, (UnreadableImage, CnnlabError)):  # messages written for the user (a face step's refusal)
         return str(exc)
     if isinstance(exc, UnidentifiedImageError):  # Pillow's message repeats the path
         return "not an image format Pillow can read"
@@ -210,13 +255,16 @@ def _reason(exc: BaseException) -> str:
 
 def decode_images(paths: Sequence[str | Path], transform: Callable[..., Image.Image] | None,
                   size: tuple[int, int], strict: bool = False, progress: bool | None = False,
-                  per_file: Sequence | None = None) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
+                  per_file: Sequence | None = None, advance: Callable[[int], object] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
     """Decode `paths` into an N x H x W x 3 uint8 array (`size` = (H, W) after `transform`).
     With `per_file` (one value per path, e.g. that file's face landmarks) the transform is
-    called as `transform(image, per_file[i])`.
+    called as `transform(image, per_file[i])`. `advance(1)` is called after each file (an outer
+    progress bar's `update`, where decoding is one step of longer work).
 
     Returns (images, ok_index, report): ok_index are the positions in `paths` that decoded.
-    A bad file is reported by path; with `strict` the first one raises a CnnlabError.
+    A bad file is reported by path (and, when it decoded but `transform` refused it, in
+    `report.refused`); with `strict` the first one raises a CnnlabError.
     """
     from cnnlab.core.progress import progress_bar
 
@@ -224,8 +272,10 @@ def decode_images(paths: Sequence[str | Path], transform: Callable[..., Image.Im
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     ok = np.zeros(len(paths), dtype=bool)
     for i, p in enumerate(progress_bar(paths, desc="decode", enable=progress)):
+        decoded = False
         try:
             img = open_rgb(p)
+            decoded = True
             if transform is not None:
                 img = transform(img) if per_file is None else transform(img, per_file[i])
             arr = np.asarray(img, dtype=np.uint8)
@@ -237,6 +287,10 @@ def decode_images(paths: Sequence[str | Path], transform: Callable[..., Image.Im
             if strict:
                 raise CnnlabError(f"unreadable image {p}: {_reason(exc)}") from None
             report.bad.append((str(p), _reason(exc)))
+            if decoded:
+                report.refused.append(str(p))
+        if advance is not None:
+            advance(1)
     idx = np.flatnonzero(ok)
     # No bad files (the usual case): hand back the buffer itself rather than a full copy.
     return (out if idx.size == len(paths) else out[idx]), idx, report

@@ -10,7 +10,7 @@ Loading a gallery into FAISS copies it, so a caller that searches one gallery ma
 gallery index, the HTTP service) builds a `FaissGallery` once and passes it as `gallery`.
 `backend="auto"` picks FAISS for galleries of at least `FAISS_MIN_ROWS` rows when it is
 installed: one query against 100,000 embeddings took a fraction of the torch path's time
-(BENCHMARKS.md, `benchmarks/bench_embed.py --search`). Both are exhaustive, so they return the
+(docs/performance.md, `benchmarks/bench_embed.py --search`). Both are exhaustive, so they return the
 same neighbours.
 """
 from __future__ import annotations
@@ -36,6 +36,17 @@ def check_k(k: int, available: int, what: str = "gallery size") -> int:
     if not 1 <= k <= available:
         raise BadK(f"k must be in 1..{available} ({what}), got {k}")
     return k
+
+
+def clamp_k(k: int, gallery_size: int, limit: int | None = None) -> int:
+    """How many neighbours a search of a gallery returns, the one rule of `faces search` and the
+    HTTP service's /search: k is at least 1 and at most `limit` (the service's `max_k`; the CLI
+    has none), and a k above the gallery's size returns the whole gallery, ranked."""
+    if k < 1:
+        raise BadK(f"k must be >= 1, got {k}")
+    if limit is not None and k > limit:
+        raise BadK(f"k must be at most {limit} (the most one search returns), got {k}")
+    return min(k, gallery_size)
 
 def faiss_available() -> bool:
     try:

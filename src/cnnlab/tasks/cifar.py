@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ def resolve_recipe(preset: str = "full", config_file: str | Path | None = None,
     unknown = set(from_file) - set(SECTIONS) - {"preset"}
     if unknown:
         raise CnnlabError(f"config file sections must be {', '.join(SECTIONS)}; got {', '.join(sorted(unknown))}")
+    for section in SECTIONS:
+        if from_file.get(section) is not None and not isinstance(from_file[section], dict):
+            raise CnnlabError(f"config file {config_file}: section {section!r} must be a mapping of options "
+                              f"(key: value lines under `{section}:`), got {from_file[section]!r}")
     overrides = overrides or {}
     layers = {s: [PRESETS[preset][s], from_file.get(s), overrides.get(s)] for s in SECTIONS}
     model = {}
@@ -134,9 +139,32 @@ def resolve_recipe(preset: str = "full", config_file: str | Path | None = None,
                 model[key] = value
     model = to_plain(build_config(BlockNetConfig, {"block": "A"}, model))
     model.pop("block")
+    data = build_config(CifarDataConfig, *layers["data"])
+    if data.root == "synthetic":
+        given = {k for layer in layers["data"][1:] for k, v in (layer or {}).items() if v is not None}
+        data = sized_for_synthetic(data, given)
     return Recipe(preset, build_config(TrainConfig, *layers["train"]),
-                  build_config(ClassificationConfig, *layers["task"]), model,
-                  build_config(CifarDataConfig, *layers["data"]))
+                  build_config(ClassificationConfig, *layers["task"]), model, data)
+
+
+def sized_for_synthetic(data: CifarDataConfig, given: set[str]) -> CifarDataConfig:
+    """The data config for the synthetic set. A preset's `val_size` and `train_subset` are sized
+    for CIFAR-10's 50,000 training images and do not apply; given in a config file or as flags,
+    they do: `val_size` images held out of the `synthetic_train` ones (it sets `synthetic_val`),
+    `train_subset` of the rest (it sets `synthetic_train`). A size larger than the synthetic
+    data is refused, never trained past without a word."""
+    val = data.val_size if "val_size" in given else data.synthetic_val
+    if not 1 <= val < data.synthetic_train:
+        what = "val_size" if "val_size" in given else "synthetic_val"
+        raise CnnlabError(f"{what} {val} must be below the {data.synthetic_train} synthetic training images "
+                          f"(synthetic_train)")
+    total = data.synthetic_train
+    if "train_subset" in given and data.train_subset is not None:
+        if data.train_subset > total - val:
+            raise CnnlabError(f"train_subset {data.train_subset} is larger than the {total - val} synthetic "
+                              f"training images left after validation (synthetic_train {total} - val {val})")
+        total = val + data.train_subset
+    return dataclasses.replace(data, synthetic_val=val, synthetic_train=total)
 
 
 def check_blocks(blocks: list[str]) -> list[str]:

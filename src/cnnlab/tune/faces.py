@@ -49,8 +49,8 @@ class FaceTrainer:
     once-only test of the best configuration.
 
     A trial trains on View 1's DevTrain people minus a seeded validation split and returns the
-    validation AUC of its selected epoch, reporting it after every epoch for the pruner; it is
-    called with `evaluate_test=False`, so the DevTest pairs are never read while tuning. Trial
+    validation AUC its epoch is selected by (`select_on`), reporting it after every epoch for
+    the pruner; it is called with `evaluate_test=False`, so the DevTest pairs are never read while tuning. Trial
     run directories keep their metrics and config; their weights are deleted (the best
     configuration is retrained for the test, and trials may run on other machines anyway), also
     when the worker dies mid-trial (the trial registers them as scratch, `TrialPruning.scratch`).
@@ -96,7 +96,7 @@ class FaceTrainer:
             finally:
                 for path in weights:
                     path.unlink(missing_ok=True)
-        return float(metrics["validation"]["auc"])
+        return float(metrics["selection_auc"])  # LFW's validation AUC, or with select_on=both the mean
 
     def test_best(self, config: dict, run_dir: Path) -> dict:
         from cnnlab.tasks.faces import train_view1

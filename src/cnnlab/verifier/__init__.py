@@ -16,10 +16,19 @@ from cnnlab.verifier.images import (
                                     preprocessing_from_extra,
                                     to_rgb,
 )
-from cnnlab.verifier.index import EnrolCounts, GalleryFile, GalleryIndex, IndexModelMismatch, embed_files, scan_gallery
+from cnnlab.verifier.index import (
+                                   EnrolCounts,
+                                   GalleryFile,
+                                   GalleryIndex,
+                                   GalleryScan,
+                                   IndexModelMismatch,
+                                   embed_files,
+                                   scan_gallery,
+)
+from cnnlab.verifier.tally import FileTally, LeftOut
 
 __all__ = ["FaceVerifier", "VerifyResult", "Match", "model_fingerprint", "resolve_model_path",
            "DEFAULT_MAX_PIXELS", "FACE_PREPROCESSING", "AlignedFace", "CentreCrop", "ImageRejected", "ImageTooLarge",
            "NoFaceFound", "preprocessing_from_extra", "to_rgb", "EnrolCounts", "GalleryFile", "GalleryIndex",
-           "IndexModelMismatch", "add_to_index", "build_index", "prune_index", "remove_from_index", "embed_files",
-           "scan_gallery", "score_identity_folder"]
+           "GalleryScan", "IndexModelMismatch", "add_to_index", "build_index", "prune_index", "remove_from_index",
+           "embed_files", "scan_gallery", "score_identity_folder", "FileTally", "LeftOut"]

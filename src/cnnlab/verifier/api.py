@@ -27,6 +27,7 @@ import torch
 from cnnlab.core import runfiles
 from cnnlab.core.errors import CnnlabError
 from cnnlab.metric_learning.distances import DISTANCES, create_distance
+from cnnlab.metrics.retrieval import clamp_k
 from cnnlab.models.utils import in_batches
 from cnnlab.verifier.images import (
     DEFAULT_MAX_PIXELS,
@@ -220,7 +221,8 @@ class FaceVerifier:
 
     def identify(self, image: ImageInput, index: GalleryIndex, k: int = 5,
                  backend: str = "auto") -> list[Match]:
-        """The k gallery entries nearest to one image, nearest first."""
+        """The k gallery entries nearest to one image, nearest first (the whole gallery, ranked,
+        when it holds fewer than k)."""
         return self.identify_all([image], index, k, backend)[0]
 
     def identify_all(self, images: Sequence[ImageInput], index: GalleryIndex, k: int = 5,
@@ -237,6 +239,9 @@ class FaceVerifier:
         return self._matches(embeddings, index, k, backend)
 
     def _matches(self, embeddings: np.ndarray, index: GalleryIndex, k: int, backend: str) -> list[list[Match]]:
+        k = clamp_k(k, index.count)
+        if k == 0:  # an empty gallery
+            return [[] for _ in range(len(embeddings))]
         distances, rows = index.nearest(embeddings, k, backend=backend)
         limit = self._threshold
         return [[Match(rank=r + 1, distance=float(d), name=index.names[i], person=index.people[i],

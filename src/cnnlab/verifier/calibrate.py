@@ -31,11 +31,14 @@ from cnnlab.core.files import load_torch_file, save_torch_atomic
 from cnnlab.data.cache import file_sha256
 from cnnlab.verifier.folder import DEFAULT_FAR, OBJECTIVES, FolderEmbeddings, calibrate_embedded, embed_identity_folder
 from cnnlab.verifier.model import EmbeddingModel
+from cnnlab.verifier.tally import FileTally
 
 
 def calibrate(verifier: EmbeddingModel, folder: str | Path, *, objective: str = "far", far: float = DEFAULT_FAR,
-              negatives: int | None = None, seed: int = 0, progress: bool | None = None) -> dict:
-    """The calibration record of a whole identity folder (see the module docstring)."""
+              negatives: int | None = None, seed: int = 0, progress: bool | None = None) -> tuple[dict, FileTally]:
+    """(the calibration record of a whole identity folder (see the module docstring), every file
+    under the folder accounted for). The record holds the counts (`files`), not the paths: it
+    goes into the model file, which may be served elsewhere."""
     if objective not in OBJECTIVES:
         raise CnnlabError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if not 0 < far < 1:
@@ -44,7 +47,8 @@ def calibrate(verifier: EmbeddingModel, folder: str | Path, *, objective: str = 
     record = calibrate_embedded(verifier, embedded, objective=objective, far=far, negatives=negatives, seed=seed)
     record["folder_fingerprint"] = folder_fingerprint(embedded)
     record["skipped"] = len(embedded.skipped)
-    return record
+    record["files"] = embedded.tally.counts()
+    return record, embedded.tally
 
 
 def folder_fingerprint(embedded: FolderEmbeddings) -> str:
@@ -55,12 +59,18 @@ def folder_fingerprint(embedded: FolderEmbeddings) -> str:
     return h.hexdigest()[:16]
 
 
+def check_calibrated_output(source: str | Path, out: str | Path) -> None:
+    """Refuse to write the calibrated model over the model being calibrated (checked by the CLI
+    before any image is embedded, and again when writing)."""
+    if Path(out).resolve() == Path(source).resolve():
+        raise CnnlabError(f"--out {out} is the model being calibrated; write the calibrated model to a new file")
+
+
 def write_calibrated_model(source: str | Path, out: str | Path, record: dict) -> Path:
     """A copy of the model file `source` whose threshold is `record["threshold"]` and whose
     `extra["calibration"]` is `record`; `source` itself is never changed."""
     source, out = Path(source), Path(out)
-    if out.resolve() == source.resolve():
-        raise CnnlabError(f"--out {out} is the model being calibrated; write the calibrated model to a new file")
+    check_calibrated_output(source, out)
     blob = load_torch_file(source, "model file")
     if not isinstance(blob, dict) or blob.get("kind") != "cnnlab.siamese":
         raise CnnlabError(f"{source} is not a cnnlab Siamese model file")

@@ -26,8 +26,8 @@ from cnnlab.verifier.index import (
     INDEX_FILE,
     MAX_SHARDS,
     EnrolCounts,
-    GalleryFile,
     GalleryIndex,
+    GalleryScan,
     _contents,
     _load_shards,
     _new_meta,
@@ -78,36 +78,38 @@ def _open_for_writing(root: Path) -> GalleryIndex:
 
 def build_index(verifier: EmbeddingModel, gallery: str | Path, out: str | Path, *, person: str | None = None,
                 lock_timeout: float | None = None, **options) -> EnrolCounts:
-    """Index every face under `gallery` into the folder `out` (`person`: who the images
-    directly in `gallery` show). An existing index there (built with the same model) is
-    extended, not rebuilt: this is how an interrupted build resumes."""
+    """Index every face under `gallery`, at any depth, into the folder `out` (`person`: who
+    every image under `gallery` shows; default: each top-level folder names its person,
+    `scan_gallery`). An existing index there (built with the same model) is extended, not
+    rebuilt: this is how an interrupted build resumes."""
     out = Path(out)
     if (out / INDEX_FILE).is_file():
         return add_to_index(out, gallery, verifier, person=person, lock_timeout=lock_timeout, **options)
     if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise CnnlabError(f"{out} exists and is not a face index; choose an empty or new folder")
-    files = scan_gallery(gallery, person)  # a missing gallery is reported before anything is written
+    scan = scan_gallery(gallery, person)  # a missing gallery is reported before anything is written
     out.mkdir(parents=True, exist_ok=True)
     with writer_lock(out, lock_timeout):
         if (out / INDEX_FILE).is_file():  # another build made it while this one waited: extend it
             index = GalleryIndex.open(out)
             index.check_model(verifier)
-            return _enrol(index, _Writer(out, dict(index.meta)), verifier, Path(gallery), files, **options)
+            return _enrol(index, _Writer(out, dict(index.meta)), verifier, Path(gallery), scan, **options)
         writer = _Writer(out, _new_meta(verifier, Path(gallery)))
         writer.commit(None)
         index = GalleryIndex(out, writer.meta, _load_shards(out, writer.meta))
-        return _enrol(index, writer, verifier, Path(gallery), files, **options)
+        return _enrol(index, writer, verifier, Path(gallery), scan, **options)
 
 
 def add_to_index(index_dir: str | Path, gallery: str | Path, verifier: EmbeddingModel, *,
                  person: str | None = None, lock_timeout: float | None = None, **options) -> EnrolCounts:
-    """Add the faces under `gallery` that the index does not hold yet (or whose file changed)."""
+    """Add the faces under `gallery`, at any depth, that the index does not hold yet (or whose
+    file changed); `person` names every one of them (see `build_index`)."""
     root = Path(index_dir)
     _open_for_writing(root).check_model(verifier)  # a wrong model is refused before waiting or scanning
-    files = scan_gallery(gallery, person)
+    scan = scan_gallery(gallery, person)
     with writer_lock(root, lock_timeout):
         index = GalleryIndex.open(root)  # as the last writer left it
-        return _enrol(index, _Writer(index.root, dict(index.meta)), verifier, Path(gallery), files, **options)
+        return _enrol(index, _Writer(index.root, dict(index.meta)), verifier, Path(gallery), scan, **options)
 
 
 def remove_from_index(index_dir: str | Path, *, person: str | None = None, paths: Sequence[str | Path] = (),
@@ -154,10 +156,11 @@ def _keep(index: GalleryIndex, keep: np.ndarray) -> tuple[int, int]:
 
 
 def _enrol(index: GalleryIndex, writer: _Writer, verifier: EmbeddingModel, gallery: Path,
-           files: list[GalleryFile], *, commit_every: int = COMMIT_EVERY, progress: bool | None = None,
+           scan: GalleryScan, *, commit_every: int = COMMIT_EVERY, progress: bool | None = None,
            log: Callable[[str], None] | None = None) -> EnrolCounts:
     from cnnlab.core.progress import progress_bar
-    counts = EnrolCounts()
+    counts = EnrolCounts(files=scan.tally())
+    files = scan.images
     row_of = {p: r for r, p in enumerate(index.paths)}
     cols = index._columns
     row_with = {h: r for r, h in enumerate(cols["sha256"].tolist()) if h}  # bytes -> a row embedding them
@@ -199,18 +202,18 @@ def _enrol(index: GalleryIndex, writer: _Writer, verifier: EmbeddingModel, galle
     bar = progress_bar(total=len(todo), desc="embed", unit="img", enable=progress)
     try:
         for s in range(0, len(todo), max(1, commit_every)):
-            z, ok, bad = embed_files(verifier, todo[s:s + commit_every])
-            counts.bad += bad
+            z, ok, left_out = embed_files(verifier, todo[s:s + commit_every], advance=bar.update)
+            counts.files.left_out += left_out
             writer.commit(_rows(z, ok))
-            bar.update(len(todo[s:s + commit_every]))
     finally:
         bar.close()
     changed = {str(index.paths[r]) for r in changed_rows}
-    for path, _ in counts.bad:  # a bad file was counted as added (or updated) above
+    for path, _ in counts.bad:  # a file that could not be used was counted as added (or updated) above
         if path in changed:
             counts.updated -= 1
         else:
             counts.added -= 1
+    counts.files.used = counts.added + counts.updated + counts.unchanged
     if len(writer.meta["shards"]) > MAX_SHARDS:
         merged = _load_shards(writer.root, writer.meta)
         writer.commit(merged, replace_all=True)

@@ -6,9 +6,11 @@ the AT&T faces) may look nothing like it. This scores the saved model as it woul
     scores = score_identity_folder(FaceVerifier.load("runs/faces-view1"), "att-faces")
     scores["at_model_threshold"]["accuracy"], scores["auc"]
 
-Every image of `<folder>/<person>/<image>` is embedded once, through the model's own face step
-(`embed_files`, as an index build does: files that cannot be read, or where the face step finds
-no face, are skipped and listed, never fatal). Pairs are every same-person pair and, by default,
+Every image under `<folder>/<person>/`, at any depth (albums of that person), is embedded once,
+through the model's own face step (`embed_files`, as an index build does). Every file is
+accounted for (`cnnlab.verifier.tally`): files that cannot be decoded, images where the face
+step finds no face, files that are not images and images directly in `<folder>` (no person)
+are left out and listed, never fatal. Pairs are every same-person pair and, by default,
 as many different-person pairs drawn at random without replacement, so the two classes weigh
 alike. The headline accuracy is at the model's calibrated threshold (chosen on LFW, never on
 these pairs): that is the accuracy a user of `faces verify` would get here. The best threshold
@@ -30,6 +32,7 @@ from cnnlab.metric_learning.distances import create_distance
 from cnnlab.metrics.verification import accuracy_at, best_threshold, evaluate, threshold_at_far
 from cnnlab.verifier.index import embed_file_batches, scan_gallery
 from cnnlab.verifier.model import EmbeddingModel
+from cnnlab.verifier.tally import NO_PERSON, FileTally
 
 DEFAULT_FAR = 1e-3
 OBJECTIVES = ("far", "accuracy")   # how `calibrate_embedded` chooses a threshold
@@ -44,30 +47,45 @@ BEST_THRESHOLD_NOTE = ("upper bound: the threshold is chosen on these same pairs
 
 @dataclass
 class FolderEmbeddings:
-    """Every readable image of an identity folder, embedded once by the model's face step."""
+    """Every usable image of an identity folder, embedded once by the model's face step."""
     folder: Path
     embeddings: np.ndarray          # N x D
     people: list[str]               # N person names
     files: list                     # N GalleryFile
-    skipped: list[dict]             # [{"path", "reason"}] of files that could not be used
-    unlabelled: int                 # images directly in the folder (no person): left out
+    tally: FileTally                # every file under the folder: used, or left out and why
+
+    @property
+    def skipped(self) -> list[dict]:
+        """[{"path", "kind", "reason"}] of every file under the folder that was not used."""
+        return [item.to_dict() for item in self.tally.left_out]
+
+    @property
+    def unlabelled(self) -> int:
+        """Images directly in the folder (no person): left out."""
+        return self.tally.count(NO_PERSON)
 
 
 def embed_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, batch_size: int = 64,
                           progress: bool | None = None) -> FolderEmbeddings:
-    """Embed `folder/<person>/<image>` (see the module docstring): at least two people with
-    readable images, or a one-line error."""
+    """Embed every image under `folder/<person>/` (see the module docstring): at least two
+    people with usable images, or a one-line error."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CnnlabError(f"identity folder not found: {folder}")
-    scanned = scan_gallery(folder)
-    files = [f for f in scanned if f.person is not None]
+        raise CnnlabError(f"{folder} is a file: expected a folder of one folder per person"
+                          if folder.exists() else f"identity folder not found: {folder}")
+    scan = scan_gallery(folder)
+    tally = scan.tally()
+    for f in scan.images:
+        if f.person is None:
+            tally.add(f.path, NO_PERSON, f"directly in {folder}, not in a person's folder")
+    files = [f for f in scan.images if f.person is not None]
     _need_two_people({f.person for f in files}, folder)
-    embeddings, ok, bad = embed_file_batches(verifier, files, batch_size=batch_size, progress=progress)
-    skipped = [{"path": path, "reason": reason} for path, reason in bad]
+    embeddings, ok, left_out = embed_file_batches(verifier, files, batch_size=batch_size, progress=progress)
+    tally.left_out += left_out
+    tally.used = len(ok)
     people = [f.person for f in ok]
     _need_two_people(set(people), folder, readable=True)
-    return FolderEmbeddings(folder, embeddings, people, ok, skipped, len(scanned) - len(files))
+    return FolderEmbeddings(folder, embeddings, people, ok, tally)
 
 
 def pair_distances(verifier: EmbeddingModel, embedded: FolderEmbeddings, rows: np.ndarray | None = None, *,
@@ -100,6 +118,8 @@ def score_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, negat
     score the same pairs. `batch_size`: files decoded and embedded per step, which bounds
     memory and paces the progress bar (`progress`: None = on a terminal, as `cnnlab.core.progress`).
     Images directly in `folder` belong to no one and are left out (counted as `unlabelled`).
+    `files` counts every file under the folder (seen = used + no_face + unreadable + not_image
+    + no_person) and `skipped` lists each one not used, with its kind and reason.
 
     `calibrate_people=N`: the honest estimate of what `calibrate` buys. N people (drawn with
     `seed`) calibrate a threshold (`objective`, `far` as in `calibrate`); every score is then
@@ -124,7 +144,7 @@ def score_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, negat
     result = {
         "folder": str(embedded.folder), "model": str(verifier.source), "distance": verifier.distance_name,
         "images": len(scored_people), "people": len(set(scored_people)), "unlabelled": embedded.unlabelled,
-        "skipped": embedded.skipped, "pairs": counts,
+        "files": embedded.tally.counts(), "skipped": embedded.skipped, "pairs": counts,
         # None when the model file holds no calibrated threshold: then only the curve is honest.
         "at_model_threshold": metrics.to_dict() if threshold is not None else None,
         "auc": metrics.auc, "eer": metrics.eer, "tar_at_far": dict(metrics.tar_at_far),
@@ -143,7 +163,8 @@ def score_identity_folder(verifier: EmbeddingModel, folder: str | Path, *, negat
 
 def _need_two_people(people: set, folder: Path, readable: bool = False) -> None:
     if len(people) < 2:
-        what = "people with readable images" if readable else "people (one folder of images per person)"
+        who = "person" if len(people) == 1 else "people"
+        what = f"{who} with readable images" if readable else f"{who} (one folder of images per person)"
         raise CnnlabError(f"{folder} holds {len(people)} {what}; scoring needs at least 2")
 
 

@@ -45,6 +45,16 @@ class NoFaceFound(ImageRejected):
     status = 422
 
 
+class FaceTooSmall(NoFaceFound):
+    """An image smaller than the smallest face either face step uses (`MIN_FACE_SIDE`)."""
+
+
+# The aligned step's detector searches no face smaller than this (MTCNN's `min_face`), so an
+# image below it holds no face to find there; the centre crop refuses it too, rather than
+# blowing up a thumbnail (a 1x1 image) into a "face" with an answer that looks like any other.
+MIN_FACE_SIDE = DetectorSpec.min_face
+
+
 class FacePreprocessing(Protocol):
     """What a model's face step offers: the output side, a spec that identifies it (part of
     the model fingerprint) and the step itself, PIL RGB in, `size` x `size` RGB out."""
@@ -62,7 +72,8 @@ FACE_PREPROCESSING = Registry("face preprocessing")
 @dataclass(frozen=True)
 class CentreCrop:
     """The training decoder's centre crop (source pixels, clamped to the shorter side) and
-    square resize. It finds no face, so it never raises `NoFaceFound`."""
+    square resize. It looks for no face; it only refuses an image too small to hold one
+    (`FaceTooSmall`, the aligned step's minimum)."""
     crop: int | None
     size: int
 
@@ -73,6 +84,9 @@ class CentreCrop:
         return {"kind": "centre-crop", **FacePreprocess(crop=self.crop, size=self.size).cache_spec()}
 
     def __call__(self, image: Image.Image) -> Image.Image:
+        if min(image.size) < MIN_FACE_SIDE:
+            raise FaceTooSmall(f"no face found in the image: it is {image.width} x {image.height} pixels, below "
+                               f"the {MIN_FACE_SIDE} px a face needs on its shorter side")
         return FacePreprocess(crop=self.crop, size=self.size).transform(image)
 
 

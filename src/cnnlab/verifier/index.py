@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +37,10 @@ import numpy as np
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import read_json, save_npz_atomic, write_json
 from cnnlab.data.cache import file_sha256
-from cnnlab.data.images import decode_images, list_folders, list_images
+from cnnlab.data.images import IMAGE_EXTENSIONS, decode_images, is_image_name, walk_files
 from cnnlab.metrics.retrieval import FaissGallery, check_k, choose_backend, nearest_neighbours
 from cnnlab.verifier.model import EmbeddingModel
+from cnnlab.verifier.tally import NO_FACE, NOT_IMAGE, UNREADABLE, FileTally, LeftOut
 
 INDEX_FILE = "index.json"
 FORMAT = "cnnlab.face-index"
@@ -59,35 +60,63 @@ class IndexModelMismatch(CnnlabError):
 class GalleryFile:
     path: Path            # absolute
     name: str             # relative to the gallery folder, POSIX separators
-    person: str | None    # the identity folder, None for a file directly in the gallery folder
+    person: str | None    # the person folder it lies under, None for a file directly in the gallery folder
     size: int
     mtime_ns: int
     sha256: str = ""      # of the file's bytes; "" when not hashed yet or unreadable
 
 
-def scan_gallery(folder: str | Path, person: str | None = None) -> list[GalleryFile]:
-    """Image files directly in `folder` (of `person`, None: unknown) and in its subfolders
-    (one per person), listed as the training decoder lists them (hidden files and other
-    extensions ignored; a broken link is listed so that embedding reports it)."""
+@dataclass
+class GalleryScan:
+    """What lies under a gallery folder: the image files, and the files left out before any is
+    opened (no image extension; sub-folders that cannot be listed)."""
+    folder: Path
+    images: list[GalleryFile]
+    left_out: list[LeftOut] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        return len(self.images) + len(self.left_out)
+
+    def tally(self) -> FileTally:
+        """A tally with the files seen and those left out so far; the caller adds the rest."""
+        return FileTally(seen=self.seen, left_out=list(self.left_out))
+
+
+def scan_gallery(folder: str | Path, person: str | None = None) -> GalleryScan:
+    """Every file under `folder`, at any depth (hidden ones ignored). A person's images are
+    every image under the person's folder: the top-level folder names the person, deeper
+    folders are albums of that person. With `person`, every image under `folder`, at any
+    depth, is of `person` (no sub-folder names anyone); without, images directly in `folder`
+    are of no known person. Files without an image extension are left out as not images; a
+    broken link is kept as an image, so that embedding reports it."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CnnlabError(f"gallery folder not found: {folder}")
-    found = [(f, person) for f in list_images(folder)]
-    for person in list_folders(folder):
-        found += [(f, person) for f in list_images(folder / person)]
-    if not found:
-        raise CnnlabError(f"no image files in {folder} (expected images, or one folder of images per person)")
-    out = []
-    for f, person in found:
+        raise CnnlabError(f"{folder} is a file: expected a folder of images (or of one folder per person)"
+                          if folder.exists() else f"gallery folder not found: {folder}")
+    try:
+        files, unlisted = walk_files(folder)
+    except OSError as exc:
+        raise CnnlabError(f"cannot read the folder {folder}: {exc.strerror or exc}") from None
+    left_out = [LeftOut(str(path), UNREADABLE, reason) for path, reason in unlisted]
+    images = []
+    for f in files:
+        parts = f.relative_to(folder).parts
+        if not is_image_name(f):
+            left_out.append(LeftOut(str(f), NOT_IMAGE, f"not an image ({f.suffix.lower() or 'no extension'})"))
+            continue
         try:
             st = f.stat()
             size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:  # a broken link: kept, so that decoding names it among the bad files
+        except OSError:  # a broken link: kept, so that decoding names it among the unreadable files
             size, mtime = -1, -1
-        out.append(GalleryFile(Path(os.path.abspath(f)), f.relative_to(folder).as_posix(), person, size, mtime))
-    return out
-
-
+        owner = person if person is not None else (parts[0] if len(parts) > 1 else None)
+        images.append(GalleryFile(Path(os.path.abspath(f)), f.relative_to(folder).as_posix(), owner, size, mtime))
+    if not images:
+        found = f"{len(left_out)} file(s), none of them an image" if left_out else "nothing"
+        raise CnnlabError(f"no image files in {folder} ({found}; images are read from "
+                          f"{', '.join(sorted(IMAGE_EXTENSIONS))}, in the folder and in any folder under it)")
+    return GalleryScan(folder, images, left_out)
 def _contents(path: Path) -> str:
     """The file's SHA-256, "" if it cannot be read (decoding then reports why)."""
     try:
@@ -98,47 +127,62 @@ def _contents(path: Path) -> str:
 
 @dataclass
 class EnrolCounts:
-    """What one enrolment did to an index: images per outcome, and the files it skipped."""
+    """What one enrolment did to an index: images per outcome, and every file under the folder
+    accounted for (`files`: used = added + updated + unchanged, and each file left out)."""
     added: int = 0        # images embedded for the first time
     updated: int = 0      # images already indexed whose file changed: embedded again
     unchanged: int = 0    # images already indexed and unchanged (same bytes): skipped
     copied: int = 0       # of the added/updated: bytes already in the index, embedding copied
-    bad: list[tuple[str, str]] = field(default_factory=list)   # (path, reason), skipped
     total: int = 0        # rows in the index afterwards
+    files: FileTally = field(default_factory=FileTally)
+
+    @property
+    def bad(self) -> list[tuple[str, str]]:
+        """(path, reason) of the image files that could not be used (unreadable, or no face)."""
+        return [(x.path, x.reason) for x in self.files.left_out if x.kind in (UNREADABLE, NO_FACE)]
 
     def summary(self) -> str:
         copied = f" ({self.copied} of these already indexed elsewhere: embedding copied)" if self.copied else ""
-        return (f"{self.added} added, {self.updated} updated{copied}, {self.unchanged} already indexed, "
-                f"{len(self.bad)} unreadable skipped; {self.total} images in the index")
+        used = (f"{self.files.used} used ({self.added} added, {self.updated} updated{copied}, "
+                f"{self.unchanged} already indexed)")
+        return f"{self.files.summary(used)}; {self.total} images in the index"
+
+    def to_dict(self) -> dict:
+        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged, "copied": self.copied,
+                "total": self.total, "files": self.files.to_dict()}
 
 
-def embed_files(verifier: EmbeddingModel, files: Sequence[GalleryFile]
-                ) -> tuple[np.ndarray, list[GalleryFile], list[tuple[str, str]]]:
-    """(embeddings, the files they belong to, [(path, reason)] of files that could not be used).
-    Gallery files go through training's decoder and bad-file report, with the model's face step."""
+def embed_files(verifier: EmbeddingModel, files: Sequence[GalleryFile],
+                advance: Callable[[int], object] | None = None
+                ) -> tuple[np.ndarray, list[GalleryFile], list[LeftOut]]:
+    """(embeddings, the files they belong to, the files that could not be used: unreadable, or
+    no face found by the model's face step). Gallery files go through training's decoder and
+    bad-file report, with the model's face step; `advance(1)` is called after each file."""
     size = verifier.input_size
-    faces, ok, report = decode_images([f.path for f in files], verifier.face, (size, size))
-    return verifier.embed_faces(faces), [files[i] for i in ok], report.bad
+    faces, ok, report = decode_images([f.path for f in files], verifier.face, (size, size), advance=advance)
+    refused = set(report.refused)
+    left_out = [LeftOut(path, NO_FACE if path in refused else UNREADABLE, reason) for path, reason in report.bad]
+    return verifier.embed_faces(faces), [files[i] for i in ok], left_out
 
 
 def embed_file_batches(verifier: EmbeddingModel, files: Sequence[GalleryFile], *, batch_size: int = 64,
                        progress: bool | None = None, desc: str = "embed"
-                       ) -> tuple[np.ndarray, list[GalleryFile], list[tuple[str, str]]]:
+                       ) -> tuple[np.ndarray, list[GalleryFile], list[LeftOut]]:
     """`embed_files` over many files, `batch_size` at a time (bounding memory) under a progress
-    bar counted in images (`progress`: None = a bar on a terminal, else periodic lines)."""
+    bar counted in images and moved on each one (`progress`: None = a bar on a terminal, else
+    periodic lines)."""
     from cnnlab.core.progress import progress_bar
     if batch_size < 1:
         raise CnnlabError(f"batch_size must be >= 1, got {batch_size}")
-    parts, ok, bad = [], [], []
+    parts, ok, left_out = [], [], []
     with progress_bar(total=len(files), desc=desc, unit="img", enable=progress) as bar:
         for s in range(0, len(files), batch_size):
-            z, good, skipped = embed_files(verifier, files[s:s + batch_size])
+            z, good, skipped = embed_files(verifier, files[s:s + batch_size], advance=bar.update)
             parts.append(z)
             ok += good
-            bad += skipped
-            bar.update(len(files[s:s + batch_size]))
+            left_out += skipped
     embeddings = np.concatenate(parts) if parts else np.zeros((0, verifier.embedding_dim), np.float32)
-    return embeddings, ok, bad
+    return embeddings, ok, left_out
 
 
 def _rows(embeddings: np.ndarray, files: Sequence[GalleryFile]) -> dict[str, np.ndarray]:

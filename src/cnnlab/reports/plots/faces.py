@@ -12,6 +12,7 @@ import numpy as np
 
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import load_yaml, read_json
+from cnnlab.core.progress import progress_bar
 from cnnlab.metrics.retrieval import nearest_neighbours
 from cnnlab.reports.plots.common import class_colors, new_figure, save_figure
 
@@ -180,21 +181,23 @@ def _short(name: str, width: int = 16) -> str:
     return name if len(name) <= width else name[: width - 1] + "."
 
 
-def plot_run(run_dir: str | Path) -> list[Path]:
-    """The four figures of a tested run, written beside its files."""
+def plot_run(run_dir: str | Path, progress: bool | None = False) -> list[Path]:
+    """The four figures of a tested run, written beside its files, under a progress bar counted
+    in figures (`progress` as `progress_bar`'s `enable`; the t-SNE takes seconds to a minute)."""
     run_dir = Path(run_dir)
     metrics, pairs, emb = _load_run(run_dir)
     test = metrics["test"]
     distance = _distance_of(run_dir)
     d, same, threshold = pairs["distances"], pairs["same"].astype(bool), float(pairs["threshold"])
-    out = [plot_distance_boxplot(d, same, threshold, run_dir / "distances_boxplot.png",
-                                 f"DevTest pairs: accuracy {test['accuracy']:.1%} at the calibrated threshold"),
-           plot_roc([("DevTest", d, same)], run_dir / "roc.png"),
-           plot_retrieval_grid(emb["embeddings"], emb["labels"], emb["people"], emb["paths"], emb["root"],
-                               run_dir / "retrieval.png", distance=distance),
-           plot_tsne(emb["embeddings"], emb["labels"], emb["people"], run_dir / "tsne.png",
-                     "t-SNE of test embeddings: the 10 test people with the most images")]
-    return out
+    figures = [
+        lambda: plot_distance_boxplot(d, same, threshold, run_dir / "distances_boxplot.png",
+                                      f"DevTest pairs: accuracy {test['accuracy']:.1%} at the calibrated threshold"),
+        lambda: plot_roc([("DevTest", d, same)], run_dir / "roc.png"),
+        lambda: plot_retrieval_grid(emb["embeddings"], emb["labels"], emb["people"], emb["paths"], emb["root"],
+                                    run_dir / "retrieval.png", distance=distance),
+        lambda: plot_tsne(emb["embeddings"], emb["labels"], emb["people"], run_dir / "tsne.png",
+                          "t-SNE of test embeddings: the 10 test people with the most images")]
+    return [draw() for draw in progress_bar(figures, enable=progress, desc="figures", unit="figure")]
 
 
 def _distance_of(run_dir: Path) -> str:

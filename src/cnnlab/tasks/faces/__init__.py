@@ -1,6 +1,7 @@
 """Siamese face verification on LFW: the recipe (`config`), the frozen feature cache
 (`features`), the engine task (`task`), one training with its selection and calibration
-(`training`), the LFW runs (`view1`; `view2`: the ten folds) and the margin study (`margins`).
+(`training`), the LFW runs (`view1`; `view2`: the ten folds), the training data and validation
+set beside LFW's (`extra`) and the margin study (`margins`).
 
 The model is `cnnlab.models.siamese.SiameseNet` (Bromley et al. 1993) trained with the
 contrastive loss of Hadsell, Chopra and LeCun (2006) on pairs formed inside P x K batches

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cnnlab.core.config import option, option_from
 from cnnlab.core.errors import CnnlabError
 from cnnlab.data.faces import FacePreprocess
+from cnnlab.data.identities import IdentitySource
 from cnnlab.metric_learning.distances import DISTANCES
 from cnnlab.metric_learning.miners import MINERS
 from cnnlab.models.siamese import SiameseConfig, SiameseNet
@@ -22,6 +23,7 @@ from cnnlab.training.engine import TrainConfig
 
 CACHE_MODES = ("auto", "on", "off")
 TEST_IMAGES = ("people", "pairs")
+SELECT_ON = {"lfw": "auc", "both": "mean_auc"}  # -> the task's validation metric the kept epoch maximises
 
 
 @dataclass
@@ -58,6 +60,17 @@ class FaceTrainConfig:
     test_images: str = option("people", "people: embed every image of the test people (retrieval over them); pairs: "
                               "only the test pairs' images (faster, same pair metrics)")
     val_pairs: int = option(500, "same-person validation pairs (and as many different-person ones)")
+    # More people than LFW has, and a validation set that is not LFW (`cnnlab.data.identities`,
+    # `cnnlab.tasks.faces.extra`; docs/faces.md, "Training on more people than LFW has").
+    extra_train: list[str] = option([], "identity-labelled faces trained on beside LFW's training people, never "
+                                    "validated or tested on: celeba:PATH (PATH/img_align_celeba/ + "
+                                    "PATH/identity_CelebA.txt), folders:PATH (PATH/<person>/<image>) or PATH (layout "
+                                    "detected); repeatable")
+    extra_val: str = option("", "a second validation set, not LFW: extra_val_people seeded people of this source "
+                            "(written as for extra_train), never trained on (left out of extra_train); empty: none")
+    extra_val_people: int = option(500, "people (with 2+ images) of extra_val held out to validate on")
+    select_on: str = option("lfw", "which validation keeps the epoch: lfw (LFW validation AUC) or both (the mean of "
+                            "LFW's and extra_val's AUCs)")
     batch_size: int = option_from(TrainConfig, "batch_size", 64, note="batch_size / k people with k images each")
     k: int = option(4, "images per person in a batch")
     balance_pairs: bool = option(True, "random miner: as many different-person pairs as same-person ones")
@@ -94,6 +107,11 @@ class FaceTrainConfig:
 
     def __post_init__(self):
         self.weights = str(self.weights)
+        # YAML may hold one source as a plain string; Python callers may pass a tuple.
+        self.extra_train = [self.extra_train] if isinstance(self.extra_train, str) else list(self.extra_train)
+        sources = [IdentitySource.parse(s) for s in self.extra_train if isinstance(s, str)]
+        if self.extra_val and isinstance(self.extra_val, str):
+            IdentitySource.parse(self.extra_val)
         # embedding_dim and input_size are checked by SiameseConfig, lr, optimizer, schedule...
         # by TrainConfig: both are built below, so each rule is written once.
         checks = [
@@ -119,6 +137,14 @@ class FaceTrainConfig:
             (self.cache_frozen_features in CACHE_MODES,
              f"cache_frozen_features must be one of {', '.join(CACHE_MODES)}, got {self.cache_frozen_features!r}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (len(sources) == len(self.extra_train), f"extra_train must be a list of sources (celeba:PATH, "
+                                                    f"folders:PATH or PATH), got {self.extra_train!r}"),
+            (len({s.root for s in sources}) == len(sources), f"extra_train lists a folder twice: {self.extra_train}"),
+            (isinstance(self.extra_val, str), f"extra_val must be one source or empty, got {self.extra_val!r}"),
+            (self.extra_val_people >= 2, f"extra_val_people must be >= 2, got {self.extra_val_people}"),
+            (self.select_on in SELECT_ON, f"select_on must be one of {', '.join(SELECT_ON)}, got {self.select_on!r}"),
+            (self.select_on != "both" or bool(self.extra_val), "select_on=both needs extra_val (the second "
+                                                               "validation set)"),
             # A setting the chosen miner would ignore is refused, as any other bad value is.
             (self.miner != "random" or self.miner_negatives == 1,
              f"miner_negatives={self.miner_negatives} has no effect with miner=random (it applies to miner=hard)"),
@@ -146,8 +172,9 @@ class FaceTrainConfig:
                 "hard": {"distance": distance, "negatives": self.miner_negatives}}[self.miner]
 
     def train_config(self) -> TrainConfig:
-        # The engine keeps the epoch with the best validation AUC when select_best is on.
-        return TrainConfig(**self._shared_with(TrainConfig), select_metric="auc" if self.select_best else "")
+        # The engine keeps the epoch with the best validation AUC (`select_on`) when select_best is on.
+        return TrainConfig(**self._shared_with(TrainConfig),
+                           select_metric=SELECT_ON[self.select_on] if self.select_best else "")
 
     def model_config(self) -> SiameseConfig:
         return SiameseConfig(**self._shared_with(SiameseConfig))

@@ -1,7 +1,8 @@
 """Siamese face verification as an engine task: the contrastive loss of Hadsell, Chopra and
 LeCun (2006) on pairs formed inside P x K batches (Hermans, Beyer and Leibe 2017), from pixels
 or from cached frozen-stage features (`cnnlab.tasks.faces.features`); validation is the AUC
-of seeded pairs among people the model never trains on.
+of seeded pairs among people the model never trains on: LFW's validation people, and beside
+them, when the run has one, a second set that is not LFW (`extra_val`, `cnnlab.tasks.faces.extra`).
 
 Under torchrun each rank embeds its share of every P x K batch; the embeddings of the whole
 batch are then gathered on every rank (`cnnlab.training.distributed.gather_rows`), so the pairs, the
@@ -41,6 +42,20 @@ class FaceBatch(NamedTuple):
     labels: torch.Tensor
     pair_generator: torch.Generator
     shares: tuple[int, ...] = ()
+
+
+class ValidationPairs(NamedTuple):
+    """Seeded pairs among some validation rows: `i`, `j` index `rows`; `same` says which match."""
+    rows: torch.Tensor
+    i: torch.Tensor
+    j: torch.Tensor
+    same: np.ndarray
+
+    @classmethod
+    def sample(cls, labels: np.ndarray, rows: np.ndarray, n: int, seed: int, device: torch.device
+               ) -> ValidationPairs:
+        i, j, same = sample_pairs(labels[rows], n, seed=seed)
+        return cls(*(torch.as_tensor(a, device=device) for a in (rows, i, j)), same)
 
 
 class EmbedFrom(nn.Module):
@@ -91,12 +106,14 @@ class _EpochBatches:
 
 class FaceVerificationTask(Task):
     """Contrastive training on P x K batches; validation = AUC (and best accuracy) on seeded
-    pairs among the validation people. Which epoch is kept (the best validation AUC), the log
-    line and optuna's pruning are the engine's selection and callbacks (`train_verifier`)."""
+    pairs among the validation people, and with `extra_val_rows` the same on a second set
+    (`extra_auc`, ..., and `mean_auc`, the two AUCs' mean). Which epoch is kept (the best
+    validation AUC, `FaceTrainConfig.select_on`), the log line and optuna's pruning are the
+    engine's selection and callbacks (`train_verifier`)."""
 
     def __init__(self, config: FaceTrainConfig, dataset: FaceDataset, fit_rows: np.ndarray, val_rows: np.ndarray,
                  device: torch.device, *, prefix: PrefixFeatures | None, start_stage: int,
-                 dist: DistContext | None = None):
+                 dist: DistContext | None = None, extra_val_rows: np.ndarray | None = None):
         self.config, self.device, self.prefix, self.start_stage = config, device, prefix, start_stage
         self.dist = dist or DistContext()  # the engine's: which share of each batch this rank embeds
         self.loss = ContrastiveLoss(config.margin, create_distance(config.distance))
@@ -109,10 +126,12 @@ class FaceVerificationTask(Task):
         if prefix is None:
             # uint8 NCHW (channels_last in memory) on the device; the model scales and normalises.
             self.pixels = torch.from_numpy(dataset.images).to(device).permute(0, 3, 1, 2)
-        vi, vj, vsame = sample_pairs(dataset.labels[val_rows], config.val_pairs, seed=config.seed)
-        self.val_rows = torch.as_tensor(val_rows, device=device)
-        self.val_i, self.val_j = torch.as_tensor(vi, device=device), torch.as_tensor(vj, device=device)
-        self.val_same = vsame
+        self.val = ValidationPairs.sample(dataset.labels, val_rows, config.val_pairs, config.seed, device)
+        self.val_rows, self.val_i, self.val_j, self.val_same = self.val
+        self.extra_val = None  # sampled like LFW's validation pairs
+        if extra_val_rows is not None and len(extra_val_rows):
+            self.extra_val = ValidationPairs.sample(dataset.labels, np.asarray(extra_val_rows), config.val_pairs,
+                                                    config.seed, device)
         self.epoch = 0
 
     @property
@@ -168,13 +187,24 @@ class FaceVerificationTask(Task):
         return per_pair.mean(), metrics
 
     def val_embeddings(self, model: SiameseNet) -> torch.Tensor:
+        return self.embed_rows(model, self.val_rows)
+
+    def embed_rows(self, model: SiameseNet, rows: torch.Tensor) -> torch.Tensor:
         if self.prefix is not None:
-            return embed_from_prefix(model, self.prefix, self.val_rows, batch_size=self.config.eval_batch_size)
-        return in_batches(lambda s: self.embed(model, self.pixels[self.val_rows[s]]).float(), len(self.val_rows),
+            return embed_from_prefix(model, self.prefix, rows, batch_size=self.config.eval_batch_size)
+        return in_batches(lambda s: self.embed(model, self.pixels[rows[s]]).float(), len(rows),
                           self.config.eval_batch_size, empty=torch.zeros(0, model.embedding_dim))
 
+    def pair_distances(self, model: SiameseNet, pairs: ValidationPairs) -> np.ndarray:
+        z = self.embed_rows(model, pairs.rows)
+        return self.distance.paired(z[pairs.i], z[pairs.j]).cpu().numpy()
+
     def evaluate(self, model: SiameseNet) -> dict[str, float]:
-        z = self.val_embeddings(model)
-        d = self.distance.paired(z[self.val_i], z[self.val_j]).cpu().numpy()
-        rep = evaluate(d, self.val_same)
-        return {"auc": rep.auc, "acc": rep.accuracy, "eer": rep.eer}
+        scores = {}
+        for prefix, pairs in (("", self.val), ("extra_", self.extra_val)):
+            if pairs is not None:
+                rep = evaluate(self.pair_distances(model, pairs), pairs.same)
+                scores.update({f"{prefix}auc": rep.auc, f"{prefix}acc": rep.accuracy, f"{prefix}eer": rep.eer})
+        if self.extra_val is not None:
+            scores["mean_auc"] = (scores["auc"] + scores["extra_auc"]) / 2
+        return scores

@@ -25,7 +25,7 @@ from cnnlab.core import runfiles
 from cnnlab.core.env import data_root
 from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import to_plain
-from cnnlab.core.progress import no_log
+from cnnlab.core.progress import no_log, progress_bar
 from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.images import DecodeReport
 from cnnlab.data.lfw import LFWProtocol, Pair
@@ -33,7 +33,7 @@ from cnnlab.metric_learning.distances import create_distance
 from cnnlab.metrics.verification import VerificationMetrics, best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches, module_device
-from cnnlab.tasks.faces.config import FaceTrainConfig, cache_stage, set_trainable
+from cnnlab.tasks.faces.config import SELECT_ON, FaceTrainConfig, cache_stage, set_trainable
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
 from cnnlab.tasks.faces.task import FaceVerificationTask
 from cnnlab.training.engine import Engine
@@ -46,13 +46,20 @@ TEST_PAIRS = runfiles.TEST_PAIRS
 
 
 # ---------------------------------------------------------------------------- embedding helpers
-def embed_images(model: SiameseNet, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Embeddings (float32 N x D) of uint8 N x H x W x 3 images, eval mode, from pixels."""
+def embed_images(model: SiameseNet, images: np.ndarray, *, batch_size: int = 256, progress: bool | None = False,
+                 desc: str = "embed") -> np.ndarray:
+    """Embeddings (float32 N x D) of uint8 N x H x W x 3 images, eval mode, from pixels, under a
+    progress bar counted in images (`progress` as `cnnlab.core.progress.progress_bar`'s `enable`:
+    a test set from pixels takes minutes on a CPU)."""
     device = module_device(model)
-    with eval_mode(model):
-        return in_batches(lambda s: model.embed(torch.from_numpy(images[s]).to(device).permute(0, 3, 1, 2))
-                          .float().cpu().numpy(), len(images), batch_size,
-                          empty=np.zeros((0, model.embedding_dim), np.float32))
+
+    def embed(s: slice) -> np.ndarray:
+        z = model.embed(torch.from_numpy(images[s]).to(device).permute(0, 3, 1, 2)).float().cpu().numpy()
+        bar.update(s.stop - s.start)
+        return z
+
+    with eval_mode(model), progress_bar(total=len(images), enable=progress, desc=desc, unit="img") as bar:
+        return in_batches(embed, len(images), batch_size, empty=np.zeros((0, model.embedding_dim), np.float32))
 
 
 def backbone_features(model: SiameseNet, images: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
@@ -78,19 +85,21 @@ class EpochLog(Callback):
         self.log, self.epochs, self.started = log, epochs, time.perf_counter()
 
     def on_validation(self, epoch: int, record: dict, selected_epoch: int) -> None:
+        extra = (f", extra val AUC {record['val_extra_auc']:.4f} ({record['val_extra_acc']:.2%})"
+                 if "val_extra_auc" in record else "")
         self.log(f"epoch {epoch}/{self.epochs}: val AUC {record['val_auc']:.4f}, val accuracy "
-                 f"{record['val_acc']:.2%} ({time.perf_counter() - self.started:.0f} s)")
+                 f"{record['val_acc']:.2%}{extra} ({time.perf_counter() - self.started:.0f} s)")
 
 
 class PruningCallback(Callback):
     """`report_epoch(epoch, val_auc)` after each epoch (0-based epoch, as optuna's trial.report
     steps): the tuner's pruner raises there to stop a trial that is behind."""
 
-    def __init__(self, report_epoch: Callable[[int, float], None]):
-        self.report_epoch = report_epoch
+    def __init__(self, report_epoch: Callable[[int, float], None], metric: str = "auc"):
+        self.report_epoch, self.metric = report_epoch, metric  # the metric the kept epoch is chosen by
 
     def on_validation(self, epoch: int, record: dict, selected_epoch: int) -> None:
-        self.report_epoch(epoch - 1, record["val_auc"])
+        self.report_epoch(epoch - 1, record[f"val_{self.metric}"])
 
 
 @dataclass
@@ -103,24 +112,29 @@ class TrainedVerifier:
     train_time_s: float
     cache_time_s: float
     start_stage: int
+    extra_validation: dict | None = None  # extra_val's pairs at the kept epoch, at `threshold`
 
 
 def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Sequence[str],
                    val_people: Sequence[str], run_dir: str | Path, *, report_epoch=None,
                    log: Callable[[str], None] = no_log, data_info: dict | None = None,
-                   features: FeatureMemo | None = None, cache_rows: np.ndarray | None = None) -> TrainedVerifier:
+                   features: FeatureMemo | None = None, cache_rows: np.ndarray | None = None,
+                   extra_val_people: Sequence[str] = ()) -> TrainedVerifier:
     """Train on `fit_people`, select the epoch and calibrate the threshold on pairs sampled
-    among `val_people` (disjoint from them). Writes the engine's run files into `run_dir`.
+    among `val_people` (disjoint from them); `extra_val_people`, a second validation set
+    (`cnnlab.tasks.faces.extra`), is scored beside them. Writes the engine's run files into `run_dir`.
     `features`: a memo shared with other runs of the same study (see `FeatureMemo`);
     `cache_rows`: the rows whose frozen features are cached (default: the training rows a
     batch can draw and the validation rows; View 2 caches every image once for all folds)."""
-    overlap = set(fit_people) & set(val_people)
+    overlap = set(fit_people) & (set(val_people) | set(extra_val_people))
     if overlap:
         raise CnnlabError(f"{len(overlap)} people are in both the training and validation split, "
                           f"e.g. {sorted(overlap)[:3]}")
     engine = Engine(config.train_config(), run_dir, run_config={
         "faces": to_plain(config), "data": {**(data_info or {}), "fit_people": len(fit_people),
-                                            "val_people": len(val_people)}})
+                                            "val_people": len(val_people),
+                                            **({"extra_val_people": len(extra_val_people)} if extra_val_people
+                                               else {})}})
     model = engine.build_model(lambda: SiameseNet.from_config(config.model_config()))
     num_stages = len(model.backbone_stages())
     if config.trainable_stages > num_stages:
@@ -128,6 +142,7 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     set_trainable(model, config, 0)
     fit_rows = dataset.indices_of_people(fit_people)
     val_rows = dataset.indices_of_people(val_people)
+    extra_rows = dataset.indices_of_people(extra_val_people)
     stage = cache_stage(config, num_stages)
     prefix, cache_time = None, 0.0
     if stage > 0:
@@ -135,17 +150,21 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
         # Only rows a P x K batch can draw (people with >= 2 images) and the validation rows.
         fit_counts = np.bincount(dataset.labels[fit_rows], minlength=dataset.num_people)
         drawable = fit_rows[fit_counts[dataset.labels[fit_rows]] >= 2]
-        rows = np.concatenate([drawable, val_rows]) if cache_rows is None else np.asarray(cache_rows)
+        rows = np.concatenate([drawable, val_rows, extra_rows]) if cache_rows is None else np.asarray(cache_rows)
         prefix = cached_prefix(model, dataset, rows, stage,
                                batch_size=config.eval_batch_size, progress=config.progress, log=log, memo=features)
         cache_time = time.perf_counter() - start
     task = FaceVerificationTask(config, dataset, fit_rows, val_rows, engine.device, prefix=prefix,
-                                start_stage=stage, dist=engine.dist)
+                                start_stage=stage, dist=engine.dist, extra_val_rows=extra_rows)
     log(f"training on {len(fit_rows)} images of {len(fit_people)} people "
         f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k} per epoch, "
         f"{'from cached stage ' + str(stage) + ' features' if stage else 'from pixels'}); "
-        f"validating on {len(task.val_same)} pairs of {len(val_people)} people")
-    callbacks = [EpochLog(log, config.epochs)] + ([PruningCallback(report_epoch)] if report_epoch is not None else [])
+        f"validating on {len(task.val_same)} pairs of {len(val_people)} people"
+        + (f", and {len(task.extra_val.same)} pairs of {len(extra_val_people)} extra_val people"
+           if task.extra_val is not None else ""))
+    select = SELECT_ON[config.select_on]
+    callbacks = [EpochLog(log, config.epochs)] + ([PruningCallback(report_epoch, select)]
+                                                  if report_epoch is not None else [])
     result = engine.fit(model, task, callbacks=callbacks)
     model, best_epoch = result.eval_model, result.selected_epoch  # the selected epoch's weights
     model.eval()
@@ -159,8 +178,17 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     validation = evaluate(vd, task.val_same, threshold=threshold)
     log(f"kept epoch {best_epoch} (val AUC {validation.auc:.4f}); threshold {threshold:.4f} calibrated on "
         f"{len(vd)} validation pairs (accuracy {validation.accuracy:.2%} there)")
+    extra = None
+    if task.extra_val is not None:  # at LFW's threshold: extra_val never chooses one
+        with torch.no_grad():
+            ed = task.pair_distances(model, task.extra_val).astype(np.float64)
+        extra = {**test_report(ed, task.extra_val.same, threshold), "pairs": len(ed),
+                 "matched": int(task.extra_val.same.sum()), "people": len(extra_val_people),
+                 "images": len(extra_rows)}
+        log(f"extra_val at the kept epoch: AUC {extra['auc']:.4f}, accuracy {extra['accuracy']:.2%} at the "
+            f"threshold (best-threshold accuracy {extra['best_threshold_accuracy']:.2%})")
     return TrainedVerifier(model, threshold, validation, result.history, best_epoch,
-                           float(result.final["train_time_s"]), cache_time, stage)
+                           float(result.final["train_time_s"]), cache_time, stage, extra)
 
 
 # ---------------------------------------------------------------------------- shared by the runs

@@ -25,6 +25,7 @@ from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet, save_model
 from cnnlab.tasks.faces.config import FaceTrainConfig
+from cnnlab.tasks.faces.extra import add_extra_people, extra_metrics, extra_sources, merged_report, training_record
 from cnnlab.tasks.faces.features import FeatureMemo
 from cnnlab.tasks.faces.training import (
     METRICS_FILE,
@@ -106,6 +107,7 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     to `out_dir` (plus the test embeddings and pair distances when testing). Returns the metrics."""
     out_dir = Path(out_dir)
     protocol = LFWProtocol(data_root)
+    extra_sources(config)  # a bad path fails now, not after LFW is read
     # Only the DevTrain people file chooses anything; the DevTest pairs are read before
     # training only with `evaluate_test`, to check that their images decoded.
     fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed, config.train_people)
@@ -117,23 +119,31 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     if evaluate_test:
         split = protocol.view1()
         check_scored_pairs(dataset, bad, split.test_pairs, protocol.root / "pairsDevTest.txt")
+    # Extra people join the training side only (and extra_val's held-out people validate).
+    extra = add_extra_people(config, dataset, protocol.image_root, log=log)
+    dataset, lfw_fit_people, fit_people = extra.dataset, fit_people, [*fit_people, *extra.fit_people]
     main = is_main_process()  # under torchrun rank 0 scores and writes; the other ranks only train
-    skipped = record_bad_files(bad, out_dir, log) if main else len(bad.bad)
+    skipped = record_bad_files(merged_report(bad, extra), out_dir, log) if main else len(bad.bad)
     trained = train_verifier(config, dataset, fit_people, val_people, out_dir, report_epoch=report_epoch, log=log,
-                             data_info={"protocol": "view1", "root": str(protocol.root)}, features=features)
+                             data_info={"protocol": "view1", "root": str(protocol.root)}, features=features,
+                             extra_val_people=extra.val_people)
     metrics = {"protocol": "view1", "validation": trained.validation.to_dict(), "threshold": trained.threshold,
                "best_epoch": trained.best_epoch, "epochs": config.epochs, "train_time_s": trained.train_time_s,
                "feature_cache_time_s": trained.cache_time_s, "trained_from_stage": trained.start_stage,
                "fit_people": len(fit_people), "val_people": len(val_people),
                "fit_images": int(len(dataset.indices_of_people(fit_people))), "skipped_files": skipped,
-               "test": None}
+               "training_data": training_record(str(protocol.root), lfw_fit_people, dataset, extra),
+               **extra_metrics(config, trained, extra), "test": None}
     if not main:
         return metrics
     if evaluate_test:
         test_people = [p for p in split.test_people if p in known]  # all of whose images failed: none to embed
         test = dataset.subset(test_people)
         start = time.perf_counter()
-        embeddings = embed_images(trained.model, test.images, batch_size=config.eval_batch_size)
+        log(f"scoring the {len(split.test_pairs)} DevTest pairs: embedding {len(test)} images of "
+            f"{len(test_people)} people")
+        embeddings = embed_images(trained.model, test.images, batch_size=config.eval_batch_size,
+                                  progress=config.progress, desc="embed DevTest")
         i, j, same = test.pair_indices(split.test_pairs)
         d = pair_distances(embeddings, i, j, config.distance)
         metrics["test"] = test_report(d, same, trained.threshold)

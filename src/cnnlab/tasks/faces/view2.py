@@ -18,6 +18,7 @@ from cnnlab.metrics.verification import evaluate, kfold_accuracy
 from cnnlab.models.siamese import save_model
 from cnnlab.models.utils import eval_mode
 from cnnlab.tasks.faces.config import FaceTrainConfig
+from cnnlab.tasks.faces.extra import add_extra_people, extra_sources, merged_report, training_record
 from cnnlab.tasks.faces.features import FeatureMemo, embed_from_prefix
 from cnnlab.tasks.faces.training import (
     METRICS_FILE,
@@ -51,6 +52,7 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
                           "of the other folds' people and embeds every image its 6,000 pairs use")
     out_dir = Path(out_dir)
     protocol = LFWProtocol(data_root)
+    extra_sources(config)  # a bad path fails now, not after LFW is read
     # Ten trainings take hours: folds that an earlier run of the same recipe finished in
     # out_dir are kept, not trained again (an interrupted run resumes at its next fold).
     done = finished_view2_folds(out_dir, config)
@@ -62,10 +64,14 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     all_pairs = protocol.view2_pairs
     # Every fold's pairs, not only the folds asked for: each fold's threshold comes from the others.
     check_scored_pairs(dataset, bad, all_pairs, protocol.root / "pairs.txt")
+    # Extra people join every fold's training side only (extra_val's held-out people validate).
+    extra = add_extra_people(config, dataset, protocol.image_root, log=log)
+    dataset = extra.dataset
     main = is_main_process()  # under torchrun rank 0 scores and writes; the other ranks only train
     if main:  # before the first fold, so that a later run can tell whether it has the same recipe
         save_yaml(config, out_dir / runfiles.FACE_RECIPE)
-    skipped = record_bad_files(bad, out_dir, log) if main else len(bad.bad)
+    skipped = record_bad_files(merged_report(bad, extra), out_dir, log) if main else len(bad.bad)
+    recorded = {"skipped_files": skipped, "extra_train": extra.sources, "extra_validation": extra.validation}
     pair_fold = np.array([p.fold for p in all_pairs])
     i, j, same = dataset.pair_indices(all_pairs)
     used = np.unique(np.concatenate([i, j]))
@@ -81,9 +87,12 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
                   for n in protocol.view2_people[f]]
         fit_people, val_people = split_people(list(split.train_people), counts, config.val_fraction, config.seed)
         log(f"[fold {fold + 1}/{protocol.num_folds}]")
-        trained = train_verifier(config, dataset, fit_people, val_people, out_dir / f"fold-{fold + 1:02d}",
-                                 log=log, data_info={"protocol": "view2", "fold": fold, "root": str(protocol.root)},
-                                 features=memo, cache_rows=every_image)
+        trained = train_verifier(config, dataset, [*fit_people, *extra.fit_people], val_people,
+                                 out_dir / f"fold-{fold + 1:02d}", log=log,
+                                 data_info={"protocol": "view2", "fold": fold, "root": str(protocol.root),
+                                            "training_data": training_record(str(protocol.root), fit_people,
+                                                                             dataset, extra)},
+                                 features=memo, cache_rows=every_image, extra_val_people=extra.val_people)
         if not main:
             continue
         z = np.zeros((len(dataset), config.embedding_dim), np.float32)
@@ -92,7 +101,8 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
                 z[used] = embed_from_prefix(trained.model, memo.features, used,
                                             batch_size=config.eval_batch_size).cpu().numpy()
         else:
-            z[used] = embed_images(trained.model, dataset.images[used], batch_size=config.eval_batch_size)
+            z[used] = embed_images(trained.model, dataset.images[used], batch_size=config.eval_batch_size,
+                                   progress=config.progress, desc=f"embed fold {fold + 1} test images")
         d = pair_distances(z, i, j, config.distance)
         # Every fold's threshold from the other folds; only this fold's model embedded them, so
         # only this fold's entry is its result.
@@ -105,16 +115,18 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
                "val_threshold": trained.threshold, "auc": test["auc"], "eer": test["eer"],
                "tar_at_far": test["tar_at_far"], "val_auc": trained.validation.auc,
                "best_epoch": trained.best_epoch, "train_time_s": trained.train_time_s}
+        if trained.extra_validation is not None:
+            row["extra_val_auc"] = trained.extra_validation["auc"]
         rows.append(row)
         rows.sort(key=lambda r: r["fold"])
         save_model(trained.model, out_dir / f"fold-{fold + 1:02d}" / MODEL_FILE,
                    extra=saved_model_extra(config, trained, fold=fold + 1))
         log(f"fold {fold + 1}: accuracy {row['accuracy_val_threshold']:.2%} at the threshold calibrated on the "
             f"validation people, {row['accuracy']:.2%} at the one from the other folds' pairs; AUC {row['auc']:.4f}")
-        write_json(out_dir / METRICS_FILE, {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped})
+        write_json(out_dir / METRICS_FILE, {**view2_summary(rows, protocol.num_folds), **recorded})
     if not main:
         return {"protocol": "view2", "folds_run": 0, "num_folds": protocol.num_folds, "folds": []}
-    summary = {**view2_summary(rows, protocol.num_folds), "skipped_files": skipped}
+    summary = {**view2_summary(rows, protocol.num_folds), **recorded}
     write_json(out_dir / METRICS_FILE, summary)
     return summary
 
@@ -155,6 +167,7 @@ def view2_summary(rows: list[dict], num_folds: int) -> dict:
     def stats(key):
         v = np.array([r[key] for r in rows], dtype=np.float64)
         return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    extra = {"extra_val_auc": stats("extra_val_auc")} if rows and all("extra_val_auc" in r for r in rows) else {}
     return {"protocol": "view2", "folds_run": len(rows), "num_folds": num_folds, "folds": rows,
             "accuracy": stats("accuracy"), "accuracy_val_threshold": stats("accuracy_val_threshold"),
-            "auc": stats("auc"), "eer": stats("eer"), "complete": len(rows) == num_folds}
+            "auc": stats("auc"), "eer": stats("eer"), **extra, "complete": len(rows) == num_folds}

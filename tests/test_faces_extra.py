@@ -1,0 +1,154 @@
+"""Training beside LFW's people and validating on people that are not LFW's
+(`cnnlab.tasks.faces.extra`), on a fake LFW tree and a fake CelebA layout: extra people join
+the training side only (never LFW's validation or test people), extra_val's held-out people are
+never trained on and are the same with or without extra training data, and metrics.json records
+what the run trained on and the second validation set."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.core.config import build_config
+from cnnlab.core.errors import CnnlabError
+from cnnlab.data.lfw import LFWProtocol
+from cnnlab.tasks.faces import FaceTrainConfig, train_view1, train_view2
+from face_models import make_gallery
+from test_faces_cli import TINY
+from test_faces_train import make_fake_lfw, quiet, tiny_config
+from test_identities import CROP, make_fake_celeba
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("extra")
+    # 12 CelebA people with 3 images and 2 with one: 38 images.
+    return make_fake_lfw(root / "lfw"), make_fake_celeba(root / "celeba", people=12, per_person=3, singles=2)
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """The people of every task built: which trained, which validated (LFW's, extra_val's)."""
+    from cnnlab.tasks.faces import training
+    runs = []
+
+    class Recording(training.FaceVerificationTask):
+        def __init__(self, config, dataset, fit_rows, val_rows, device, **kw):
+            super().__init__(config, dataset, fit_rows, val_rows, device, **kw)
+            people = np.array(dataset.people)
+            extra = kw.get("extra_val_rows")
+            runs.append({"fit": set(people[dataset.labels[fit_rows]]), "val": set(people[dataset.labels[val_rows]]),
+                         "extra_val": set() if extra is None else set(people[dataset.labels[extra]])})
+
+    monkeypatch.setattr(training, "FaceVerificationTask", Recording)
+    return runs
+
+
+def test_extra_people_train_only_and_held_out_people_validate_only(data, seen, tmp_path):
+    lfw, celeba = data
+    source = f"celeba:{celeba}"
+    with_extra = train_view1(tiny_config(epochs=2, extra_train=[source], extra_val=source, extra_val_people=4,
+                                         select_on="both"), lfw, tmp_path / "extra", evaluate_test=True, log=quiet)
+    # The baseline of a comparison: LFW's training people only, validated on the same CelebA people.
+    baseline = train_view1(tiny_config(epochs=1, extra_val=source, extra_val_people=4), lfw, tmp_path / "lfw",
+                           evaluate_test=True, log=quiet)
+    run, base = seen
+    lfw_people = set(LFWProtocol(lfw).view1_train_people) | set(LFWProtocol(lfw).view1_test_people)
+    test_people = set(LFWProtocol(lfw).view1_test_people)
+    extra_fit = {p for p in run["fit"] if p.startswith("celeba/")}
+    assert len(extra_fit) == 10 and run["fit"] - extra_fit <= lfw_people
+    assert len(run["extra_val"]) == 4 and all(p.startswith("celeba/") for p in run["extra_val"])
+    assert not run["fit"] & run["extra_val"]                  # held-out CelebA people never train
+    assert not run["fit"] & test_people and not run["val"] & test_people
+    assert run["val"] <= lfw_people and run["val"] == base["val"]   # LFW's validation split does not move
+    assert base["extra_val"] == run["extra_val"] and not any("/" in p for p in base["fit"])
+    assert with_extra["test"]["n_pairs"] == baseline["test"]["n_pairs"] == 16
+    assert with_extra["test_images"] == baseline["test_images"]     # only LFW's test people are embedded
+
+    sources = with_extra["training_data"]["sources"]
+    assert [s["kind"] for s in sources] == ["lfw", "celeba"]
+    assert (sources[1]["people"], sources[1]["images"], sources[1]["held_out_people"]) == (10, 26, 4)
+    assert sources[0]["people"] == len(run["fit"] - extra_fit)
+    assert with_extra["training_data"]["images"] == with_extra["fit_images"] == sources[0]["images"] + 26
+    assert [s["kind"] for s in baseline["training_data"]["sources"]] == ["lfw"]
+
+    extra = with_extra["extra_validation"]
+    assert (extra["people"], extra["images"], extra["kind"]) == (4, 12, "celeba")
+    assert 0 <= extra["auc"] <= 1 and extra["best_threshold_accuracy"] >= extra["accuracy"]
+    assert extra["threshold"] == pytest.approx(with_extra["threshold"])  # LFW's: extra_val chooses nothing
+    assert [e["epoch"] for e in extra["per_epoch"]] == [1, 2]
+    history = [json.loads(line) for line in (tmp_path / "extra" / "metrics.jsonl").read_text().splitlines()]
+    best = history[with_extra["best_epoch"] - 1]
+    assert with_extra["selected_on"] == "both"
+    assert with_extra["selection_auc"] == pytest.approx(best["val_mean_auc"])
+    assert best["val_mean_auc"] == pytest.approx((best["val_auc"] + best["val_extra_auc"]) / 2)
+    assert max(h["val_mean_auc"] for h in history) == pytest.approx(best["val_mean_auc"])
+    assert baseline["selected_on"] == "lfw" and baseline["selection_auc"] == baseline["validation"]["auc"]
+
+
+def test_people_named_as_lfw_people_are_left_out(data, seen, tmp_path):
+    lfw, _ = data
+    gallery = make_gallery(tmp_path / "gallery", people=5, per_person=3)
+    (gallery / "person00").rename(gallery / "P20")   # an LFW DevTest person's name
+    metrics = train_view1(tiny_config(epochs=1, extra_train=[str(gallery)]), lfw, tmp_path / "run",
+                          evaluate_test=False, log=quiet)
+    source = metrics["training_data"]["sources"][1]
+    assert (source["kind"], source["people"], source["named_as_lfw_people"]) == ("folders", 4, 1)
+    assert "gallery/P20" not in seen[0]["fit"] and "gallery/person01" in seen[0]["fit"]
+
+
+def test_view2_folds_train_on_extra_people_and_validate_on_the_held_out_ones(data, seen, tmp_path):
+    lfw, celeba = data
+    config = tiny_config(epochs=1, extra_train=[str(celeba)], extra_val=str(celeba), extra_val_people=4)
+    summary = train_view2(config, lfw, tmp_path / "v2", folds=[0], log=quiet)
+    fold_people = set(LFWProtocol(lfw).view2_people[0])
+    assert not seen[0]["fit"] & fold_people and not seen[0]["val"] & fold_people
+    assert not seen[0]["fit"] & seen[0]["extra_val"] and len(seen[0]["extra_val"]) == 4
+    assert summary["extra_train"][0]["people"] == 10 and summary["extra_validation"]["people"] == 4
+    assert 0 <= summary["folds"][0]["extra_val_auc"] <= 1 and "extra_val_auc" in summary
+
+
+def test_config_rules_for_the_extra_fields():
+    config = build_config(FaceTrainConfig, {"extra_train": "celeba:/x", "extra_val": "/x", "select_on": "both"})
+    assert config.extra_train == ["celeba:/x"] and config.train_config().select_metric == "mean_auc"
+    assert FaceTrainConfig().train_config().select_metric == "auc"
+    for bad, message in (({"select_on": "both"}, "needs extra_val"), ({"select_on": "best"}, "select_on"),
+                         ({"extra_train": ["/x", "folders:/x"]}, "twice"), ({"extra_val_people": 1}, ">= 2"),
+                         ({"extra_train": [3]}, "list of sources"), ({"extra_train": ["celeba:"]}, "no folder")):
+        with pytest.raises(CnnlabError, match=message):
+            build_config(FaceTrainConfig, bad)
+
+
+def test_hold_out_is_seeded_and_refuses_more_people_than_there_are(data):
+    from cnnlab.data.identities import load_source
+    from cnnlab.tasks.faces.extra import hold_out_people
+    dataset = load_source(str(data[1]), CROP).dataset
+    first = hold_out_people(dataset, 5, 0, "celeba")
+    assert first == hold_out_people(dataset, 5, 0, "celeba") != hold_out_people(dataset, 5, 1, "celeba")
+    assert all(c == 3 for c in dataset.subset(first).images_per_person())  # people with 2+ images only
+    with pytest.raises(CnnlabError, match="has 12 people with two or more"):
+        hold_out_people(dataset, 13, 0, "celeba")
+
+
+def test_cli_flags_train_on_extra_data_and_score_a_folder(data, tmp_path, capsys):
+    lfw, celeba = data
+    more, att = make_gallery(tmp_path / "more", people=3, seed=5), make_gallery(tmp_path / "att", people=4)
+    out = tmp_path / "run"
+    assert main(["faces", "train", "--data", str(lfw), "--out", str(out), "--no-test", "--epochs", "1", *TINY,
+                 "--extra-train", f"celeba:{celeba}", "--extra-train", f"folders:{more}",
+                 "--extra-val", str(celeba), "--extra-val-people", "4", "--score-folder", str(att)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["kind"] for s in metrics["training_data"]["sources"]] == ["lfw", "celeba", "folders"]
+    assert metrics["extra_validation"]["people"] == 4
+    scored = metrics["scored_folders"][0]
+    assert scored["people"] == 4 and scored["at_model_threshold"]["threshold"] == pytest.approx(metrics["threshold"])
+    assert "never trained on, no calibration" in capsys.readouterr().out
+    for argv, message in ((["--extra-train", f"celeba:{tmp_path / 'none'}"], "not found"),
+                          (["--score-folder", str(tmp_path / "none")], "--score-folder"),
+                          (["--select-on", "both"], "needs extra_val")):
+        assert main(["faces", "train", "--data", str(lfw), "--out", str(tmp_path / "bad"), "--no-test", *TINY,
+                     *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
