@@ -76,6 +76,17 @@ def test_identity_folders_are_read_and_detected(tmp_path):
         assert len(loaded.dataset) == 12
 
 
+def test_albums_inside_a_person_folder_are_that_persons_images(tmp_path):
+    root = make_gallery(tmp_path / "gallery", people=2, per_person=2)
+    album = root / "person01" / "trip 2020" / "day1"
+    album.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((SIDE, SIDE, 3), 40 * i, np.uint8)).save(album / f"{i}.png")
+    loaded = load_source(f"folders:{root}", CROP)
+    assert loaded.dataset.people == ["person00", "person01"]      # an album never becomes a person
+    assert loaded.dataset.images_per_person().tolist() == [2, 4]
+
+
 def one_line_error(source: str) -> str:
     with pytest.raises(CnnlabError) as caught:
         load_source(source, CROP)

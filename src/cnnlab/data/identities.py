@@ -21,7 +21,7 @@ from pathlib import Path
 from cnnlab.core.errors import CnnlabError
 from cnnlab.data.cache import ArrayCache
 from cnnlab.data.faces import FaceDataset, FacePreprocess, load_face_files, scan_identity_folders
-from cnnlab.data.images import DecodeReport, list_images
+from cnnlab.data.images import DecodeReport, is_image_name, list_folders, list_images, walk_files
 
 CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
 CELEBA_IMAGE_DIR = "img_align_celeba"
@@ -110,8 +110,20 @@ def scan_source(source: IdentitySource) -> SourceScan:
     source = source.resolved()
     if source.kind == "celeba":
         return scan_celeba(source.root)
-    _, files = scan_identity_folders(source.root)  # a folder without people is its one-line error
-    return SourceScan(files)
+    return SourceScan(scan_albums(source.root))
+
+
+def scan_albums(root: Path) -> list[tuple[str, str]]:
+    """(person, relative path) of every image under each top-level folder of `root`, at any
+    depth: a person's deeper folders are albums of that person, as `faces score` and the gallery
+    index read them (`cnnlab.verifier.index.scan_gallery`)."""
+    files = []
+    for person in list_folders(root):
+        found, _ = walk_files(root / person)
+        files += [(person, path.relative_to(root).as_posix()) for path in found if is_image_name(path)]
+    if not files:
+        scan_identity_folders(root)  # no images in person folders: its one-line error says why
+    return files
 
 
 @dataclass
