@@ -45,7 +45,7 @@ from cnnlab.core.errors import CnnlabError
 from cnnlab.metrics.retrieval import BadK, clamp_k
 from cnnlab.verifier import DEFAULT_MAX_PIXELS, FaceVerifier, GalleryIndex, ImageRejected, ImageTooLarge
 from cnnlab.verifier.images import to_rgb
-from cnnlab.verifier.index import INDEX_FILE, IndexModelMismatch
+from cnnlab.verifier.index import INDEX_FILE, IndexModelMismatch, index_stamp
 
 log = logging.getLogger("cnnlab.serve")
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries, headers and small form fields around the files
@@ -183,15 +183,6 @@ def _scrubbed(value, scrub):
     return value
 
 
-def _index_stamp(root: Path) -> tuple | None:
-    """What changes when index.json is replaced, removed or restored."""
-    try:
-        st = (root / INDEX_FILE).stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
 def _index_problem(exc: Exception, verifier: FaceVerifier, stamp: tuple | None) -> str:
     """Why the index cannot be used, for a client: what is wrong, not which command fixes it."""
     if stamp is None:
@@ -248,7 +239,7 @@ def create_app(verifier: FaceVerifier, index: GalleryIndex | None = None,
         restart, and a failed read is not retried until index.json changes again."""
         if app.state.index is None:
             return None, None
-        stamp = _index_stamp(app.state.index.root)
+        stamp = index_stamp(app.state.index.root)
         failure = app.state.index_failure
         if failure is not None and failure[0] == stamp:
             return None, failure[1]

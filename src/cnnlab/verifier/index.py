@@ -235,14 +235,14 @@ class GalleryIndex:
             what = f"lacks {', '.join(missing)}" if missing else "has a malformed shard list"
             raise CnnlabError(f"index {root} is damaged: {INDEX_FILE} {what}; build the index again")
         index = cls(root, meta, _load_shards(root, meta))
-        index._stamp = _stamp(root)
+        index._stamp = index_stamp(root)
         return index
 
     def reloaded(self) -> GalleryIndex:
         """This index, or a fresh read of it when a writer has committed since it was opened
         (`index.json` replaced): a long-running reader (`faces serve`) sees additions, removals
         and prunes without a restart. An in-memory index is returned as it is."""
-        if self._stamp is None or _stamp(self.root) == self._stamp:
+        if self._stamp is None or index_stamp(self.root) == self._stamp:
             return self
         return GalleryIndex.open(self.root)
 
@@ -299,7 +299,7 @@ class GalleryIndex:
         return d.numpy(), i.numpy()
 
 
-def _stamp(root: Path) -> tuple | None:
+def index_stamp(root: Path) -> tuple | None:
     """What changes when a commit replaces index.json (a new file: new inode and mtime)."""
     try:
         st = (root / INDEX_FILE).stat()
