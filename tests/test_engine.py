@@ -284,3 +284,48 @@ def test_final_json_keeps_what_the_caller_added(splits, tmp_path):
     again = Engine(small_config(epochs=1), tmp_path).fit(tiny_model(), make_task(splits), resume=True)
     assert json.loads((tmp_path / "final.json").read_text())["test_acc"] == 0.5  # a finished run resumed
     assert again.resumed_from_epoch == 1
+
+
+class WithLearnedScale(StopAtEpoch):
+    """The task's loss times a learned positive scale: a loss with parameters of its own
+    (`Task.loss_module`), interrupted at `stop_epoch` when one is given."""
+
+    def __init__(self, task, epoch=None, groups=None):
+        super().__init__(task, epoch)
+        self.scale, self.groups = torch.nn.Linear(1, 1, bias=False), groups
+        torch.nn.init.constant_(self.scale.weight, 0.3)
+
+    def loss_module(self):
+        return self.scale
+
+    def param_groups(self, model):
+        return self.groups(model, self.scale) if self.groups else None
+
+    def training_step(self, model, batch):
+        loss, metrics = self.task.training_step(model, batch)
+        return loss * torch.nn.functional.softplus(self.scale.weight).squeeze(), metrics
+
+
+def test_a_loss_with_parameters_is_trained_checkpointed_and_resumed_exactly(splits, tmp_path):
+    config = small_config()
+    straight = WithLearnedScale(make_task(splits))
+    reference = Engine(config, tmp_path / "straight").fit(tiny_model(), straight)
+    assert straight.scale.weight.item() != pytest.approx(0.3)  # optimised beside the model
+    with pytest.raises(KeyboardInterrupt):
+        Engine(config, tmp_path / "resumed").fit(tiny_model(), WithLearnedScale(make_task(splits), 2))
+    assert "weight" in load_checkpoint(tmp_path / "resumed")["loss"]
+    again = WithLearnedScale(make_task(splits))
+    resumed = Engine(config, tmp_path / "resumed").fit(tiny_model(seed=1), again, resume=True)
+    assert torch.equal(again.scale.weight, straight.scale.weight)
+    for a, b in zip(reference.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_param_groups_that_leave_out_the_loss_parameters_are_refused(splits, tmp_path):
+    task = WithLearnedScale(make_task(splits), groups=lambda model, scale: [{"params": list(model.parameters())}])
+    with pytest.raises(ValueError, match="leave out parameters of its loss_module"):
+        Engine(small_config(epochs=1), tmp_path).fit(tiny_model(), task)
+    task = WithLearnedScale(make_task(splits), groups=lambda model, scale: [
+        {"params": list(model.parameters())}, {"params": list(scale.parameters()), "lr_scale": 0.0}])
+    Engine(small_config(epochs=1), tmp_path).fit(tiny_model(), task)
+    assert task.scale.weight.item() == pytest.approx(0.3)  # its own group: lr 0 leaves it alone

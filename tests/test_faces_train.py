@@ -401,3 +401,20 @@ def test_frozen_features_do_not_depend_on_the_batch_size_and_keep_their_shape_wh
     assert whole.shape[:2] == (3, 2)  # each row and its mirror image
     assert torch.allclose(PrefixFeatures.compute(model, images, rows, 4, batch_size=2), whole, atol=1e-6)
     assert PrefixFeatures.compute(model, images, rows[:0], 4).shape == (0, *whole.shape[1:])
+
+
+@pytest.mark.parametrize("loss", ["cosface", "arcface"])
+def test_margin_softmax_losses_train_through_view1_and_checkpoint_their_class_weights(fake_lfw, tmp_path, loss):
+    config = tiny_config(epochs=4, loss=loss, class_scale=16.0)
+    metrics = train_view1(config, fake_lfw, tmp_path / "run", evaluate_test=False, log=quiet)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert max(h["val_auc"] for h in history) > 0.6  # chance is 0.5; tiny random-init data is noisy
+    weight = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["loss"]["weight"]
+    # One class per training person a batch can draw: the 14 training people less the 2 with
+    # a single image.
+    assert metrics["fit_people"] == 14 and tuple(weight.shape) == (12, config.embedding_dim)
+    with pytest.raises(ValueError, match="needs normalize=true"):
+        tiny_config(loss=loss, normalize=False)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        tiny_config(loss="triplet")

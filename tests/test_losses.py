@@ -197,3 +197,86 @@ def test_agrees_with_pytorch_metric_learning():
     torch.testing.assert_close(ours[pos], out["pos_loss"]["losses"] ** 2)
     torch.testing.assert_close(ours[neg], out["neg_loss"]["losses"] ** 2)
     assert (ours[neg] > 0).any() and (ours[neg] == 0).any()  # both sides of the margin exercised
+
+
+# --- margin softmax (CosFace, ArcFace) ----------------------------------------------------
+
+def margin_loss_with(kind, weight, **options):
+    from cnnlab.metric_learning.losses import MarginSoftmaxLoss
+    loss = MarginSoftmaxLoss(kind, weight.shape[0], weight.shape[1], **options)
+    with torch.no_grad():
+        loss.weight.copy_(weight)
+    return loss
+
+
+@pytest.mark.parametrize("kind", ["cosface", "arcface"])
+def test_margin_softmax_by_hand_on_two_classes(kind):
+    # Class 0 along x, class 1 along y; one embedding at 60 degrees from x, labelled 0.
+    # cos(theta_0) = 1/2, cos(theta_1) = sqrt(3)/2 (30 degrees from y).
+    loss = margin_loss_with(kind, torch.tensor([[2.0, 0.0], [0.0, 5.0]]), margin=0.2, scale=10.0)
+    z = torch.tensor([[3 * 0.5, 3 * math.sqrt(3) / 2]])  # any length: the loss normalises
+    target = 0.5 - 0.2 if kind == "cosface" else math.cos(math.pi / 3 + 0.2)
+    other = math.sqrt(3) / 2
+    expected = -math.log(math.exp(10 * target) / (math.exp(10 * target) + math.exp(10 * other)))
+    assert loss(z, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_arcface_past_pi_minus_m_keeps_the_loss_increasing_in_the_angle():
+    # theta_y = 170 degrees with m = 0.5 rad: cos(theta + m) would have turned up again.
+    m, theta = 0.5, math.radians(170)
+    loss = margin_loss_with("arcface", torch.tensor([[1.0, 0.0], [-1.0, 0.0]]), margin=m, scale=1.0)
+    z = torch.tensor([[math.cos(theta), math.sin(theta)]])
+    logits = loss.logits(z, torch.tensor([0]))
+    assert logits[0, 0].item() == pytest.approx(math.cos(theta) - m * math.sin(m), rel=1e-5)
+    assert logits[0, 1].item() == pytest.approx(math.cos(math.pi - theta), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["cosface", "arcface"])
+def test_margin_softmax_matches_pytorch_metric_learning(kind):
+    from pytorch_metric_learning import losses as pml
+
+    torch.manual_seed(0)
+    weight = torch.randn(7, 5, dtype=torch.float64)
+    z, labels = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 7, (12,))
+    ours = margin_loss_with(kind, weight, scale=30.0).double()
+    if kind == "cosface":
+        reference = pml.CosFaceLoss(num_classes=7, embedding_size=5, margin=0.35, scale=30.0)
+    else:
+        reference = pml.ArcFaceLoss(num_classes=7, embedding_size=5, margin=math.degrees(0.5), scale=30.0)
+    with torch.no_grad():
+        reference.W.data = weight.t().clone()
+    torch.testing.assert_close(ours(z, labels).double(), reference(z, labels).double(), rtol=1e-6, atol=1e-6)
+
+
+def test_margin_softmax_refuses_bad_settings():
+    from cnnlab.metric_learning.losses import MarginSoftmaxLoss
+    with pytest.raises(ValueError, match="one of cosface, arcface"):
+        MarginSoftmaxLoss("sphereface", 3, 4)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        MarginSoftmaxLoss("cosface", 1, 4)
+    with pytest.raises(ValueError, match="scale > 0"):
+        MarginSoftmaxLoss("arcface", 3, 4, scale=0)
+    assert MarginSoftmaxLoss("cosface", 3, 4).margin == 0.35 and MarginSoftmaxLoss("arcface", 3, 4).margin == 0.5
+
+
+@pytest.mark.parametrize("kind", ["cosface", "arcface"])
+def test_margin_softmax_separates_classes_when_trained(kind):
+    # Embedding and class weights trained together on 4 noisy clusters: the margin loss must
+    # drive every point to its own class's weight (the gradient reaches both).
+    torch.manual_seed(0)
+    labels = torch.arange(40) % 4
+    x = 2 * torch.randn(4, 6)[labels] + torch.randn(40, 6)
+    embed = torch.nn.Linear(6, 3)
+    loss = margin_loss_with(kind, torch.randn(4, 3), scale=8.0)
+    optimizer = torch.optim.Adam([*embed.parameters(), *loss.parameters()], lr=0.05)
+    first = loss(embed(x), labels).item()
+    for _ in range(300):
+        optimizer.zero_grad()
+        value = loss(embed(x), labels)
+        value.backward()
+        optimizer.step()
+    assert value.item() < 0.5 * first
+    with torch.no_grad():  # plain cosine logits (no margin): each point nearest its class
+        predicted = (torch.nn.functional.normalize(embed(x), dim=1) @ torch.nn.functional.normalize(
+            loss.weight, dim=1).t()).argmax(1)
+    assert (predicted == labels).float().mean() > 0.9

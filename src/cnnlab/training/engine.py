@@ -3,7 +3,8 @@
 A `Task` (`cnnlab.training.task`) says what differs between jobs: batches, the loss of one batch, how to
 evaluate. The `Engine` owns the rest: device, bf16 autocast, channels_last, `torch.compile`, the
 optimizer, the per-step schedule, weight EMA (`cnnlab.training.optim`), non-finite checks, progress, an
-atomic checkpoint each epoch, exact resume, which epoch is the result (`select_metric`), callbacks
+atomic checkpoint each epoch (a loss's own parameters too: `Task.loss_module`), exact resume, which
+epoch is the result (`select_metric`), callbacks
 after each validation (logging, pruning), the run's seed, and data-parallel training under
 `torchrun`. It writes a run directory's config.yaml, environment.json, checkpoint.pt, final.json
 (`cnnlab.core.runfiles` says what each holds), metrics.jsonl (one row per epoch: train_*, val_*,
@@ -44,7 +45,7 @@ from cnnlab.models.utils import eval_mode
 from cnnlab.training import distributed
 from cnnlab.training.checkpoint import CHECKPOINT, comparable_config, load_checkpoint
 from cnnlab.training.checkpoint import load_weights as load_weights  # re-exported: a run's result
-from cnnlab.training.optim import SCHEDULES, LRSchedule, ModelEma
+from cnnlab.training.optim import SCHEDULES, LRSchedule, ModelEma, build_optimizer, grad_norm_of
 from cnnlab.training.task import Callback, Selection, Task
 from cnnlab.training.tensorboard_log import TensorBoardLog, remove_event_files
 
@@ -187,7 +188,11 @@ class Engine:
         steps_per_epoch = task.steps_per_epoch()
         if steps_per_epoch == 0:
             raise CnnlabError("the task yields no training batches (data smaller than one batch?)")
-        optimizer = self._optimizer(model, task)
+        loss_module = task.loss_module()
+        if loss_module is not None:
+            loss_module.to(self.device)
+        optimizer = build_optimizer(cfg, task.param_groups(model), model, loss_module)
+        trained_params = [*model.parameters(), *(loss_module.parameters() if loss_module is not None else ())]
         warmup = int(cfg.warmup * cfg.epochs * steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, LRSchedule(cfg.schedule, cfg.epochs * steps_per_epoch, warmup))
@@ -198,7 +203,7 @@ class Engine:
         found = resume and self.run_dir is not None and distributed.broadcast_object(
             self.dist.is_main and (self.run_dir / CHECKPOINT).is_file(), self.dist)
         if found:
-            history = self._load_checkpoint(model, optimizer, scheduler, ema, selection)
+            history = self._load_checkpoint(model, optimizer, scheduler, ema, selection, loss_module)
         else:
             self._start_run_dir()
         start_epoch = len(history)
@@ -211,14 +216,15 @@ class Engine:
             for epoch in range(start_epoch, cfg.epochs):
                 task.on_epoch_start(model, epoch)
                 distributed.seed_rank(self.dist, cfg.seed, epoch)
-                record = self._train_epoch(trained.current(), task, optimizer, scheduler, ema, epoch, board)
+                record = self._train_epoch(trained.current(), task, optimizer, scheduler, ema, epoch, board,
+                                           trained_params)
                 distributed.broadcast_buffers(self.dist, model, eval_model)
                 val = self.evaluate(eval_model, task.evaluate)
                 record.update({f"val_{k}": v for k, v in val.items()})
                 history.append(record)
                 selection.update(epoch + 1, val, eval_model)
                 # Checkpoint after the epoch's metrics are known: a crash later never loses it.
-                self._save_checkpoint(model, optimizer, scheduler, ema, history, selection)
+                self._save_checkpoint(model, optimizer, scheduler, ema, history, selection, loss_module)
                 board.epoch(record, (epoch + 1) * steps_per_epoch)
                 for callback in callbacks:  # logging, pruning: after the checkpoint, so a stop keeps it
                     callback.on_validation(epoch + 1, record, selection.epoch)
@@ -227,7 +233,7 @@ class Engine:
         self.write_final(final)
         return FitResult(model, eval_model, final["selected_epoch"], history, final, self.run_dir, start_epoch)
 
-    def _train_epoch(self, model, task, optimizer, scheduler, ema, epoch, board: TensorBoardLog) -> dict:
+    def _train_epoch(self, model, task, optimizer, scheduler, ema, epoch, board: TensorBoardLog, params) -> dict:
         cfg = self.config
         model.train()
         batches = task.train_batches(epoch)
@@ -242,7 +248,7 @@ class Engine:
                 loss, metrics = task.training_step(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = self._grad_norm(model)
+            grad_norm = grad_norm_of(params, self.config.grad_clip, self.device)
             finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
             state.first_bad_step = torch.where(finite | (state.first_bad_step >= 0),
                                                state.first_bad_step, step)
@@ -270,33 +276,6 @@ class Engine:
                 "images_per_s": state.images / max(seconds, 1e-9)}
 
     # ------------------------------------------------------------------ pieces of the loop
-    def _optimizer(self, model: nn.Module, task) -> torch.optim.Optimizer:
-        cfg = self.config
-        custom = task.param_groups(model)
-        if custom is not None:
-            groups = [dict(g) for g in custom]
-        else:
-            # No weight decay on biases and BatchNorm scales: decaying them only fights the
-            # normalisation. timm's split (1-D tensors and biases), decayed group first: the
-            # order the optimizer state in checkpoints follows.
-            from timm.optim import param_groups_weight_decay
-            groups = sorted(param_groups_weight_decay(model, cfg.weight_decay), key=lambda g: g["weight_decay"] == 0)
-        for group in groups:
-            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
-            group.setdefault("weight_decay", cfg.weight_decay)
-        groups = [g for g in groups if g["params"]]
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-
-    def _grad_norm(self, model: nn.Module) -> torch.Tensor:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return torch.zeros((), device=self.device)
-        if self.config.grad_clip > 0:
-            return nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
-        return nn.utils.get_total_norm(grads)
-
     @staticmethod
     def _accumulate(state: _EpochState, task, batch, loss, metrics) -> None:
         n = task.batch_size(batch)
@@ -342,13 +321,14 @@ class Engine:
         save_yaml(self._resolved_config(), self.run_dir / runfiles.CONFIG)
         write_json(self.run_dir / runfiles.ENVIRONMENT, self.environment())
 
-    def _save_checkpoint(self, model, optimizer, scheduler, ema, history, selection: Selection) -> None:
+    def _save_checkpoint(self, model, optimizer, scheduler, ema, history, selection: Selection, loss_module) -> None:
         if not self.writes:
             return
         state = {"epoch": len(history), "history": history, "config": self._resolved_config(),
                  "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                 "rng": _rng_state(), "precision": self.precision, "selected": selection.to_dict()}
+                 "rng": _rng_state(), "precision": self.precision, "selected": selection.to_dict(),
+                 "loss": loss_module.state_dict() if loss_module is not None else None}
         save_torch_atomic(state, self.run_dir / CHECKPOINT)
         atomic_write_text(self.run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
         # A run folder deleted mid-run was remade by the writes above (atomic_path): refill it.
@@ -356,7 +336,7 @@ class Engine:
             save_yaml(self._resolved_config(), self.run_dir / runfiles.CONFIG)
             write_json(self.run_dir / runfiles.ENVIRONMENT, self.environment())
 
-    def _load_checkpoint(self, model, optimizer, scheduler, ema, selection: Selection) -> list[dict]:
+    def _load_checkpoint(self, model, optimizer, scheduler, ema, selection: Selection, loss_module) -> list[dict]:
         # Rank 0's checkpoint on every rank: other machines need not see rank 0's disk.
         state = distributed.broadcast_object(load_checkpoint(self.run_dir) if self.is_main else None, self.dist)
         diff = self.config_diff(state["config"])
@@ -365,6 +345,8 @@ class Engine:
                               "use the same settings or a new output directory")
         origin = f"checkpoint {self.run_dir / CHECKPOINT}"  # each entry checked: a misfit is one line naming it
         load_state_dict_checked(model, state["model"], origin)
+        if loss_module is not None:
+            load_state_dict_checked(loss_module, state.get("loss") or {}, f"{origin} (the loss's parameters)")
         load_entries(state, {"optimizer": optimizer.load_state_dict, "scheduler": scheduler.load_state_dict,
                              "ema": ema.load_state_dict if ema else None, "rng": _set_rng_state}, origin)
         selection.load(state.get("selected"))

