@@ -25,10 +25,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# ruff first: a lint error fails `make test` (and CI) before minutes of tests.
+# ruff first: a lint error fails `make test` (and CI) before minutes of tests. Then the suite on
+# every core (pytest-xdist; each worker computes with one thread: tests/conftest.py).
 test: $(STAMP)
 	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto tests
 
 # What `--help` shows from the library, stored so that help imports no torch (cnnlab.cli.catalog);
 # rewrite it after changing a config dataclass, a preset or a registry (tests/test_cli_help.py says when).

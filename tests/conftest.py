@@ -11,6 +11,13 @@ from cnnlab.core.env import DATA_ENV, data_root
 os.environ.setdefault(DATA_ENV, str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 DATA_ROOT = data_root()[0]
 
+# Under pytest-xdist (`make test` runs two workers), each worker computes with one thread, and
+# so do the commands it starts: two workers of two OpenMP threads each on two cores would make
+# every op wait at a barrier (see `one_torch_thread`).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_isolated_cache(tmp_path_factory, monkeypatch):

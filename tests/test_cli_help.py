@@ -29,19 +29,33 @@ def command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 COMMANDS = list(command_paths(build_parser()))
 
-# Run in a fresh interpreter, as `python -m cnnlab ARGS --help` runs: the modules a test process
-# has already imported would hide an import.
+# Every command's --help in one fresh interpreter, as `python -m cnnlab ARGS --help` runs them (the
+# modules a test process has already imported would hide an import). Heavy modules are never
+# unloaded, so the first command after which one is in sys.modules is the one that imported it.
 PROBE = """
-import json, runpy, sys
-sys.argv = ["cnnlab", *{argv!r}]
-try:
-    runpy.run_module("cnnlab", run_name="__main__", alter_sys=True)
-except SystemExit as done:
-    code = done.code
-else:
-    code = None
-print(json.dumps({{"code": code, "imported": [m for m in {heavy!r} if m in sys.modules]}}), file=sys.stderr)
+import contextlib, io, json, runpy, sys
+results = []
+for argv in {argvs!r}:
+    sys.argv, out = ["cnnlab", *argv], io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_module("cnnlab", run_name="__main__", alter_sys=True)
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = None
+    results.append({{"code": code, "stdout": out.getvalue()[:200],
+                     "imported": [m for m in {heavy!r} if m in sys.modules]}})
+print(json.dumps(results))
 """
+
+
+@pytest.fixture(scope="module")
+def help_runs() -> dict[tuple[str, ...], dict]:
+    done = subprocess.run([sys.executable, "-c", PROBE.format(argvs=[[*p, "--help"] for p in COMMANDS], heavy=HEAVY)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return dict(zip(COMMANDS, json.loads(done.stdout)))
 
 
 def test_the_command_tree_is_walked():
@@ -60,16 +74,13 @@ def catalog_sources_changed() -> bool:
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(("cnnlab", *path)))
-def test_help_imports_no_heavy_dependency(path):
+def test_help_imports_no_heavy_dependency(path, help_runs):
     if catalog_sources_changed():  # help then reads the library, torch included: one failure above says so
         pytest.skip(f"the catalog is out of date (test_the_catalog_is_current fails): {REGENERATE}")
-    argv = [*path, "--help"]
-    done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)],
-                          capture_output=True, text=True, timeout=120)
-    result = json.loads(done.stderr.strip().splitlines()[-1])
-    assert result["code"] == 0 and done.stdout.startswith(f"usage: {' '.join(('cnnlab', *path))}"), done.stderr
-    assert not result["imported"], (f"`cnnlab {' '.join(argv)}` imported {', '.join(result['imported'])}: import "
-                                    "it inside the function that runs the command")
+    result = help_runs[path]
+    assert result["code"] == 0 and result["stdout"].startswith(f"usage: {' '.join(('cnnlab', *path))}"), result
+    assert not result["imported"], (f"`cnnlab {' '.join(path)} --help` imported {', '.join(result['imported'])}: "
+                                    "import it inside the function that runs the command")
 
 
 def test_a_stale_catalog_is_not_used(tmp_path, monkeypatch):
