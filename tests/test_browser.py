@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -88,7 +89,10 @@ def server(tmp_path_factory):
 
 
 def run_chromium(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([find_chromium(), *CHROMIUM_FLAGS, *args], capture_output=True, text=True, timeout=120)
+    # A profile of its own: two browsers of parallel test workers must not share one.
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([find_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=120)
 
 
 def test_the_page_renders_in_headless_chromium(server, tmp_path):
