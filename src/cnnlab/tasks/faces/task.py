@@ -112,11 +112,11 @@ class _EpochBatches:
 
 
 class FaceVerificationTask(Task):
-    """Contrastive training on P x K batches; validation = AUC (and best accuracy) on seeded
-    pairs among the validation people, and with `extra_val_rows` the same on a second set
-    (`extra_auc`, ..., and `mean_auc`, the two AUCs' mean). Which epoch is kept (the best
-    validation AUC, `FaceTrainConfig.select_on`), the log line and optuna's pruning are the
-    engine's selection and callbacks (`train_verifier`)."""
+    """Contrastive (or CosFace/ArcFace, `config.loss`) training on P x K batches; validation =
+    AUC (and best accuracy) on seeded pairs among the validation people, and with
+    `extra_val_rows` the same on a second set (`extra_auc`, ..., and `mean_auc`, the two AUCs'
+    mean). Which epoch is kept (the best validation AUC, `FaceTrainConfig.select_on`), the log
+    line and optuna's pruning are the engine's selection and callbacks (`train_verifier`)."""
 
     def __init__(self, config: FaceTrainConfig, dataset: FaceDataset, fit_rows: np.ndarray, val_rows: np.ndarray,
                  device: torch.device, *, prefix: PrefixFeatures | None, start_stage: int,
@@ -127,11 +127,14 @@ class FaceVerificationTask(Task):
                              f"{prefix.num_views} augmented views")
         self.dist = dist or DistContext()  # the engine's: which share of each batch this rank embeds
         self.distance = create_distance(config.distance)  # validation measures what training optimises
-        self.loss = ContrastiveLoss(config.margin, self.distance)
-        self.miner = create_miner(config.miner, **config.miner_options(self.distance))
         fit_labels = dataset.labels[fit_rows]
-        self.classes = None  # cosface/arcface: each person a batch can draw is a class
-        if config.loss != "contrastive":
+        # contrastive: a loss over the pairs a miner picks; cosface/arcface: each person a batch
+        # can draw is a class, and the loss learns one vector per class.
+        self.loss = self.miner = self.classes = None
+        if config.loss == "contrastive":
+            self.loss = ContrastiveLoss(config.margin, self.distance)
+            self.miner = create_miner(config.miner, **config.miner_options(self.distance))
+        else:
             counts = np.bincount(fit_labels, minlength=dataset.num_people)
             people = np.flatnonzero(counts >= 2)
             class_of = np.full(dataset.num_people, -1, dtype=np.int64)
