@@ -418,3 +418,21 @@ def test_margin_softmax_losses_train_through_view1_and_checkpoint_their_class_we
         tiny_config(loss=loss, normalize=False)
     with pytest.raises(ValueError, match="loss must be one of"):
         tiny_config(loss="triplet")
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "cosface"])
+def test_single_image_people_train_as_impostors_only_when_asked(fake_lfw, tmp_path, loss):
+    lines = []
+    config = tiny_config(epochs=1, loss=loss, class_scale=16.0, singles_per_batch=2)
+    train_view1(config, fake_lfw, tmp_path / "with", evaluate_test=False, log=lines.append)
+    # Their frozen features are cached with the rest (the batches gather them from the cache).
+    assert any("8x2 + 2 images of single-image people per epoch, from cached stage" in line for line in lines)
+    if loss == "cosface":  # every training person a class, the 2 single-image ones too
+        weight = torch.load(tmp_path / "with" / "checkpoint.pt", weights_only=True)["loss"]["weight"]
+        assert tuple(weight.shape) == (14, config.embedding_dim)
+    lines.clear()
+    train_view1(tiny_config(epochs=1, loss=loss, class_scale=16.0), fake_lfw, tmp_path / "without",
+                evaluate_test=False, log=lines.append)
+    assert any("the 2 people with one image are never drawn (--singles-per-batch)" in line for line in lines)
+    with pytest.raises(ValueError, match="singles_per_batch must be >= 0"):
+        tiny_config(singles_per_batch=-1)

@@ -41,6 +41,26 @@ def test_pk_is_deterministic_per_seed_and_epoch():
     assert [x.tolist() for x in c.batches(0)] != [x.tolist() for x in b.batches(0)]
 
 
+def test_pk_adds_single_image_people_as_impostors_without_changing_the_people_drawn():
+    plain, with_singles = PKSampler(LABELS, p=2, k=2, seed=3), PKSampler(LABELS, p=2, k=2, seed=3, singles=1)
+    single_rows = {int(r) for r in np.flatnonzero(np.isin(LABELS, [7, 8]))}
+    for epoch in range(3):
+        seen = []
+        for a, b in zip(plain.batches(epoch), with_singles.batches(epoch)):
+            # The same people's images first, then one single-image person's image.
+            assert b[:-1].tolist() == a.tolist() and int(b[-1]) in single_rows
+            seen.append(int(b[-1]))
+        # 3 batches, 2 singles: they cycle in a seeded order, both drawn.
+        assert set(seen) == single_rows and seen[0] != seen[1] and seen[2] == seen[0]
+    # Never more per batch than there are: an image is never twice in a batch.
+    greedy = PKSampler(LABELS, p=2, k=2, seed=3, singles=5)
+    assert greedy.singles_per_batch == 2
+    for batch in greedy.batches(0):
+        assert len(set(batch.tolist())) == len(batch) and single_rows <= set(batch.tolist())
+    with pytest.raises(CnnlabError, match="singles >= 0"):
+        PKSampler(LABELS, p=2, k=2, singles=-1)
+
+
 def test_pk_rejects_impossible_settings():
     with pytest.raises(CnnlabError, match="p=8"):
         PKSampler(LABELS, p=8, k=2)

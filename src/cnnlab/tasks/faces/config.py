@@ -85,6 +85,9 @@ class FaceTrainConfig:
                             "LFW's and extra_val's AUCs)")
     batch_size: int = option_from(TrainConfig, "batch_size", 64, note="batch_size / k people with k images each")
     k: int = option(4, "images per person in a batch")
+    # People with one image give no same-person pair; without this a pair loss never sees them.
+    singles_per_batch: int = option(0, "images of single-image training people added to each batch as impostors "
+                                    "only (0: those people are not trained on)")
     balance_pairs: bool = option(True, "random miner: as many different-person pairs as same-person ones")
     # The pair miners are `cnnlab.metric_learning.miners`; why hard is the default:
     # docs/decisions/default-face-recipe.md.
@@ -152,6 +155,7 @@ class FaceTrainConfig:
             (self.miner in MINERS, f"miner must be one of {', '.join(MINERS.names())}, got {self.miner!r}"),
             (self.miner_negatives >= 1, f"miner_negatives must be >= 1, got {self.miner_negatives}"),
             (self.k >= 2, f"k (images per person in a batch) must be >= 2, got {self.k}"),
+            (self.singles_per_batch >= 0, f"singles_per_batch must be >= 0, got {self.singles_per_batch}"),
             (self.batch_size >= 2 * self.k, f"batch_size must hold at least 2 people of k={self.k} images, "
                                             f"got {self.batch_size}"),
             (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),

@@ -129,21 +129,23 @@ class FaceVerificationTask(Task):
         self.distance = create_distance(config.distance)  # validation measures what training optimises
         fit_labels = dataset.labels[fit_rows]
         # contrastive: a loss over the pairs a miner picks; cosface/arcface: each person a batch
-        # can draw is a class, and the loss learns one vector per class.
+        # can draw is a class (single-image people too with singles_per_batch), and the loss
+        # learns one vector per class.
         self.loss = self.miner = self.classes = None
         if config.loss == "contrastive":
             self.loss = ContrastiveLoss(config.margin, self.distance)
             self.miner = create_miner(config.miner, **config.miner_options(self.distance))
         else:
             counts = np.bincount(fit_labels, minlength=dataset.num_people)
-            people = np.flatnonzero(counts >= 2)
+            people = np.flatnonzero(counts >= (1 if config.singles_per_batch else 2))
             class_of = np.full(dataset.num_people, -1, dtype=np.int64)
             class_of[people] = np.arange(len(people))
             self.class_of = torch.as_tensor(class_of, device=device)
             self.classes = MarginSoftmaxLoss(config.loss, len(people), config.embedding_dim,
                                              None if config.class_margin == -1 else config.class_margin,
                                              config.class_scale)
-        self.sampler = PKSampler(fit_labels, config.people_per_batch, config.k, seed=config.seed)
+        self.sampler = PKSampler(fit_labels, config.people_per_batch, config.k, seed=config.seed,
+                                 singles=config.singles_per_batch)
         self.train_rows = torch.as_tensor(fit_rows, device=device)
         self.train_labels = torch.as_tensor(fit_labels, device=device)
         self.pixels = None

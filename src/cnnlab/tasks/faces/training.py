@@ -144,12 +144,14 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     val_rows = dataset.indices_of_people(val_people)
     extra_rows = dataset.indices_of_people(extra_val_people)
     stage = cache_stage(config, num_stages)
+    fit_counts = np.bincount(dataset.labels[fit_rows], minlength=dataset.num_people)
+    singles = int((fit_counts == 1).sum())
     prefix, cache_time = None, 0.0
     if stage > 0:
         start = time.perf_counter()
-        # Only rows a P x K batch can draw (people with >= 2 images) and the validation rows.
-        fit_counts = np.bincount(dataset.labels[fit_rows], minlength=dataset.num_people)
-        drawable = fit_rows[fit_counts[dataset.labels[fit_rows]] >= 2]
+        # Only rows a batch can draw (people with >= 2 images, and with singles_per_batch the
+        # single-image people) and the validation rows.
+        drawable = fit_rows[fit_counts[dataset.labels[fit_rows]] >= (1 if config.singles_per_batch else 2)]
         rows = np.concatenate([drawable, val_rows, extra_rows]) if cache_rows is None else np.asarray(cache_rows)
         # Augmented views only of rows training draws; with a cache shared by the runs of a
         # study (View 2's folds) of every cached row a run may train on, so all share one entry.
@@ -160,8 +162,12 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
         cache_time = time.perf_counter() - start
     task = FaceVerificationTask(config, dataset, fit_rows, val_rows, engine.device, prefix=prefix,
                                 start_stage=stage, dist=engine.dist, extra_val_rows=extra_rows)
+    # Said every run: a pair loss cannot use a person's only image unless it is asked to.
+    singles_note = (f" + {task.sampler.singles_per_batch} images of single-image people" if config.singles_per_batch
+                    else f"; the {singles} people with one image are never drawn (--singles-per-batch)" if singles
+                    else "")
     log(f"training on {len(fit_rows)} images of {len(fit_people)} people "
-        f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k} per epoch, "
+        f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k}{singles_note} per epoch, "
         f"{'from cached stage ' + str(stage) + ' features' if stage else 'from pixels'}); "
         f"validating on {len(task.val_same)} pairs of {len(val_people)} people"
         + (f", and {len(task.extra_val.same)} pairs of {len(extra_val_people)} extra_val people"
