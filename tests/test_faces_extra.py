@@ -14,7 +14,7 @@ from cnnlab.cli import main
 from cnnlab.core.config import build_config
 from cnnlab.core.errors import CnnlabError
 from cnnlab.data.lfw import LFWProtocol
-from cnnlab.tasks.faces import FaceTrainConfig, train_view1, train_view2
+from cnnlab.tasks.faces import FaceTrainConfig, train_view1, train_view2, untrained_baseline
 from face_models import make_gallery
 from test_faces_cli import TINY
 from test_faces_train import make_fake_lfw, quiet, tiny_config
@@ -152,3 +152,19 @@ def test_cli_flags_train_on_extra_data_and_score_a_folder(data, tmp_path, capsys
                      *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+def test_untrained_baseline_scores_the_held_out_people_a_trained_run_validates_on(data, tmp_path):
+    lfw, celeba = data
+    source = f"celeba:{celeba}"
+    base = untrained_baseline(tiny_config(extra_val=source, extra_val_people=4), lfw, tmp_path / "base", log=quiet)
+    run = train_view1(tiny_config(epochs=1, extra_val=source, extra_val_people=4), lfw, tmp_path / "run",
+                      evaluate_test=False, log=quiet)
+    b, t = base["extra_validation"], run["extra_validation"]
+    assert (b["people"], b["images"], b["pairs"], b["matched"]) == (t["people"], t["images"], t["pairs"], t["matched"])
+    assert b["people"] == 4 and b["images"] == 12 and 0 <= b["auc"] <= 1
+    assert b["threshold"] == base["validation"]["threshold"]  # LFW's: the second set chooses nothing
+    assert json.loads((tmp_path / "base" / "baseline.json").read_text())["extra_validation"]["auc"] == b["auc"]
+    assert "extra_validation" not in untrained_baseline(tiny_config(), lfw, log=quiet)
+    with pytest.raises(CnnlabError, match="trains nothing"):
+        untrained_baseline(tiny_config(extra_train=[source]), lfw, log=quiet)

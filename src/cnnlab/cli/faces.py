@@ -46,7 +46,8 @@ def register(sub) -> None:
     p.add_argument("--opset", type=onnx_opset, default=17, help="ONNX opset (default 17)")
     p.set_defaults(func=run_export)
 
-    p = commands.add_parser("baseline", help="score the pretrained backbone without fine-tuning on View 1 DevTest")
+    p = commands.add_parser("baseline", help="score the pretrained backbone without fine-tuning on View 1 "
+                            "DevTest (and --extra-val's people)")
     add_lfw_flag(p)
     p.add_argument("--out", metavar="DIR", help="write baseline.json here")
     add_config_flags(p)

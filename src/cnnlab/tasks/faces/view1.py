@@ -15,6 +15,7 @@ import numpy as np
 
 from cnnlab.core import runfiles
 from cnnlab.core.env import resolve_device
+from cnnlab.core.errors import CnnlabError
 from cnnlab.core.files import save_npz_atomic, save_yaml, write_json
 from cnnlab.core.progress import no_log
 from cnnlab.core.rng import seed_everything
@@ -163,14 +164,21 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
                        log: Callable[[str], None] = no_log) -> dict:
     """The reference point a trained model must beat: the backbone with its pretrained
     weights and no fine-tuning, Euclidean distance between L2-normalised pooled features,
-    threshold calibrated on the same validation people as `train_view1`, DevTest scored once."""
+    threshold calibrated on the same validation people as `train_view1`, DevTest scored once.
+    With `extra_val`, its held-out people are scored too, on the pairs a trained run validates
+    on, at the LFW threshold (`extra_validation`)."""
+    if config.extra_train:
+        raise CnnlabError("faces baseline trains nothing: --extra-train does not apply to it (--extra-val scores "
+                          "a second validation set)")
     protocol = LFWProtocol(data_root)
     fit_people, val_people = protocol.validation_people(config.val_fraction, config.seed, config.train_people)
     dataset, bad = load_lfw_images(protocol, config, log,
                                    files=view1_files(protocol, config, [*fit_people, *val_people], test=True))
     split = protocol.view1()
     check_scored_pairs(dataset, bad, split.test_pairs, protocol.root / "pairsDevTest.txt")
-    skipped = record_bad_files(bad, Path(out_dir), log) if out_dir is not None else len(bad.bad)
+    extra = add_extra_people(config, dataset, protocol.image_root, log=log)
+    report = merged_report(bad, extra)
+    skipped = record_bad_files(report, Path(out_dir), log) if out_dir is not None else len(report.bad)
     seed_everything(config.seed)
     model = SiameseNet.from_config(config.model_config()).to(resolve_device(config.device))
     known = set(dataset.people)
@@ -186,6 +194,15 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
               "input_size": config.input_size, "crop": config.crop, **config.preprocess().model_extra(),
               "validation": evaluate(vd, vsame, threshold=threshold).to_dict(), "test": test_report(d, same, threshold),
               "retrieval": retrieval_scores(features, test.labels, "euclidean"), "skipped_files": skipped}
+    if extra.val_people:
+        rows = extra.dataset.indices_of_people(extra.val_people)
+        ei, ej, esame = sample_pairs(extra.dataset.labels[rows], config.val_pairs, seed=config.seed)
+        ed = pair_distances(backbone_features(model, extra.dataset.images[rows], batch_size=config.eval_batch_size),
+                            ei, ej, "euclidean")
+        result["extra_validation"] = {**extra.validation, **test_report(ed, esame, threshold), "pairs": len(ed),
+                                      "matched": int(esame.sum())}
+        log(f"untrained extra_val: AUC {result['extra_validation']['auc']:.4f}, accuracy "
+            f"{result['extra_validation']['accuracy']:.2%} at the LFW threshold")
     log(format_test(result["test"], "untrained DevTest"))
     log(format_retrieval(result["retrieval"], "untrained " + retrieval_name(config)))
     if out_dir is not None:
