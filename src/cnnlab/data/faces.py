@@ -186,7 +186,7 @@ class FaceDataset:
     def summary(self, report: DecodeReport | None = None) -> str:
         single = len(self.negatives_only_people())
         text = (f"{len(self)} images of {self.num_people} people from {self.root} "
-                f"({single} with fewer than 2 images: negatives only)")
+                f"({single} with fewer than 2 images: in no same-person pair)")
         return f"{text}; {report.summary()}" if report is not None else text
 
 
@@ -255,7 +255,7 @@ def load_identity_folders(root: str | Path, spec: FacePreprocess | None = None, 
 
     Bad files are skipped and listed in the report; `strict=True` raises a CnnlabError naming
     the first bad file instead (also when the bad file was recorded by an earlier cached run).
-    People whose images all fail are dropped; people with one image stay (negatives only).
+    People whose images all fail are dropped; people with one image stay (in no same-person pair: impostors at most).
     """
     root = Path(root)
     _, found = scan_identity_folders(root, people, files)
