@@ -14,6 +14,7 @@ from PIL import Image
 from cnnlab.core.config import build_config
 from cnnlab.core.errors import CnnlabError
 from cnnlab.models.siamese import load_model
+from cnnlab.models.utils import eval_mode
 from cnnlab.pipelines import margins_with_report, view1_with_plots
 from cnnlab.tasks.faces import FaceTrainConfig, cache_stage, outlier_counts, train_view1, train_view2
 
@@ -416,6 +417,8 @@ def test_margin_softmax_losses_train_through_view1_and_checkpoint_their_class_we
     assert metrics["fit_people"] == 14 and tuple(weight.shape) == (12, config.embedding_dim)
     with pytest.raises(ValueError, match="needs normalize=true"):
         tiny_config(loss=loss, normalize=False)
+    with pytest.raises(ValueError, match="class_init must be one of imprint, random"):
+        tiny_config(loss=loss, class_init="zeros")
     with pytest.raises(ValueError, match="loss must be one of"):
         tiny_config(loss="triplet")
 
@@ -436,3 +439,33 @@ def test_single_image_people_train_as_impostors_only_when_asked(fake_lfw, tmp_pa
     assert any("the 2 people with one image are never drawn (--singles-per-batch)" in line for line in lines)
     with pytest.raises(ValueError, match="singles_per_batch must be >= 0"):
         tiny_config(singles_per_batch=-1)
+
+
+@pytest.mark.parametrize("class_init", ["imprint", "random"])
+def test_class_vectors_start_imprinted_from_the_starting_network_or_random(fake_lfw, tmp_path, monkeypatch,
+                                                                          class_init):
+    from cnnlab.tasks.faces import training
+    started = {}
+    fit = training.Engine.fit
+
+    def record(engine, model, task, **kw):  # the class vectors as training starts
+        started["weight"] = task.classes.weight.detach().clone()
+        started["imprinted"] = torch.nn.functional.normalize(torch.stack([
+            torch.nn.functional.normalize(z, dim=1).mean(0) for z in per_class(model, task)]), dim=1)
+        return fit(engine, model, task, **kw)
+
+    def per_class(model, task):
+        classes = task.class_of[task.train_labels]
+        drawn = classes >= 0  # single-image people are not classes (their features are not cached)
+        classes = classes[drawn]
+        with torch.no_grad(), eval_mode(model):
+            z = task.embed_rows(model, task.train_rows[drawn])
+        return [z[classes == c] for c in range(len(task.classes.weight))]
+
+    monkeypatch.setattr(training.Engine, "fit", record)
+    lines = []
+    train_view1(tiny_config(epochs=1, loss="cosface", class_init=class_init), fake_lfw, tmp_path / "run",
+                evaluate_test=False, log=lines.append)
+    close = torch.allclose(started["weight"], started["imprinted"], atol=1e-5)
+    assert close == (class_init == "imprint")
+    assert any("12 class vectors imprinted" in line for line in lines) == (class_init == "imprint")

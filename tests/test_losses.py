@@ -248,6 +248,20 @@ def test_margin_softmax_matches_pytorch_metric_learning(kind):
     torch.testing.assert_close(ours(z, labels).double(), reference(z, labels).double(), rtol=1e-6, atol=1e-6)
 
 
+def test_imprinted_class_vectors_are_the_normalised_means_of_normalised_embeddings():
+    from cnnlab.metric_learning.losses import MarginSoftmaxLoss
+    loss = MarginSoftmaxLoss("cosface", 2, 2)
+    # Class 0: (3, 0) and (0, 1) normalise to (1, 0) and (0, 1), mean (1/2, 1/2) -> (1, 1)/sqrt 2.
+    # Class 1: one embedding, (0, -4) -> (0, -1).
+    loss.imprint(torch.tensor([[3.0, 0.0], [0.0, -4.0], [0.0, 1.0]]), torch.tensor([0, 1, 0]))
+    r = 1 / math.sqrt(2)
+    torch.testing.assert_close(loss.weight.data, torch.tensor([[r, r], [0.0, -1.0]]))
+    # The logits then start at each embedding's cosine to its class's mean direction.
+    assert loss.logits(torch.tensor([[0.0, -2.0]]), torch.tensor([0]))[0, 1].item() == pytest.approx(64.0)
+    with pytest.raises(ValueError, match="1 classes have no embedding"):
+        MarginSoftmaxLoss("cosface", 3, 2).imprint(torch.ones(2, 2), torch.tensor([0, 1]))
+
+
 def test_margin_softmax_refuses_bad_settings():
     from cnnlab.metric_learning.losses import MarginSoftmaxLoss
     with pytest.raises(ValueError, match="one of cosface, arcface"):

@@ -84,6 +84,20 @@ class MarginSoftmaxLoss(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_normal_(self.weight)
 
+    @torch.no_grad()
+    def imprint(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Each class vector set to the normalised mean of its L2-normalised `embeddings` (Qi et
+        al. 2018, "Low-Shot Learning with Imprinted Weights"): the classifier starts where the
+        network already puts each person, instead of at random directions it must first learn.
+        Every class must have at least one embedding."""
+        labels = labels.to(self.weight.device).long()
+        z = F.normalize(embeddings.to(self.weight.device, self.weight.dtype), dim=1)
+        sums = torch.zeros_like(self.weight).index_add_(0, labels, z)
+        counts = torch.bincount(labels, minlength=len(self.weight))
+        if bool((counts == 0).any()):
+            raise ValueError(f"{int((counts == 0).sum())} classes have no embedding to imprint")
+        self.weight.copy_(F.normalize(sums, dim=1))
+
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The scaled logits, N x classes, with the margin applied to each row's own class."""
         cosine = F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).to(embeddings.dtype).t()

@@ -23,6 +23,7 @@ from cnnlab.training.engine import TrainConfig
 
 CACHE_MODES = ("auto", "on", "off")
 LOSSES = ("contrastive", "cosface", "arcface")
+CLASS_INITS = ("imprint", "random")
 TEST_IMAGES = ("people", "pairs")
 SELECT_ON = {"lfw": "auc", "both": "mean_auc"}  # -> the task's validation metric the kept epoch maximises
 
@@ -47,6 +48,10 @@ class FaceTrainConfig:
     class_margin: float = option(-1.0, "cosface/arcface margin (arcface: radians); -1: the paper's, 0.35 "
                                  "cosface, 0.5 arcface")
     class_scale: float = option(64.0, "cosface/arcface scale s of the cosine logits")
+    # Random class vectors with one to a few images per person learn slowly (the first runs on
+    # CelebA collapsed): docs/faces.md, "Identities instead of pairs".
+    class_init: str = option("imprint", "cosface/arcface class vectors at the start: imprint (each person's mean "
+                             "embedding under the starting network) or random")
     # data. Why 192 px and alignment: docs/decisions/default-face-recipe.md.
     input_size: int = option(192, "side of the square face the network sees, in pixels")
     # LFW photos are 250 px with the face about 110 px across, centred: 150 keeps all of it.
@@ -135,6 +140,8 @@ class FaceTrainConfig:
             (self.class_margin >= 0 or self.class_margin == -1,
              f"class_margin must be >= 0 or -1 (the paper's), got {self.class_margin}"),
             (self.class_scale > 0, f"class_scale must be > 0, got {self.class_scale}"),
+            (self.class_init in CLASS_INITS,
+             f"class_init must be one of {', '.join(CLASS_INITS)}, got {self.class_init!r}"),
             (self.loss == "contrastive" or self.normalize, f"loss={self.loss} compares cosines: it needs "
                                                            "normalize=true"),
             (self.distance in DISTANCES,

@@ -25,7 +25,7 @@ from cnnlab.metric_learning.losses import ContrastiveLoss, MarginSoftmaxLoss
 from cnnlab.metric_learning.miners import create_miner
 from cnnlab.metrics.verification import evaluate
 from cnnlab.models.siamese import SiameseNet
-from cnnlab.models.utils import in_batches
+from cnnlab.models.utils import eval_mode, in_batches
 from cnnlab.tasks.faces.config import FaceTrainConfig, frozen_prefix, set_trainable
 from cnnlab.tasks.faces.features import PrefixFeatures, embed_from_prefix
 from cnnlab.training.distributed import DistContext, gather_rows
@@ -181,6 +181,16 @@ class FaceVerificationTask(Task):
             groups.append({"params": [p for p in params if p.ndim > 1], "lr_scale": scale})
             groups.append({"params": [p for p in params if p.ndim <= 1], "lr_scale": scale, "weight_decay": 0.0})
         return groups
+
+    @torch.no_grad()
+    def imprint_classes(self, model: SiameseNet) -> None:
+        """cosface/arcface with class_init=imprint: each class vector from its person's training
+        images as the starting network embeds them (eval mode, as validation embeds)."""
+        classes = self.class_of[self.train_labels]
+        drawn = classes >= 0
+        with eval_mode(model):
+            z = self.embed_rows(model, self.train_rows[drawn])
+        self.classes.imprint(z, classes[drawn])
 
     def loss_module(self) -> MarginSoftmaxLoss | None:
         return self.classes

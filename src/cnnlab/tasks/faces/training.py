@@ -172,6 +172,11 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
         f"validating on {len(task.val_same)} pairs of {len(val_people)} people"
         + (f", and {len(task.extra_val.same)} pairs of {len(extra_val_people)} extra_val people"
            if task.extra_val is not None else ""))
+    if task.classes is not None and config.class_init == "imprint":
+        start = time.perf_counter()
+        task.imprint_classes(model)
+        log(f"{config.loss}: {len(task.classes.weight)} class vectors imprinted from the starting network's "
+            f"embeddings ({time.perf_counter() - start:.0f} s)")
     select = SELECT_ON[config.select_on]
     callbacks = [EpochLog(log, config.epochs)] + ([PruningCallback(report_epoch, select)]
                                                   if report_epoch is not None else [])
