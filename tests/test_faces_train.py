@@ -429,7 +429,7 @@ def test_single_image_people_train_as_impostors_only_when_asked(fake_lfw, tmp_pa
     config = tiny_config(epochs=1, loss=loss, class_scale=16.0, singles_per_batch=2)
     train_view1(config, fake_lfw, tmp_path / "with", evaluate_test=False, log=lines.append)
     # Their frozen features are cached with the rest (the batches gather them from the cache).
-    assert any("8x2 + 2 images of single-image people per epoch, from cached stage" in line for line in lines)
+    assert any("8x2 + 2 single-image people per epoch, from cached stage" in line for line in lines)
     if loss == "cosface":  # every training person a class, the 2 single-image ones too
         weight = torch.load(tmp_path / "with" / "checkpoint.pt", weights_only=True)["loss"]["weight"]
         assert tuple(weight.shape) == (14, config.embedding_dim)

@@ -163,12 +163,12 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     task = FaceVerificationTask(config, dataset, fit_rows, val_rows, engine.device, prefix=prefix,
                                 start_stage=stage, dist=engine.dist, extra_val_rows=extra_rows)
     # Said every run: a pair loss cannot use a person's only image unless it is asked to.
-    singles_note = (f" + {task.sampler.singles_per_batch} images of single-image people" if config.singles_per_batch
-                    else f"; the {singles} people with one image are never drawn (--singles-per-batch)" if singles
-                    else "")
+    per_batch = f" + {task.sampler.singles_per_batch} single-image people" if config.singles_per_batch else ""
+    unused = (f"; the {singles} people with one image are never drawn (--singles-per-batch)"
+              if singles and not config.singles_per_batch else "")
     log(f"training on {len(fit_rows)} images of {len(fit_people)} people "
-        f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k}{singles_note} per epoch, "
-        f"{'from cached stage ' + str(stage) + ' features' if stage else 'from pixels'}); "
+        f"({len(task.sampler)} batches of {config.people_per_batch}x{config.k}{per_batch} per epoch, "
+        f"{'from cached stage ' + str(stage) + ' features' if stage else 'from pixels'}{unused}); "
         f"validating on {len(task.val_same)} pairs of {len(val_people)} people"
         + (f", and {len(task.extra_val.same)} pairs of {len(extra_val_people)} extra_val people"
            if task.extra_val is not None else ""))
