@@ -195,6 +195,12 @@ class FaceTrainConfig:
     def people_per_batch(self) -> int:
         return self.batch_size // self.k
 
+    @property
+    def min_images_drawn(self) -> int:
+        """Images a training person needs for a batch to draw them (`PKSampler`): 2, for a
+        same-person pair, or 1 with singles_per_batch. Decides the cached rows and the classes."""
+        return 1 if self.singles_per_batch else 2
+
     def _shared_with(self, cls: type) -> dict:
         """This recipe's values of the fields `cls` also has; `cls`'s defaults fill the rest."""
         mine = {f.name for f in dataclasses.fields(self)}

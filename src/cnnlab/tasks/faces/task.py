@@ -137,7 +137,7 @@ class FaceVerificationTask(Task):
             self.miner = create_miner(config.miner, **config.miner_options(self.distance))
         else:
             counts = np.bincount(fit_labels, minlength=dataset.num_people)
-            people = np.flatnonzero(counts >= (1 if config.singles_per_batch else 2))
+            people = np.flatnonzero(counts >= config.min_images_drawn)
             class_of = np.full(dataset.num_people, -1, dtype=np.int64)
             class_of[people] = np.arange(len(people))
             self.class_of = torch.as_tensor(class_of, device=device)

@@ -151,7 +151,7 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
         start = time.perf_counter()
         # Only rows a batch can draw (people with >= 2 images, and with singles_per_batch the
         # single-image people) and the validation rows.
-        drawable = fit_rows[fit_counts[dataset.labels[fit_rows]] >= (1 if config.singles_per_batch else 2)]
+        drawable = fit_rows[fit_counts[dataset.labels[fit_rows]] >= config.min_images_drawn]
         rows = np.concatenate([drawable, val_rows, extra_rows]) if cache_rows is None else np.asarray(cache_rows)
         # Augmented views only of rows training draws; with a cache shared by the runs of a
         # study (View 2's folds) of every cached row a run may train on, so all share one entry.
