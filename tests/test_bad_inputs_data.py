@@ -404,8 +404,8 @@ def test_faces_train_cli_exits_2_with_one_line_before_training(fake_lfw, tmp_pat
     broken = break_image_of_first_pair(root, "pairsDevTest.txt")
     out = tmp_path / "run"
     capsys.readouterr()
-    code = main(["faces", "train", "--data", str(root), "--out", str(out), "--weights", "none", "--input-size", "32",
-                 "--crop", str(SIDE), "--device", "cpu", "--no-progress", "--epochs", "1"])
+    code = main(["faces", "train", "--preset", "lfw", "--data", str(root), "--out", str(out), "--weights", "none",
+                 "--input-size", "32", "--crop", str(SIDE), "--device", "cpu", "--no-progress", "--epochs", "1"])
     captured = capsys.readouterr()
     assert code == 2 and str(broken) in only_one_line(captured.err)
     assert "epoch" not in captured.out.lower() and empty_or_absent(out)

@@ -168,3 +168,57 @@ def test_untrained_baseline_scores_the_held_out_people_a_trained_run_validates_o
     assert "extra_validation" not in untrained_baseline(tiny_config(), lfw, log=quiet)
     with pytest.raises(CnnlabError, match="trains nothing"):
         untrained_baseline(tiny_config(extra_train=[source]), lfw, log=quiet)
+
+
+# ---------------------------------------------------------------------------- the default preset
+NO_PRESET = [flag for flag in TINY if flag not in ("--preset", "lfw")]  # the default: cpu
+
+
+def test_data_root_in_a_source_is_the_folder_cnnlab_data_names(monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    config = FaceTrainConfig(extra_train=["celeba:{data}/celeba", "{data}/mine"], extra_val="folders:{data}/att")
+    assert config.extra_train == [f"celeba:{tmp_path}/celeba", f"{tmp_path}/mine"]
+    assert config.extra_val == f"folders:{tmp_path}/att"
+    assert FaceTrainConfig().extra_train == [] and FaceTrainConfig().extra_val == ""  # the lfw preset's
+
+
+def test_the_default_preset_trains_on_the_data_roots_celeba_and_holds_500_people_out(data, tmp_path, monkeypatch):
+    lfw, celeba = data
+    monkeypatch.setenv("CNNLAB_DATA", str(lfw.parent))
+    out = tmp_path / "run"
+    assert main(["faces", "train", "--out", str(out), "--no-test", "--epochs", "1", *NO_PRESET,
+                 "--extra-val-people", "4"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    sources = metrics["training_data"]["sources"]
+    assert [s["kind"] for s in sources] == ["lfw", "celeba"] and sources[1]["root"] == str(celeba)
+    assert metrics["extra_validation"]["people"] == 4
+    recipe = (out / "faces_config.yaml").read_text()
+    assert f"celeba:{celeba}" in recipe and "{data}" not in recipe  # the folders the run read
+
+
+def test_the_default_preset_without_celeba_is_one_line_naming_the_way_round(data, tmp_path, monkeypatch, capsys):
+    lfw, _ = data
+    empty = tmp_path / "data"
+    (empty / "lfw").mkdir(parents=True)
+    monkeypatch.setenv("CNNLAB_DATA", str(empty))
+    for command in ("train", "tune", "margins"):
+        assert main(["faces", command, "--data", str(lfw), "--out", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(empty / "celeba") in err and "--preset lfw" in err, err
+        assert not (tmp_path / "run").exists()
+    # Only the people a preset brings are checked: the user's own sources replace them.
+    mine = make_gallery(tmp_path / "mine", people=3, seed=5)
+    assert main(["faces", "train", "--data", str(lfw), "--out", str(tmp_path / "mine-run"), "--no-test",
+                 "--epochs", "1", *NO_PRESET, "--extra-train", str(mine), "--extra-val", ""]) == 0
+
+
+def test_baseline_under_the_default_preset_scores_the_held_out_people_and_trains_nothing(data, tmp_path, monkeypatch,
+                                                                                           capsys):
+    lfw, celeba = data
+    monkeypatch.setenv("CNNLAB_DATA", str(lfw.parent))
+    assert main(["faces", "baseline", "--data", str(lfw), "--out", str(tmp_path / "base"), *NO_PRESET,
+                 "--extra-val-people", "4"]) == 0
+    assert json.loads((tmp_path / "base" / "baseline.json").read_text())["extra_validation"]["people"] == 4
+    capsys.readouterr()
+    assert main(["faces", "baseline", "--data", str(lfw), *NO_PRESET, "--extra-train", str(celeba)]) == 2
+    assert "trains nothing" in capsys.readouterr().err

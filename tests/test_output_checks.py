@@ -25,7 +25,7 @@ AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 def commands(out, missing_data):
     """Every command with an output folder. Faces read --data, which does not exist: had the
     command looked at its data first, the error would name that folder instead of --out."""
-    faces_data = ["--data", str(missing_data)]
+    faces_data = ["--data", str(missing_data), "--preset", "lfw"]
     return {
         "cifar train": ["cifar", "train", "--block", "A", "--out", str(out), *CIFAR_TINY],
         "cifar compare": ["cifar", "compare", "--blocks", "A", "--out", str(out), "--no-report", *CIFAR_TINY],

@@ -93,5 +93,6 @@ def test_tensorboard_and_sync_bn_are_flags_of_the_training_commands(tmp_path):
     recipe = _recipe(args)
     assert recipe.train.tensorboard and recipe.train.sync_bn
     assert not _recipe(parser.parse_args(["cifar", "train", "--block", "A", "--out", str(tmp_path)])).train.tensorboard
-    faces = face_config_from_args(parser.parse_args(["faces", "train", "--tensorboard", "--sync-bn"]))
+    faces = face_config_from_args(parser.parse_args(["faces", "train", "--preset", "lfw", "--tensorboard",
+                                                     "--sync-bn"]))
     assert faces.train_config().tensorboard and faces.train_config().sync_bn

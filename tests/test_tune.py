@@ -429,7 +429,7 @@ def tune_args(tmp_path: Path, lfw: Path, out: Path, *more: str) -> list[str]:
     (tmp_path / "recipe.yaml").write_text(TINY_RECIPE)
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
     return ["faces", "tune", "--data", str(lfw), "--out", str(out), "--config", str(tmp_path / "recipe.yaml"),
-            "--space", str(tmp_path / "space.yaml"), "--device", "cpu", *more]
+            "--space", str(tmp_path / "space.yaml"), "--device", "cpu", "--preset", "lfw", *more]
 
 
 @pytest.mark.slow

@@ -153,7 +153,7 @@ def run_export(args) -> int:
 def run_baseline(args) -> int:
     from cnnlab.core.files import check_output_dir
     from cnnlab.tasks.faces import untrained_baseline
-    config = config_from_args(args)
+    config = config_from_args(args, trains=False)
     if args.out is not None:
         check_output_dir(args.out)  # before any image is read
     untrained_baseline(config, data_root_from_args(args), args.out, log=print)

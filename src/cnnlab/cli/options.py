@@ -19,9 +19,11 @@ def add_face_recipe_flags(p: argparse.ArgumentParser) -> None:
                              "then --config)")
     g.add_argument("--config", metavar="FILE", help="YAML mapping of FaceTrainConfig fields (e.g. a tuner's best.yaml)")
     g.add_argument("--preset", choices=sorted(catalog.load()["face_presets"]), default="cpu",
-                   help="cpu (default): cached-feature partial fine-tuning; demo: make demo's smaller run (400 "
+                   help="cpu (default): cached-feature partial fine-tuning on LFW's training people and "
+                        "CelebA's ($CNNLAB_DATA/celeba; 500 of its people held out as a second validation set); "
+                        "lfw: the same on LFW's people alone; demo: make demo's smaller run (LFW only, 400 "
                         "training people, 128 px, the test pairs' images only, the random search's best knobs); "
-                        "finetune: end-to-end (GPU)")
+                        "finetune: end-to-end (GPU, LFW only)")
     add_config_flags(g, "FaceTrainConfig")  # help texts: on the fields (`config.option`)
 
 
@@ -31,13 +33,18 @@ def explicit_face_fields(args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name, None) for f in dataclasses.fields(FaceTrainConfig)}
 
 
-def face_config_from_args(args: argparse.Namespace):
-    """--preset, then --config, then flags, into one validated FaceTrainConfig."""
+def face_config_from_args(args: argparse.Namespace, *, trains: bool = True):
+    """--preset, then --config, then flags, into one validated FaceTrainConfig. For a command
+    that trains nothing (`trains=False`) the preset brings no training people: only what the
+    user gave, which that command then refuses."""
     from cnnlab.core.config import build_config
     from cnnlab.core.files import load_yaml
-    from cnnlab.tasks.faces import PRESETS, FaceTrainConfig
+    from cnnlab.tasks.faces import PRESETS, FaceTrainConfig, check_preset_data
     file_values = load_yaml(args.config) if args.config else None
-    return build_config(FaceTrainConfig, PRESETS[args.preset], file_values, explicit_face_fields(args))
+    preset = {k: v for k, v in PRESETS[args.preset].items() if trains or k != "extra_train"}
+    config = build_config(FaceTrainConfig, preset, file_values, explicit_face_fields(args))
+    check_preset_data(args.preset, config)
+    return config
 
 
 def add_lfw_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str | None = None) -> None:

@@ -10,14 +10,16 @@ that are not LFW's".
   which Sun et al. 2014 (DeepID2) describe as disjoint from LFW's.
 
 A source is written `celeba:PATH`, `folders:PATH`, or a bare `PATH` whose layout says which
-(an `identity_CelebA.txt` or `img_align_celeba/` in it: CelebA; else identity folders). Images
-go through the one face step and cache (`cnnlab.data.faces.load_face_files`).
+(an `identity_CelebA.txt` or `img_align_celeba/` in it: CelebA; else identity folders). `{data}`
+in PATH is the data root (`cnnlab.core.env.data_root`), so a preset can name a data set wherever
+the data lives. Images go through the one face step and cache (`cnnlab.data.faces.load_face_files`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnlab.core.env import data_root
 from cnnlab.core.errors import CnnlabError
 from cnnlab.data.cache import ArrayCache
 from cnnlab.data.faces import FaceDataset, FacePreprocess, load_face_files, scan_identity_folders
@@ -27,6 +29,12 @@ CELEBA_IDENTITY_FILE = "identity_CelebA.txt"
 CELEBA_IMAGE_DIR = "img_align_celeba"
 KINDS = ("celeba", "folders")
 SOURCE_FORMS = "celeba:PATH, folders:PATH or PATH"
+DATA_ROOT_MARK = "{data}"
+
+
+def with_data_root(text: str) -> str:
+    """A source as written, with `{data}` replaced by the data root (`$CNNLAB_DATA`)."""
+    return text.replace(DATA_ROOT_MARK, str(data_root()[0])) if DATA_ROOT_MARK in text else text
 
 
 @dataclass(frozen=True)

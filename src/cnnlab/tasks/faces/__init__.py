@@ -8,7 +8,7 @@ contrastive loss of Hadsell, Chopra and LeCun (2006) on pairs formed inside P x 
 (Hermans, Beyer and Leibe 2017). Runs follow LFW's protocols (Huang et al. 2007). Nothing here
 draws: runs write files, and the CLI or the demo plots from them afterwards.
 """
-from cnnlab.tasks.faces.config import PRESETS, FaceTrainConfig, cache_stage, preset_config
+from cnnlab.tasks.faces.config import PRESETS, FaceTrainConfig, cache_stage, check_preset_data, preset_config
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
 from cnnlab.tasks.faces.margins import compare_margins, outlier_counts
 from cnnlab.tasks.faces.task import FaceVerificationTask
@@ -18,7 +18,7 @@ from cnnlab.tasks.faces.view2 import train_view2
 
 # What callers outside tasks.faces use; anything else is imported from its module.
 __all__ = [
-    "PRESETS", "FaceTrainConfig", "cache_stage", "preset_config", "FeatureMemo", "cached_prefix",
+    "PRESETS", "FaceTrainConfig", "cache_stage", "check_preset_data", "preset_config", "FeatureMemo", "cached_prefix",
     "compare_margins", "outlier_counts", "FaceVerificationTask", "METRICS_FILE", "backbone_features",
     "default_lfw_root", "embed_images", "train_verifier", "format_retrieval", "format_test", "record_plots",
     "train_view1", "untrained_baseline", "train_view2",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cnnlab.core.config import option, option_from
 from cnnlab.core.errors import CnnlabError
 from cnnlab.data.faces import FacePreprocess
-from cnnlab.data.identities import IdentitySource
+from cnnlab.data.identities import IdentitySource, with_data_root
 from cnnlab.metric_learning.distances import DISTANCES
 from cnnlab.metric_learning.miners import MINERS
 from cnnlab.models.siamese import SiameseConfig, SiameseNet
@@ -82,7 +82,7 @@ class FaceTrainConfig:
     extra_train: list[str] = option([], "identity-labelled faces trained on beside LFW's training people, never "
                                     "validated or tested on: celeba:PATH (PATH/img_align_celeba/ + "
                                     "PATH/identity_CelebA.txt), folders:PATH (PATH/<person>/<image>) or PATH (layout "
-                                    "detected); repeatable")
+                                    "detected); {data} in PATH is the data root; repeatable")
     extra_val: str = option("", "a second validation set, not LFW: extra_val_people seeded people of this source "
                             "(written as for extra_train), never trained on (left out of extra_train); empty: none")
     extra_val_people: int = option(500, "people (with 2+ images) of extra_val held out to validate on")
@@ -129,6 +129,10 @@ class FaceTrainConfig:
         self.weights = str(self.weights)
         # YAML may hold one source as a plain string; Python callers may pass a tuple.
         self.extra_train = [self.extra_train] if isinstance(self.extra_train, str) else list(self.extra_train)
+        # The recorded recipe names real folders, not `{data}`: what the run read.
+        self.extra_train = [with_data_root(s) if isinstance(s, str) else s for s in self.extra_train]
+        if isinstance(self.extra_val, str):
+            self.extra_val = with_data_root(self.extra_val)
         sources = [IdentitySource.parse(s) for s in self.extra_train if isinstance(s, str)]
         if self.extra_val and isinstance(self.extra_val, str):
             IdentitySource.parse(self.extra_val)
@@ -229,10 +233,20 @@ class FaceTrainConfig:
 DEMO_TUNED = {"lr": 2.35e-3, "batch_size": 64, "k": 8, "embedding_dim": 64, "margin": 0.8,
               "miner_negatives": 2, "weight_decay": 1.2e-3, "trainable_stages": 5}
 
+# The people the default recipe trains on beside LFW's, and its second validation set: CelebA
+# in the data root, 500 of its people held out (never trained on). Chosen on both validation
+# sets over LFW's people alone (docs/decisions/default-face-recipe.md, "More people than LFW has").
+CELEBA = "celeba:{data}/celeba"
+BEYOND_LFW = {"extra_train": [CELEBA], "extra_val": CELEBA}
+
 # Settings a preset changes from the FaceTrainConfig defaults (flags and --config override them).
+# The dataclass defaults are the `lfw` preset's: a Python caller names every data set it uses.
 PRESETS = {
-    # The default recipe: the last Lite0 stages fine-tuned on cached early-stage features.
-    "cpu": {},
+    # The default recipe: the last Lite0 stages fine-tuned on cached early-stage features, on
+    # LFW's training people and CelebA's.
+    "cpu": BEYOND_LFW,
+    # The same recipe on LFW's training people alone (the default until CelebA's people beat it).
+    "lfw": {},
     # `make demo`: the same recipe on less work: 400 of the 1,184 DevTrain people with two or
     # more images, 128 px, only the 1,549 images of the DevTest pairs embedded, and the knobs of
     # the recipe study's best trial (docs/tune/best.yaml, trial 16), which beat the default's at
@@ -250,6 +264,23 @@ def preset_config(name: str, **overrides) -> FaceTrainConfig:
     if name not in PRESETS:
         raise CnnlabError(f"unknown face preset {name!r}; valid: {', '.join(PRESETS)}")
     return FaceTrainConfig(**{**PRESETS[name], **overrides})
+
+
+def check_preset_data(name: str, config: FaceTrainConfig) -> None:
+    """The data sets preset `name` brings that `config` still uses must exist: a missing one is
+    one line naming the folder and the way round it, before any image is read."""
+    preset = FaceTrainConfig(**PRESETS[name])
+    used = [s for s in preset.extra_train if s in config.extra_train]
+    used += [preset.extra_val] if preset.extra_val and preset.extra_val == config.extra_val else []
+    for text in dict.fromkeys(used):
+        source = IdentitySource.parse(text)
+        if not source.root.is_dir():
+            what = ("CelebA's official layout (img_align_celeba/, identity_CelebA.txt)" if source.kind == "celeba"
+                    else "that data set")
+            default = " (the default)" if name == "cpu" else ""
+            raise CnnlabError(f"the {name} preset{default} also uses the faces in {source.root}, a folder that "
+                              f"does not exist: put {what} there (docs/data.md), set CNNLAB_DATA to the folder that "
+                              "holds it, or use --preset lfw to train on LFW's people alone")
 
 
 # ---------------------------------------------------------------------------- which stages train
