@@ -55,6 +55,9 @@ def test_extra_people_train_only_and_held_out_people_validate_only(data, seen, t
     baseline = train_view1(tiny_config(epochs=1, extra_val=source, extra_val_people=4), lfw, tmp_path / "lfw",
                            evaluate_test=True, log=quiet)
     run, base = seen
+    held_out = with_extra["extra_validation"]  # 4 people x 3 images, each a query
+    kept = held_out["per_epoch"][with_extra["best_epoch"] - 1]
+    assert held_out["retrieval"]["queries"] == 12 and kept["precision_at_1"] == held_out["retrieval"]["precision_at_1"]
     lfw_people = set(LFWProtocol(lfw).view1_train_people) | set(LFWProtocol(lfw).view1_test_people)
     test_people = set(LFWProtocol(lfw).view1_test_people)
     extra_fit = {p for p in run["fit"] if p.startswith("celeba/")}

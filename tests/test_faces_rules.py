@@ -37,7 +37,9 @@ def module_of(function):
 def fake_trained(threshold: float):
     validation = VerificationMetrics(accuracy=0.8, threshold=threshold, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
     return SimpleNamespace(model=None, threshold=threshold, validation=validation, history=[], best_epoch=1,
-                           train_time_s=0.0, cache_time_s=0.0, start_stage=0, extra_validation=None)
+                           train_time_s=0.0, cache_time_s=0.0, start_stage=0, extra_validation=None,
+                           validation_retrieval={"queries": 4, "precision_at_1": 0.5, "r_precision": 0.5,
+                                                 "map_at_r": 0.5})
 
 
 def stand_in_training(monkeypatch, function, threshold: float, distance_of) -> list:

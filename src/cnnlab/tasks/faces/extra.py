@@ -153,12 +153,13 @@ def extra_metrics(config: FaceTrainConfig, trained: TrainedVerifier, extra: Extr
     """metrics.json's keys about the choice of epoch and the second validation set:
     `selected_on` and `selection_auc` (what the kept epoch maximised: the tuner's objective too),
     and `extra_validation` (extra_val's record, its scores at the kept epoch at LFW's calibrated
-    threshold, and its AUC and accuracy per epoch), when the run has one."""
+    threshold, its retrieval, and its AUC, accuracy and precision@1 per epoch), when the run has one."""
     out = {"selected_on": config.select_on, "selection_auc": trained.validation.auc}
     if config.select_on != "lfw":
         out["selection_auc"] = float(trained.history[trained.best_epoch - 1][f"val_{SELECT_ON[config.select_on]}"])
     if extra.validation is not None and trained.extra_validation is not None:
-        per_epoch = [{"epoch": row["epoch"], "auc": row["val_extra_auc"], "acc": row["val_extra_acc"]}
+        per_epoch = [{"epoch": row["epoch"], "auc": row["val_extra_auc"], "acc": row["val_extra_acc"],
+                      "precision_at_1": row["val_extra_p1"]}
                      for row in trained.history if "val_extra_auc" in row]
         out["extra_validation"] = {**extra.validation, **trained.extra_validation, "per_epoch": per_epoch}
     return out

@@ -23,6 +23,7 @@ from cnnlab.data.samplers import PKSampler
 from cnnlab.metric_learning.distances import create_distance
 from cnnlab.metric_learning.losses import ContrastiveLoss, MarginSoftmaxLoss
 from cnnlab.metric_learning.miners import create_miner
+from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import evaluate
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches
@@ -45,17 +46,19 @@ class FaceBatch(NamedTuple):
 
 
 class ValidationPairs(NamedTuple):
-    """Seeded pairs among some validation rows: `i`, `j` index `rows`; `same` says which match."""
+    """Seeded pairs among some validation rows: `i`, `j` index `rows`; `same` says which match;
+    `labels` are the rows' people (for retrieval over all of them)."""
     rows: torch.Tensor
     i: torch.Tensor
     j: torch.Tensor
     same: np.ndarray
+    labels: np.ndarray
 
     @classmethod
     def sample(cls, labels: np.ndarray, rows: np.ndarray, n: int, seed: int, device: torch.device
                ) -> ValidationPairs:
         i, j, same = sample_pairs(labels[rows], n, seed=seed)
-        return cls(*(torch.as_tensor(a, device=device) for a in (rows, i, j)), same)
+        return cls(*(torch.as_tensor(a, device=device) for a in (rows, i, j)), same, labels[rows])
 
 
 class EmbedFrom(nn.Module):
@@ -115,8 +118,10 @@ class FaceVerificationTask(Task):
     """Contrastive (or CosFace/ArcFace, `config.loss`) training on P x K batches; validation =
     AUC (and best accuracy) on seeded pairs among the validation people, and with
     `extra_val_rows` the same on a second set (`extra_auc`, ..., and `mean_auc`, the two AUCs'
-    mean). Which epoch is kept (the best validation AUC, `FaceTrainConfig.select_on`), the log
-    line and optuna's pruning are the engine's selection and callbacks (`train_verifier`)."""
+    mean); retrieval precision@1 over all the images of each set's people (`p1`, `extra_p1`),
+    which pair AUC does not measure and which nothing selects on. Which epoch is kept (the best
+    validation AUC, `FaceTrainConfig.select_on`), the log line and optuna's pruning are the
+    engine's selection and callbacks (`train_verifier`)."""
 
     def __init__(self, config: FaceTrainConfig, dataset: FaceDataset, fit_rows: np.ndarray, val_rows: np.ndarray,
                  device: torch.device, *, prefix: PrefixFeatures | None, start_stage: int,
@@ -153,7 +158,7 @@ class FaceVerificationTask(Task):
             # uint8 NCHW (channels_last in memory) on the device; the model scales and normalises.
             self.pixels = torch.from_numpy(dataset.images).to(device).permute(0, 3, 1, 2)
         self.val = ValidationPairs.sample(dataset.labels, val_rows, config.val_pairs, config.seed, device)
-        self.val_rows, self.val_i, self.val_j, self.val_same = self.val
+        self.val_rows, self.val_i, self.val_j, self.val_same, _ = self.val
         self.extra_val = None  # sampled like LFW's validation pairs
         if extra_val_rows is not None and len(extra_val_rows):
             self.extra_val = ValidationPairs.sample(dataset.labels, np.asarray(extra_val_rows), config.val_pairs,
@@ -240,16 +245,21 @@ class FaceVerificationTask(Task):
         return in_batches(lambda s: self.embed(model, self.pixels[rows[s]]).float(), len(rows),
                           self.config.eval_batch_size, empty=torch.zeros(0, model.embedding_dim))
 
-    def pair_distances(self, model: SiameseNet, pairs: ValidationPairs) -> np.ndarray:
+    def pair_distances(self, model: SiameseNet, pairs: ValidationPairs) -> tuple[np.ndarray, dict]:
+        """The pairs' distances, and leave-one-out retrieval over every image of their rows
+        (`cnnlab.metrics.retrieval.retrieval_scores`) from the same embeddings."""
         z = self.embed_rows(model, pairs.rows)
-        return self.distance.paired(z[pairs.i], z[pairs.j]).cpu().numpy()
+        return (self.distance.paired(z[pairs.i], z[pairs.j]).cpu().numpy(),
+                retrieval_scores(z.cpu(), pairs.labels, self.distance))
 
     def evaluate(self, model: SiameseNet) -> dict[str, float]:
         scores = {}
         for prefix, pairs in (("", self.val), ("extra_", self.extra_val)):
             if pairs is not None:
-                rep = evaluate(self.pair_distances(model, pairs), pairs.same)
-                scores.update({f"{prefix}auc": rep.auc, f"{prefix}acc": rep.accuracy, f"{prefix}eer": rep.eer})
+                distances, retrieval = self.pair_distances(model, pairs)
+                rep = evaluate(distances, pairs.same)
+                scores.update({f"{prefix}auc": rep.auc, f"{prefix}acc": rep.accuracy, f"{prefix}eer": rep.eer,
+                               f"{prefix}p1": retrieval["precision_at_1"]})
         if self.extra_val is not None:
             scores["mean_auc"] = (scores["auc"] + scores["extra_auc"]) / 2
         return scores

@@ -30,6 +30,7 @@ from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.images import DecodeReport
 from cnnlab.data.lfw import LFWProtocol, Pair
 from cnnlab.metric_learning.distances import create_distance
+from cnnlab.metrics.retrieval import retrieval_scores
 from cnnlab.metrics.verification import VerificationMetrics, best_threshold, evaluate
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches, module_device
@@ -85,10 +86,11 @@ class EpochLog(Callback):
         self.log, self.epochs, self.started = log, epochs, time.perf_counter()
 
     def on_validation(self, epoch: int, record: dict, selected_epoch: int) -> None:
-        extra = (f", extra val AUC {record['val_extra_auc']:.4f} ({record['val_extra_acc']:.2%})"
-                 if "val_extra_auc" in record else "")
+        extra = (f", extra val AUC {record['val_extra_auc']:.4f} ({record['val_extra_acc']:.2%}, precision@1 "
+                 f"{record['val_extra_p1']:.1%})" if "val_extra_auc" in record else "")
         self.log(f"epoch {epoch}/{self.epochs}: val AUC {record['val_auc']:.4f}, val accuracy "
-                 f"{record['val_acc']:.2%}{extra} ({time.perf_counter() - self.started:.0f} s)")
+                 f"{record['val_acc']:.2%}, precision@1 {record['val_p1']:.1%}{extra} "
+                 f"({time.perf_counter() - self.started:.0f} s)")
 
 
 class PruningCallback(Callback):
@@ -113,6 +115,7 @@ class TrainedVerifier:
     cache_time_s: float
     start_stage: int
     extra_validation: dict | None = None  # extra_val's pairs at the kept epoch, at `threshold`
+    validation_retrieval: dict | None = None  # leave-one-out over the validation people's images
 
 
 def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Sequence[str],
@@ -191,19 +194,22 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     vd = pair_distances(val_embeddings, task.val_i.cpu().numpy(), task.val_j.cpu().numpy(), config.distance)
     threshold, _ = best_threshold(vd, task.val_same)
     validation = evaluate(vd, task.val_same, threshold=threshold)
-    log(f"kept epoch {best_epoch} (val AUC {validation.auc:.4f}); threshold {threshold:.4f} calibrated on "
-        f"{len(vd)} validation pairs (accuracy {validation.accuracy:.2%} there)")
+    val_retrieval = retrieval_scores(val_embeddings, task.val.labels, config.distance)
+    log(f"kept epoch {best_epoch} (val AUC {validation.auc:.4f}, precision@1 {val_retrieval['precision_at_1']:.1%});"
+        f" threshold {threshold:.4f} calibrated on {len(vd)} validation pairs (accuracy {validation.accuracy:.2%} "
+        "there)")
     extra = None
     if task.extra_val is not None:  # at LFW's threshold: extra_val never chooses one
         with torch.no_grad():
-            ed = task.pair_distances(model, task.extra_val).astype(np.float64)
-        extra = {**test_report(ed, task.extra_val.same, threshold), "pairs": len(ed),
+            ed, extra_retrieval = task.pair_distances(model, task.extra_val)
+        extra = {**test_report(ed.astype(np.float64), task.extra_val.same, threshold), "pairs": len(ed),
                  "matched": int(task.extra_val.same.sum()), "people": len(extra_val_people),
-                 "images": len(extra_rows)}
+                 "images": len(extra_rows), "retrieval": extra_retrieval}
         log(f"extra_val at the kept epoch: AUC {extra['auc']:.4f}, accuracy {extra['accuracy']:.2%} at the "
-            f"threshold (best-threshold accuracy {extra['best_threshold_accuracy']:.2%})")
+            f"threshold (best-threshold accuracy {extra['best_threshold_accuracy']:.2%}), precision@1 "
+            f"{extra_retrieval['precision_at_1']:.1%}")
     return TrainedVerifier(model, threshold, validation, result.history, best_epoch,
-                           float(result.final["train_time_s"]), cache_time, stage, extra)
+                           float(result.final["train_time_s"]), cache_time, stage, extra, val_retrieval)
 
 
 # ---------------------------------------------------------------------------- shared by the runs

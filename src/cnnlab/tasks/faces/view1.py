@@ -128,7 +128,8 @@ def train_view1(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
     trained = train_verifier(config, dataset, fit_people, val_people, out_dir, report_epoch=report_epoch, log=log,
                              data_info={"protocol": "view1", "root": str(protocol.root)}, features=features,
                              extra_val_people=extra.val_people)
-    metrics = {"protocol": "view1", "validation": trained.validation.to_dict(), "threshold": trained.threshold,
+    metrics = {"protocol": "view1", "validation": trained.validation.to_dict(),
+               "validation_retrieval": trained.validation_retrieval, "threshold": trained.threshold,
                "best_epoch": trained.best_epoch, "epochs": config.epochs, "train_time_s": trained.train_time_s,
                "feature_cache_time_s": trained.cache_time_s, "trained_from_stage": trained.start_stage,
                "fit_people": len(fit_people), "val_people": len(val_people),

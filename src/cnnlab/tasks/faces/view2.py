@@ -114,6 +114,7 @@ def train_view2(config: FaceTrainConfig, data_root: str | Path, out_dir: str | P
                "accuracy_val_threshold": evaluate(d[held], same[held], threshold=trained.threshold).accuracy,
                "val_threshold": trained.threshold, "auc": test["auc"], "eer": test["eer"],
                "tar_at_far": test["tar_at_far"], "val_auc": trained.validation.auc,
+               "val_precision_at_1": trained.validation_retrieval["precision_at_1"],
                "best_epoch": trained.best_epoch, "train_time_s": trained.train_time_s}
         if trained.extra_validation is not None:
             row["extra_val_auc"] = trained.extra_validation["auc"]
