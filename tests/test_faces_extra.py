@@ -166,6 +166,9 @@ def test_untrained_baseline_scores_the_held_out_people_a_trained_run_validates_o
     b, t = base["extra_validation"], run["extra_validation"]
     assert (b["people"], b["images"], b["pairs"], b["matched"]) == (t["people"], t["images"], t["pairs"], t["matched"])
     assert b["people"] == 4 and b["images"] == 12 and 0 <= b["auc"] <= 1
+    # Retrieval over the same images as a trained run's: both validation sets, every image a query.
+    assert b["retrieval"]["queries"] == t["retrieval"]["queries"] == 12
+    assert base["validation_retrieval"]["queries"] == run["validation_retrieval"]["queries"] > 0
     assert b["threshold"] == base["validation"]["threshold"]  # LFW's: the second set chooses nothing
     assert json.loads((tmp_path / "base" / "baseline.json").read_text())["extra_validation"]["auc"] == b["auc"]
     assert "extra_validation" not in untrained_baseline(tiny_config(), lfw, log=quiet)

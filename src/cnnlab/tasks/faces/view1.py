@@ -185,7 +185,8 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
     known = set(dataset.people)
     val = dataset.subset([p for p in val_people if p in known])
     vi, vj, vsame = sample_pairs(val.labels, config.val_pairs, seed=config.seed)
-    vd = pair_distances(backbone_features(model, val.images, batch_size=config.eval_batch_size), vi, vj, "euclidean")
+    val_features = backbone_features(model, val.images, batch_size=config.eval_batch_size)
+    vd = pair_distances(val_features, vi, vj, "euclidean")
     threshold, _ = best_threshold(vd, vsame)
     test = dataset.subset([p for p in split.test_people if p in known])
     i, j, same = test.pair_indices(split.test_pairs)
@@ -193,15 +194,19 @@ def untrained_baseline(config: FaceTrainConfig, data_root: str | Path, out_dir: 
     d = pair_distances(features, i, j, "euclidean")
     result = {"protocol": "view1", "model": f"{config.backbone} ({config.weights} weights), no fine-tuning",
               "input_size": config.input_size, "crop": config.crop, **config.preprocess().model_extra(),
-              "validation": evaluate(vd, vsame, threshold=threshold).to_dict(), "test": test_report(d, same, threshold),
+              "validation": evaluate(vd, vsame, threshold=threshold).to_dict(),
+              "validation_retrieval": retrieval_scores(val_features, val.labels, "euclidean"),
+              "test": test_report(d, same, threshold),
               "retrieval": retrieval_scores(features, test.labels, "euclidean"), "skipped_files": skipped}
     if extra.val_people:
         rows = extra.dataset.indices_of_people(extra.val_people)
         ei, ej, esame = sample_pairs(extra.dataset.labels[rows], config.val_pairs, seed=config.seed)
-        ed = pair_distances(backbone_features(model, extra.dataset.images[rows], batch_size=config.eval_batch_size),
-                            ei, ej, "euclidean")
+        extra_features = backbone_features(model, extra.dataset.images[rows], batch_size=config.eval_batch_size)
+        ed = pair_distances(extra_features, ei, ej, "euclidean")
         result["extra_validation"] = {**extra.validation, **test_report(ed, esame, threshold), "pairs": len(ed),
-                                      "matched": int(esame.sum())}
+                                      "matched": int(esame.sum()),
+                                      "retrieval": retrieval_scores(extra_features, extra.dataset.labels[rows],
+                                                                    "euclidean")}
         log(f"untrained extra_val: AUC {result['extra_validation']['auc']:.4f}, accuracy "
             f"{result['extra_validation']['accuracy']:.2%} at the LFW threshold")
     log(format_test(result["test"], "untrained DevTest"))
