@@ -322,17 +322,13 @@ def copy_lfw(source: Path, target: Path) -> Path:
 
 def stand_in_training(monkeypatch, calls: list):
     """Training replaced by a recorded no-op: these tests are about what happens around it."""
-    from types import SimpleNamespace
-
     import cnnlab.tasks.faces.view1 as view1
     import cnnlab.tasks.faces.view2 as view2
-    from cnnlab.metrics.verification import VerificationMetrics
+    from test_faces_rules import fake_trained
 
     def fake_train(*args, **kwargs):
         calls.append(args[4] if len(args) > 4 else kwargs.get("run_dir"))
-        validation = VerificationMetrics(accuracy=0.8, threshold=0.5, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
-        return SimpleNamespace(model=None, threshold=0.5, validation=validation, history=[], best_epoch=1,
-                               train_time_s=0.0, cache_time_s=0.0, start_stage=0)
+        return fake_trained(0.5)
     for module in (view1, view2):  # each run module calls the training it imported
         monkeypatch.setattr(module, "train_verifier", fake_train)
         monkeypatch.setattr(module, "embed_images", lambda model, images, **k: np.zeros((len(images), 16), np.float32))

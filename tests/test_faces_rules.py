@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from cnnlab.data.lfw import LFWProtocol
 from cnnlab.metrics.verification import VerificationMetrics, accuracy_at, best_threshold
 from cnnlab.models.siamese import SiameseNet
 from cnnlab.tasks.faces import FaceVerificationTask, train_verifier, train_view1, train_view2
+from cnnlab.tasks.faces.training import TrainedVerifier
 from test_faces_train import make_fake_lfw, quiet, tiny_config
 
 
@@ -34,10 +34,12 @@ def module_of(function):
     return sys.modules[function.__module__]
 
 
-def fake_trained(threshold: float):
+def fake_trained(threshold: float) -> TrainedVerifier:
+    """What `train_verifier` returns, with no model: the real dataclass, so a stand-in never
+    lacks a field the runs read."""
     validation = VerificationMetrics(accuracy=0.8, threshold=threshold, auc=0.9, eer=0.1, tar_at_far={}, n_pairs=10)
-    return SimpleNamespace(model=None, threshold=threshold, validation=validation, history=[], best_epoch=1,
-                           train_time_s=0.0, cache_time_s=0.0, start_stage=0, extra_validation=None,
+    return TrainedVerifier(model=None, threshold=threshold, validation=validation, history=[], best_epoch=1,
+                           train_time_s=0.0, cache_time_s=0.0, start_stage=0,
                            validation_retrieval={"queries": 4, "precision_at_1": 0.5, "r_precision": 0.5,
                                                  "map_at_r": 0.5})
 
