@@ -245,7 +245,7 @@ class FaceVerificationTask(Task):
         return in_batches(lambda s: self.embed(model, self.pixels[rows[s]]).float(), len(rows),
                           self.config.eval_batch_size, empty=torch.zeros(0, model.embedding_dim))
 
-    def pair_distances(self, model: SiameseNet, pairs: ValidationPairs) -> tuple[np.ndarray, dict]:
+    def distances_and_retrieval(self, model: SiameseNet, pairs: ValidationPairs) -> tuple[np.ndarray, dict]:
         """The pairs' distances, and leave-one-out retrieval over every image of their rows
         (`cnnlab.metrics.retrieval.retrieval_scores`) from the same embeddings."""
         z = self.embed_rows(model, pairs.rows)
@@ -256,7 +256,7 @@ class FaceVerificationTask(Task):
         scores = {}
         for prefix, pairs in (("", self.val), ("extra_", self.extra_val)):
             if pairs is not None:
-                distances, retrieval = self.pair_distances(model, pairs)
+                distances, retrieval = self.distances_and_retrieval(model, pairs)
                 rep = evaluate(distances, pairs.same)
                 scores.update({f"{prefix}auc": rep.auc, f"{prefix}acc": rep.accuracy, f"{prefix}eer": rep.eer,
                                f"{prefix}p1": retrieval["precision_at_1"]})

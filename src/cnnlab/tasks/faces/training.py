@@ -201,7 +201,7 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     extra = None
     if task.extra_val is not None:  # at LFW's threshold: extra_val never chooses one
         with torch.no_grad():
-            ed, extra_retrieval = task.pair_distances(model, task.extra_val)
+            ed, extra_retrieval = task.distances_and_retrieval(model, task.extra_val)
         extra = {**test_report(ed.astype(np.float64), task.extra_val.same, threshold), "pairs": len(ed),
                  "matched": int(task.extra_val.same.sum()), "people": len(extra_val_people),
                  "images": len(extra_rows), "retrieval": extra_retrieval}
