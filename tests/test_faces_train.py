@@ -288,6 +288,10 @@ def test_margins_and_view2_on_tiny_data(fake_lfw, tmp_path):
     assert sum("computed frozen stages" in line for line in lines) == 1
     assert summary["folds_run"] == 2 and summary["num_folds"] == 10 and not summary["complete"]
     assert [f["fold"] for f in summary["folds"]] == [1, 2]
+    # Each fold's row carries the retrieval its kept epoch logged (validation people's images).
+    history = [json.loads(line) for line in (tmp_path / "view2" / "fold-01" / "metrics.jsonl").read_text().splitlines()]
+    row = summary["folds"][0]
+    assert row["val_precision_at_1"] == pytest.approx(history[row["best_epoch"] - 1]["val_p1"])
     assert (tmp_path / "view2" / "fold-02" / "model.pt").is_file()
     assert json.loads((tmp_path / "view2" / "metrics.json").read_text())["folds_run"] == 2
     assert 0.0 <= summary["accuracy"]["mean"] <= 1.0

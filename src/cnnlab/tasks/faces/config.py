@@ -269,9 +269,9 @@ def preset_config(name: str, **overrides) -> FaceTrainConfig:
 def check_preset_data(name: str, config: FaceTrainConfig) -> None:
     """The data sets preset `name` brings that `config` still uses must exist: a missing one is
     one line naming the folder and the way round it, before any image is read."""
-    preset = FaceTrainConfig(**PRESETS[name])
-    used = [s for s in preset.extra_train if s in config.extra_train]
-    used += [preset.extra_val] if preset.extra_val and preset.extra_val == config.extra_val else []
+    preset = PRESETS[name]
+    brought = [with_data_root(s) for s in [*preset.get("extra_train", []), preset.get("extra_val", "")] if s]
+    used = [s for s in brought if s in config.extra_train or s == config.extra_val]
     for text in dict.fromkeys(used):
         source = IdentitySource.parse(text)
         if not source.root.is_dir():
