@@ -1,10 +1,12 @@
 """`make demo` (`cnnlab.demo`): its real steps end to end on tiny synthetic data (CIFAR-like
 images, a fake LFW folder) in seconds, and the order and error boundary of the steps."""
+import dataclasses
 import functools
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cnnlab import demo
 from cnnlab.core.errors import CnnlabError
@@ -60,6 +62,19 @@ def test_the_demo_runs_its_steps_end_to_end_and_a_rerun_reuses_them(tmp_path, mo
     assert (out / "faces-view1" / "model.pt").stat().st_mtime_ns == model_mtime
     assert (out / "cifar" / "A" / "checkpoint.pt").stat().st_mtime_ns == checkpoint_mtime
     assert json.loads((out / "faces-view1" / "metrics.json").read_text()) == metrics
+
+    # A recipe saved before a field existed reads that field as its default: still the same run.
+    recipe, demo_config = out / "faces-view1" / "faces_config.yaml", tiny_config(epochs=2, test_images="pairs")
+    saved = yaml.safe_load(recipe.read_text())
+    assert saved.pop("class_subcenters") == 1
+    recipe.write_text(yaml.safe_dump(saved))
+    assert demo.same_recipe(recipe, demo_config) and demo.main(["--out", str(out)]) == 0
+    assert f"finished earlier, reusing {out / 'faces-view1'}" in capsys.readouterr().out.splitlines()
+    # Another recipe, or one this version cannot read, is not.
+    assert not demo.same_recipe(recipe, dataclasses.replace(demo_config, epochs=demo_config.epochs + 1))
+    recipe.write_text(yaml.safe_dump({**saved, "a_future_field": 1}))
+    assert not demo.same_recipe(recipe, demo_config)
+    assert not demo.same_recipe(out / "faces-view1" / "missing.yaml", demo_config)
 
 
 def test_demo_runs_steps_in_order_and_ends_with_the_report_path(tmp_path, monkeypatch, capsys):

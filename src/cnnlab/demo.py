@@ -37,11 +37,27 @@ def cifar_comparison(out: Path, recipe=None, blocks: list[str] | None = None) ->
 
 
 # ---------------------------------------------------------------------------- faces (Part 2)
+def same_recipe(recipe_file: Path, config) -> bool:
+    """Whether a finished run's saved face recipe is `config`. Fields the file lacks (added to
+    the recipe since) read as their defaults, so an upgrade alone does not retrain the step."""
+    from cnnlab.core.config import build_config
+    from cnnlab.core.errors import CnnlabError
+    from cnnlab.core.files import load_yaml, to_plain
+    from cnnlab.tasks.faces import FaceTrainConfig
+
+    if not recipe_file.is_file():
+        return False
+    try:
+        return to_plain(build_config(FaceTrainConfig, load_yaml(recipe_file))) == to_plain(config)
+    except CnnlabError:  # a field this version does not know, or a value it refuses
+        return False
+
+
 def faces_view1(out: Path, config=None, lfw_root: Path | None = None) -> None:
     """LFW View 1 with the `demo` face preset: Lite0's last stages fine-tuned on cached
     early-stage features; DevTest scored once at the threshold calibrated on validation people.
     A test passes a tiny `FaceTrainConfig` and a synthetic LFW folder (default: $CNNLAB_DATA/lfw)."""
-    from cnnlab.core.files import load_yaml, read_json, to_plain
+    from cnnlab.core.files import read_json
     from cnnlab.pipelines import view1_with_plots
     from cnnlab.tasks.faces import default_lfw_root, format_retrieval, format_test, preset_config
     from cnnlab.tasks.faces.view1 import retrieval_name
@@ -50,8 +66,7 @@ def faces_view1(out: Path, config=None, lfw_root: Path | None = None) -> None:
     config = preset_config("demo") if config is None else config
     lfw_root = default_lfw_root() if lfw_root is None else lfw_root
     done = run_dir / "metrics.json"
-    if done.is_file() and (run_dir / "faces_config.yaml").is_file() \
-            and load_yaml(run_dir / "faces_config.yaml") == to_plain(config) and read_json(done).get("plots"):
+    if done.is_file() and same_recipe(run_dir / "faces_config.yaml", config) and read_json(done).get("plots"):
         print(f"finished earlier, reusing {run_dir}")
         metrics = read_json(done)
     else:
