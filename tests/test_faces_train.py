@@ -454,6 +454,31 @@ def test_margin_softmax_losses_train_through_view1_and_checkpoint_their_class_we
         tiny_config(loss="triplet")
 
 
+def test_subcenter_arcface_trains_k_vectors_per_person_imprinted_apart(fake_lfw, tmp_path, monkeypatch):
+    from cnnlab.tasks.faces import training
+    started, fit = {}, training.Engine.fit
+
+    def record(engine, model, task, **kw):  # the class vectors as training starts
+        started["weight"] = task.classes.weight.detach().clone()
+        return fit(engine, model, task, **kw)
+
+    monkeypatch.setattr(training.Engine, "fit", record)
+    lines = []
+    config = tiny_config(epochs=2, loss="arcface", class_scale=16.0, class_subcenters=2)
+    train_view1(config, fake_lfw, tmp_path / "run", evaluate_test=False, log=lines.append)
+    assert any("arcface: 12 x 2 sub-centers class vectors imprinted" in line for line in lines)
+    weight = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["loss"]["weight"]
+    assert tuple(weight.shape) == tuple(started["weight"].shape) == (12 * 2, config.embedding_dim)
+    # Every drawable person has two or more images, so each sub-center started at images of its
+    # own: no person's two vectors start equal.
+    gap = (started["weight"][0::2] - started["weight"][1::2]).norm(dim=1)
+    assert bool((gap > 1e-3).all())
+    with pytest.raises(ValueError, match="class_subcenters=2 has no effect with loss=contrastive"):
+        tiny_config(class_subcenters=2)
+    with pytest.raises(ValueError, match="class_subcenters must be >= 1"):
+        tiny_config(loss="arcface", class_subcenters=0)
+
+
 @pytest.mark.parametrize("loss", ["contrastive", "cosface"])
 def test_single_image_people_train_as_impostors_only_when_asked(fake_lfw, tmp_path, loss):
     lines = []

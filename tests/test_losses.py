@@ -203,7 +203,7 @@ def test_agrees_with_pytorch_metric_learning():
 
 def margin_loss_with(kind, weight, **options):
     from cnnlab.metric_learning.losses import MarginSoftmaxLoss
-    loss = MarginSoftmaxLoss(kind, weight.shape[0], weight.shape[1], **options)
+    loss = MarginSoftmaxLoss(kind, weight.shape[0] // options.get("subcenters", 1), weight.shape[1], **options)
     with torch.no_grad():
         loss.weight.copy_(weight)
     return loss
@@ -248,6 +248,47 @@ def test_margin_softmax_matches_pytorch_metric_learning(kind):
     torch.testing.assert_close(ours(z, labels).double(), reference(z, labels).double(), rtol=1e-6, atol=1e-6)
 
 
+def test_subcenter_arcface_by_hand_takes_each_class_s_nearest_subcenter():
+    # Class 0's sub-centers along x and y, class 1's along -x and -y; one embedding at 60
+    # degrees from x, labelled 0: class 0's cosine is its y sub-center's, sqrt(3)/2 (30 degrees),
+    # class 1's the -x one's, -1/2 (120 degrees), not the -y one's, -sqrt(3)/2.
+    weight = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-2.0, 0.0], [0.0, -1.0]])
+    loss = margin_loss_with("arcface", weight, margin=0.2, scale=2.0, subcenters=2)
+    z = torch.tensor([[0.5, math.sqrt(3) / 2]])
+    target, other = math.cos(math.pi / 6 + 0.2), -0.5
+    torch.testing.assert_close(loss.logits(z, torch.tensor([0])), torch.tensor([[2 * target, 2 * other]]))
+    expected = -math.log(math.exp(2 * target) / (math.exp(2 * target) + math.exp(2 * other)))
+    assert loss(z, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-5)
+    assert "subcenters=2" in repr(loss) and loss.num_classes == 2
+
+
+def test_subcenter_arcface_matches_pytorch_metric_learning():
+    from pytorch_metric_learning import losses as pml
+
+    torch.manual_seed(0)
+    weight = torch.randn(7 * 3, 5, dtype=torch.float64)
+    z, labels = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 7, (12,))
+    ours = margin_loss_with("arcface", weight, scale=30.0, subcenters=3).double()
+    reference = pml.SubCenterArcFaceLoss(num_classes=7, embedding_size=5, margin=math.degrees(0.5), scale=30.0,
+                                         sub_centers=3)
+    with torch.no_grad():
+        reference.W.data = weight.t().clone()  # pml's columns are class-major too: class c, sub-center k at c*3 + k
+    torch.testing.assert_close(ours(z, labels).double(), reference(z, labels).double(), rtol=1e-6, atol=1e-6)
+
+
+def test_imprinted_subcenters_take_each_class_s_images_in_turn():
+    from cnnlab.metric_learning.losses import MarginSoftmaxLoss
+    loss = MarginSoftmaxLoss("arcface", 2, 2, subcenters=2)
+    # Class 0's images in order: (3, 0), (0, 1), (0, -2): the 1st and 3rd go to sub-center 0,
+    # (1, 0) + (0, -1) -> (1, -1)/sqrt 2, the 2nd to sub-center 1, (0, 1). Class 1 has one image,
+    # (-4, 0): sub-center 0 takes it, sub-center 1 (no image of its own) the class's mean, the same.
+    loss.imprint(torch.tensor([[3.0, 0.0], [-4.0, 0.0], [0.0, 1.0], [0.0, -2.0]]), torch.tensor([0, 1, 0, 0]))
+    r = 1 / math.sqrt(2)
+    torch.testing.assert_close(loss.weight.data, torch.tensor([[r, -r], [0.0, 1.0], [-1.0, 0.0], [-1.0, 0.0]]))
+    with pytest.raises(ValueError, match="1 classes have no embedding"):
+        loss.imprint(torch.ones(2, 2), torch.tensor([0, 0]))
+
+
 def test_imprinted_class_vectors_are_the_normalised_means_of_normalised_embeddings():
     from cnnlab.metric_learning.losses import MarginSoftmaxLoss
     loss = MarginSoftmaxLoss("cosface", 2, 2)
@@ -270,6 +311,8 @@ def test_margin_softmax_refuses_bad_settings():
         MarginSoftmaxLoss("cosface", 1, 4)
     with pytest.raises(ValueError, match="scale > 0"):
         MarginSoftmaxLoss("arcface", 3, 4, scale=0)
+    with pytest.raises(ValueError, match="subcenters must be >= 1"):
+        MarginSoftmaxLoss("arcface", 3, 4, subcenters=0)
     assert MarginSoftmaxLoss("cosface", 3, 4).margin == 0.35 and MarginSoftmaxLoss("arcface", 3, 4).margin == 0.5
 
 

@@ -7,8 +7,8 @@ with y = 1 for two images of the same person, d the distance between their embed
 (Euclidean by default, any `cnnlab.metric_learning.distances.Distance` otherwise) and m the margin beyond
 which a different-person pair costs nothing.
 
-`MarginSoftmaxLoss` (CosFace, ArcFace) learns from identities instead of pairs: each image
-against one learned weight vector per training person.
+`MarginSoftmaxLoss` (CosFace, ArcFace, sub-center ArcFace) learns from identities instead of
+pairs: each image against one learned weight vector (or K) per training person.
 """
 from __future__ import annotations
 
@@ -64,6 +64,11 @@ class MarginSoftmaxLoss(nn.Module):
     cos(theta_y) - m * sin(m), which keeps the loss increasing in the angle. The paper's
     defaults: s = 64; m = 0.35 (cosface), 0.5 (arcface).
 
+    With `subcenters` K > 1 each class has K vectors and its cosine is the largest of the K
+    (Deng et al. 2020, "Sub-center ArcFace"): a person's mislabelled or unusual images can settle
+    on a sub-center of their own instead of pulling the person's one vector away from the rest.
+    The rows of `weight` are class-major: class c's sub-centers are rows c*K ... c*K + K-1.
+
     Unlike the contrastive loss it learns parameters of its own (`weight`, classes x dim): the
     training engine optimises and checkpoints them through `Task.loss_module`.
     """
@@ -71,7 +76,7 @@ class MarginSoftmaxLoss(nn.Module):
     KINDS = ("cosface", "arcface")
 
     def __init__(self, kind: str, num_classes: int, embedding_dim: int, margin: float | None = None,
-                 scale: float = 64.0):
+                 scale: float = 64.0, subcenters: int = 1):
         super().__init__()
         if kind not in self.KINDS:
             raise ValueError(f"margin loss must be one of {', '.join(self.KINDS)}, got {kind!r}")
@@ -81,7 +86,10 @@ class MarginSoftmaxLoss(nn.Module):
         self.margin = float(margin if margin is not None else {"cosface": 0.35, "arcface": 0.5}[kind])
         if not (self.margin >= 0 and self.scale > 0):
             raise ValueError(f"margin must be >= 0 and scale > 0, got margin={self.margin}, scale={self.scale}")
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
+        if subcenters < 1:
+            raise ValueError(f"subcenters must be >= 1, got {subcenters}")
+        self.num_classes, self.subcenters = int(num_classes), int(subcenters)
+        self.weight = nn.Parameter(torch.empty(num_classes * subcenters, embedding_dim))
         nn.init.xavier_normal_(self.weight)
 
     @torch.no_grad()
@@ -89,18 +97,35 @@ class MarginSoftmaxLoss(nn.Module):
         """Each class vector set to the normalised mean of its L2-normalised `embeddings` (Qi et
         al. 2018, "Low-Shot Learning with Imprinted Weights"): the classifier starts where the
         network already puts each person, instead of at random directions it must first learn.
-        Every class must have at least one embedding."""
+        Every class must have at least one embedding.
+
+        With K sub-centers, a class's i-th embedding (in the order given) goes to sub-center
+        i mod K, so the sub-centers start apart, each at some of the person's images; a
+        sub-center left without an embedding (a person with fewer than K) starts at the mean of
+        them all."""
         labels = labels.to(self.weight.device).long()
         z = F.normalize(embeddings.to(self.weight.device, self.weight.dtype), dim=1)
-        sums = torch.zeros_like(self.weight).index_add_(0, labels, z)
-        counts = torch.bincount(labels, minlength=len(self.weight))
+        counts = torch.bincount(labels, minlength=self.num_classes)
         if bool((counts == 0).any()):
             raise ValueError(f"{int((counts == 0).sum())} classes have no embedding to imprint")
+        means = torch.zeros(self.num_classes, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, labels, z)
+        k = self.subcenters
+        # The rank of each embedding among its class's, from one stable sort by class.
+        order = torch.argsort(labels, stable=True)
+        first = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(labels)
+        rank[order] = torch.arange(len(labels), device=labels.device) - first[labels[order]]
+        slot = labels * k + rank % k
+        sums = torch.zeros_like(self.weight).index_add_(0, slot, z)
+        empty = torch.bincount(slot, minlength=len(self.weight)) == 0
+        sums[empty] = means.repeat_interleave(k, 0)[empty]
         self.weight.copy_(F.normalize(sums, dim=1))
 
     def logits(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The scaled logits, N x classes, with the margin applied to each row's own class."""
         cosine = F.normalize(embeddings, dim=1) @ F.normalize(self.weight, dim=1).to(embeddings.dtype).t()
+        if self.subcenters > 1:
+            cosine = cosine.view(len(cosine), self.num_classes, self.subcenters).amax(2)
         target = cosine.gather(1, labels.view(-1, 1))
         if self.kind == "cosface":
             shifted = target - self.margin
@@ -116,4 +141,5 @@ class MarginSoftmaxLoss(nn.Module):
         return F.cross_entropy(self.logits(embeddings, labels).float(), labels)
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, classes={self.weight.shape[0]}, margin={self.margin}, scale={self.scale}"
+        return (f"{self.kind}, classes={self.num_classes}, margin={self.margin}, scale={self.scale}"
+                + (f", subcenters={self.subcenters}" if self.subcenters > 1 else ""))

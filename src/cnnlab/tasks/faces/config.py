@@ -48,6 +48,8 @@ class FaceTrainConfig:
     class_margin: float = option(-1.0, "cosface/arcface margin (arcface: radians); -1: the paper's, 0.35 "
                                  "cosface, 0.5 arcface")
     class_scale: float = option(64.0, "cosface/arcface scale s of the cosine logits")
+    class_subcenters: int = option(1, "cosface/arcface vectors per person, the largest cosine counts (arcface "
+                                   "with 3: sub-center ArcFace)")
     # Random class vectors with one to a few images per person learn slowly (the first runs on
     # CelebA collapsed): docs/faces.md, "Identities instead of pairs".
     class_init: str = option("imprint", "cosface/arcface class vectors at the start: imprint (each person's mean "
@@ -144,6 +146,10 @@ class FaceTrainConfig:
             (self.class_margin >= 0 or self.class_margin == -1,
              f"class_margin must be >= 0 or -1 (the paper's), got {self.class_margin}"),
             (self.class_scale > 0, f"class_scale must be > 0, got {self.class_scale}"),
+            (self.class_subcenters >= 1, f"class_subcenters must be >= 1, got {self.class_subcenters}"),
+            (self.class_subcenters == 1 or self.loss != "contrastive",
+             f"class_subcenters={self.class_subcenters} has no effect with loss=contrastive (it applies to "
+             "cosface/arcface)"),
             (self.class_init in CLASS_INITS,
              f"class_init must be one of {', '.join(CLASS_INITS)}, got {self.class_init!r}"),
             (self.loss == "contrastive" or self.normalize, f"loss={self.loss} compares cosines: it needs "

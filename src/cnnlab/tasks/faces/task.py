@@ -148,7 +148,7 @@ class FaceVerificationTask(Task):
             self.class_of = torch.as_tensor(class_of, device=device)
             self.classes = MarginSoftmaxLoss(config.loss, len(people), config.embedding_dim,
                                              None if config.class_margin == -1 else config.class_margin,
-                                             config.class_scale)
+                                             config.class_scale, config.class_subcenters)
         self.sampler = PKSampler(fit_labels, config.people_per_batch, config.k, seed=config.seed,
                                  singles=config.singles_per_batch)
         self.train_rows = torch.as_tensor(fit_rows, device=device)

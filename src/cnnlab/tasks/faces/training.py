@@ -178,8 +178,9 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     if task.classes is not None and config.class_init == "imprint":
         start = time.perf_counter()
         task.imprint_classes(model)
-        log(f"{config.loss}: {len(task.classes.weight)} class vectors imprinted from the starting network's "
-            f"embeddings ({time.perf_counter() - start:.0f} s)")
+        per_class = f" x {config.class_subcenters} sub-centers" if config.class_subcenters > 1 else ""
+        log(f"{config.loss}: {task.classes.num_classes}{per_class} class vectors imprinted from the starting "
+            f"network's embeddings ({time.perf_counter() - start:.0f} s)")
     select = SELECT_ON[config.select_on]
     callbacks = [EpochLog(log, config.epochs)] + ([PruningCallback(report_epoch, select)]
                                                   if report_epoch is not None else [])
