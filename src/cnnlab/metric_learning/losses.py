@@ -69,7 +69,7 @@ class MarginSoftmaxLoss(nn.Module):
     on a sub-center of their own instead of pulling the person's one vector away from the rest.
     The rows of `weight` are class-major: class c's sub-centers are rows c*K ... c*K + K-1.
 
-    Unlike the contrastive loss it learns parameters of its own (`weight`, classes x dim): the
+    Unlike the contrastive loss it learns parameters of its own (`weight`, classes*K x dim): the
     training engine optimises and checkpoints them through `Task.loss_module`.
     """
 
