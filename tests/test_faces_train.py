@@ -101,6 +101,22 @@ def test_config_validation_and_build_config_from_yaml_and_flags():
             build_config(FaceTrainConfig, bad)
 
 
+def test_saved_recipe_reads_missing_fields_as_defaults_and_names_the_file_it_refuses(tmp_path):
+    from cnnlab.core.files import save_yaml
+    from cnnlab.tasks.faces.config import saved_recipe
+    recipe = FaceTrainConfig(lr=0.01, margin=2.0)
+    path = tmp_path / "faces_config.yaml"
+    save_yaml(recipe, path)
+    assert saved_recipe(path) == recipe
+    # A recipe saved before a field existed reads as that field's default.
+    path.write_text("lr: 0.01\nmargin: 2.0\n")
+    assert saved_recipe(path) == recipe
+    for bad in ("no_such_field: 1\n", "margin: 0\n"):
+        path.write_text(bad)
+        with pytest.raises(CnnlabError, match="faces_config.yaml"):
+            saved_recipe(path)
+
+
 def test_model_and_engine_configs_are_built_from_the_shared_fields():
     from cnnlab.models.siamese import SiameseConfig
     from cnnlab.training.engine import TrainConfig

@@ -38,17 +38,16 @@ def cifar_comparison(out: Path, recipe=None, blocks: list[str] | None = None) ->
 
 # ---------------------------------------------------------------------------- faces (Part 2)
 def same_recipe(recipe_file: Path, config) -> bool:
-    """Whether a finished run's saved face recipe is `config`. Fields the file lacks (added to
-    the recipe since) read as their defaults, so an upgrade alone does not retrain the step."""
-    from cnnlab.core.config import build_config
+    """Whether a finished run's saved face recipe (read by `saved_recipe`: fields it lacks are
+    their defaults, so an upgrade alone does not retrain the step) is `config`."""
     from cnnlab.core.errors import CnnlabError
-    from cnnlab.core.files import load_yaml, to_plain
-    from cnnlab.tasks.faces import FaceTrainConfig
+    from cnnlab.core.files import to_plain
+    from cnnlab.tasks.faces.config import saved_recipe
 
     if not recipe_file.is_file():
         return False
     try:
-        return to_plain(build_config(FaceTrainConfig, load_yaml(recipe_file))) == to_plain(config)
+        return to_plain(saved_recipe(recipe_file)) == to_plain(config)
     except CnnlabError:  # a field this version does not know, or a value it refuses
         return False
 

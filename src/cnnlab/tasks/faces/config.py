@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from cnnlab.core.config import option, option_from
+from cnnlab.core.config import build_config, option, option_from
 from cnnlab.core.errors import CnnlabError
+from cnnlab.core.files import load_yaml
 from cnnlab.data.faces import FacePreprocess
 from cnnlab.data.identities import IdentitySource, with_data_root
 from cnnlab.metric_learning.distances import DISTANCES
@@ -270,6 +271,17 @@ def preset_config(name: str, **overrides) -> FaceTrainConfig:
     if name not in PRESETS:
         raise CnnlabError(f"unknown face preset {name!r}; valid: {', '.join(PRESETS)}")
     return FaceTrainConfig(**{**PRESETS[name], **overrides})
+
+
+def saved_recipe(path) -> FaceTrainConfig:
+    """The recipe a finished run saved (`faces_config.yaml`). Fields the file lacks, added to the
+    recipe since, read as their defaults, so an upgrade alone does not make an old run another
+    recipe; a field this version does not know, or a value it refuses, is one CnnlabError naming
+    the file."""
+    try:
+        return build_config(FaceTrainConfig, load_yaml(path))
+    except CnnlabError as exc:
+        raise CnnlabError(f"{path}: {exc}") from None
 
 
 def check_preset_data(name: str, config: FaceTrainConfig) -> None:

@@ -9,15 +9,15 @@ import numpy as np
 import torch
 
 from cnnlab.core import runfiles
-from cnnlab.core.config import RUN_ONLY_FIELDS, build_config
+from cnnlab.core.config import RUN_ONLY_FIELDS
 from cnnlab.core.errors import CnnlabError
-from cnnlab.core.files import load_yaml, read_json, save_yaml, to_plain, write_json
+from cnnlab.core.files import read_json, save_yaml, to_plain, write_json
 from cnnlab.core.progress import no_log
 from cnnlab.data.lfw import LFWProtocol, split_people
 from cnnlab.metrics.verification import evaluate, kfold_accuracy
 from cnnlab.models.siamese import save_model
 from cnnlab.models.utils import eval_mode
-from cnnlab.tasks.faces.config import FaceTrainConfig
+from cnnlab.tasks.faces.config import FaceTrainConfig, saved_recipe
 from cnnlab.tasks.faces.extra import add_extra_people, extra_sources, merged_report, training_record
 from cnnlab.tasks.faces.features import FeatureMemo, embed_from_prefix
 from cnnlab.tasks.faces.training import (
@@ -151,10 +151,7 @@ def finished_view2_folds(out_dir: Path, config: FaceTrainConfig) -> dict[int, di
     if not recipe_file.is_file():
         raise CnnlabError(f"{out_dir} holds View 2 folds but no faces_config.yaml saying how they were trained; "
                           "use another --out")
-    try:
-        before = build_config(FaceTrainConfig, load_yaml(recipe_file))
-    except CnnlabError as exc:
-        raise CnnlabError(f"{recipe_file}: {exc}") from None
+    before = saved_recipe(recipe_file)
     ignore = set(RUN_ONLY_FIELDS)
     now, then = to_plain(config), to_plain(before)
     diff = sorted(k for k in now if k not in ignore and now[k] != then.get(k))
