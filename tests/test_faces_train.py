@@ -111,10 +111,11 @@ def test_saved_recipe_reads_missing_fields_as_defaults_and_names_the_file_it_ref
     # A recipe saved before a field existed reads as that field's default.
     path.write_text("lr: 0.01\nmargin: 2.0\n")
     assert saved_recipe(path) == recipe
-    for bad in ("no_such_field: 1\n", "margin: 0\n"):
+    for bad in ("no_such_field: 1\n", "margin: 0\n", "", "margin: [\n"):
         path.write_text(bad)
-        with pytest.raises(CnnlabError, match="faces_config.yaml"):
+        with pytest.raises(CnnlabError, match="faces_config.yaml") as caught:
             saved_recipe(path)
+        assert str(caught.value).count(str(path)) == 1, caught.value
 
 
 def test_model_and_engine_configs_are_built_from_the_shared_fields():

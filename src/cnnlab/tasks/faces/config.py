@@ -276,10 +276,13 @@ def preset_config(name: str, **overrides) -> FaceTrainConfig:
 def saved_recipe(path) -> FaceTrainConfig:
     """The recipe a finished run saved (`faces_config.yaml`). Fields the file lacks, added to the
     recipe since, read as their defaults, so an upgrade alone does not make an old run another
-    recipe; a field this version does not know, or a value it refuses, is one CnnlabError naming
-    the file."""
+    recipe. An empty file, a field this version does not know or a value it refuses is one
+    CnnlabError naming the file: an empty one must not pass for the default recipe."""
+    values = load_yaml(path)  # its own errors name the file
+    if not values:
+        raise CnnlabError(f"{path}: holds no recipe (empty)")
     try:
-        return build_config(FaceTrainConfig, load_yaml(path))
+        return build_config(FaceTrainConfig, values)
     except CnnlabError as exc:
         raise CnnlabError(f"{path}: {exc}") from None
 
