@@ -1,6 +1,7 @@
 """The documentation a newcomer reads: every relative link and image in README.md, BENCHMARKS.md
-and docs/**/*.md resolves (heading anchors included, by GitHub's rule), and the front pages stay
-front pages (README.md <= 12,000 characters, BENCHMARKS.md <= 15,000, at least 5 topic pages)."""
+and docs/**/*.md resolves (heading anchors included, by GitHub's rule), every table row has its
+header's number of cells, and the front pages stay front pages (README.md <= 12,000 characters,
+BENCHMARKS.md <= 15,000, at least 5 topic pages)."""
 from __future__ import annotations
 
 import re
@@ -84,6 +85,45 @@ def test_a_missing_target_or_anchor_is_reported(tmp_path):
     problems = broken_links(page)
     assert len(problems) == 3, problems
     assert [p.split(":")[0] for p in problems] == ["missing.md", "img/missing.png", "there.md#nothing"]
+
+
+SEPARATOR = re.compile(r"^\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$")
+CELL_BORDER = re.compile(r"(?<!\\)\|")   # GitHub splits cells on every unescaped pipe, in code too
+
+
+def cells(line: str) -> int:
+    inner = line.strip().removeprefix("|")
+    inner = inner[:-1] if inner.endswith("|") and not inner.endswith("\\|") else inner
+    return len(CELL_BORDER.split(inner))
+
+
+def misshapen_rows(text: str) -> list[str]:
+    """Table rows whose cell count differs from their header's: GitHub drops the extra cells of a
+    longer row without a word and pads a shorter one, so a row pasted into the wrong table shows."""
+    lines = FENCE.sub("", text).splitlines()
+    problems = []
+    for i in range(len(lines) - 1):
+        if not (lines[i].lstrip().startswith("|") and SEPARATOR.match(lines[i + 1].strip())):
+            continue
+        width = cells(lines[i])
+        for row in lines[i + 2:]:
+            if not row.lstrip().startswith("|"):
+                break
+            if cells(row) != width:
+                problems.append(f"{cells(row)} cells under a {width}-cell header: {row[:80]}")
+    return problems
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_table_row_has_its_headers_cells(page):
+    assert misshapen_rows(page.read_text(encoding="utf-8")) == []
+
+
+def test_a_row_longer_or_shorter_than_its_header_is_reported():
+    table = ("| a | b |\n| --- | ---: |\n| 1 | `x \\| y` |\n| 1 | 2 | 3 |\n| 1 |\n\n"
+             "| c |\n|---|\n| 4 |\n")
+    problems = misshapen_rows(table)
+    assert [p.split(" cells")[0] for p in problems] == ["3", "1"], problems
 
 
 def test_readme_is_a_front_page():
