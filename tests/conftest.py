@@ -19,11 +19,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests never touch the user's cache; each session gets its own. Session-wide: a module's
+    fixture that trains runs before any function-scoped fixture does."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_isolated_cache(tmp_path_factory, monkeypatch):
+def _seed():
     torch.manual_seed(0)
-    # Tests never touch the user's cache; each session gets its own.
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture(scope="module")

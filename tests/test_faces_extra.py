@@ -15,6 +15,7 @@ from cnnlab.core.config import build_config
 from cnnlab.core.errors import CnnlabError
 from cnnlab.data.lfw import LFWProtocol
 from cnnlab.tasks.faces import FaceTrainConfig, train_view1, train_view2, untrained_baseline
+from cnnlab.tasks.faces.compare import compare_runs
 from face_models import make_gallery
 from test_faces_cli import TINY
 from test_faces_train import make_fake_lfw, quiet, tiny_config
@@ -89,6 +90,11 @@ def test_extra_people_train_only_and_held_out_people_validate_only(data, seen, t
     assert best["val_mean_auc"] == pytest.approx((best["val_auc"] + best["val_extra_auc"]) / 2)
     assert max(h["val_mean_auc"] for h in history) == pytest.approx(best["val_mean_auc"])
     assert baseline["selected_on"] == "lfw" and baseline["selection_auc"] == baseline["validation"]["auc"]
+
+    # Both runs keep the held-out people's pairs beside LFW's, the same pairs: `faces compare` pairs them.
+    compared = compare_runs(tmp_path / "lfw", tmp_path / "extra", resamples=20)["sets"]
+    assert compared["extra_val"]["auc_b"] == pytest.approx(extra["auc"]) and compared["extra_val"]["people"] == 4
+    assert compared["val"]["auc_b"] == pytest.approx(with_extra["validation"]["auc"])
 
 
 def test_people_named_as_lfw_people_are_left_out(data, seen, tmp_path):

@@ -1,4 +1,4 @@
-"""`cnnlab faces train|margins|export|baseline|plot` (here), `verify|search|index|score|calibrate|serve`
+"""`cnnlab faces train|margins|export|baseline|compare|plot` (here), `verify|search|index|score|calibrate|serve`
 (`cli.faces_use`) and `tune` (`cli.tune`): Siamese face verification on LFW. Flags and
 `--config FILE.yaml` fill one dataclass, `cnnlab.tasks.faces.FaceTrainConfig`; every field is a
 flag of the same name."""
@@ -9,7 +9,7 @@ from pathlib import Path
 from cnnlab.cli import tune
 from cnnlab.cli.faces_use import register as register_use
 from cnnlab.cli.options import add_face_recipe_flags as add_config_flags
-from cnnlab.cli.options import add_lfw_flag, onnx_opset
+from cnnlab.cli.options import add_lfw_flag, onnx_opset, positive_int
 from cnnlab.cli.options import face_config_from_args as config_from_args
 from cnnlab.cli.options import lfw_root_from_args as data_root_from_args
 
@@ -52,6 +52,15 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="write baseline.json here")
     add_config_flags(p)
     p.set_defaults(func=run_baseline)
+
+    p = commands.add_parser("compare", help="two runs on the same validation pairs: AUC of B - A with a 95%% "
+                            "interval from resampling the people")
+    p.add_argument("run_a", help="run folder A (the reference)")
+    p.add_argument("run_b", help="run folder B")
+    p.add_argument("--resamples", type=positive_int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="the resamples' seed (default 0)")
+    p.add_argument("--json", metavar="FILE", help="also write the comparison here")
+    p.set_defaults(func=run_compare)
 
     p = commands.add_parser("plot", help="redraw a tested run's figures from its files")
     p.add_argument("run_dir")
@@ -157,6 +166,17 @@ def run_baseline(args) -> int:
     if args.out is not None:
         check_output_dir(args.out)  # before any image is read
     untrained_baseline(config, data_root_from_args(args), args.out, log=print)
+    return 0
+
+
+def run_compare(args) -> int:
+    from cnnlab.core.files import write_json
+    from cnnlab.tasks.faces.compare import compare_runs, format_comparison
+    result = compare_runs(args.run_a, args.run_b, resamples=args.resamples, seed=args.seed)
+    print("\n".join(format_comparison(result)))
+    if args.json:
+        write_json(args.json, result)
+        print(f"comparison: {args.json}")
     return 0
 
 

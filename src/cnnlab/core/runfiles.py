@@ -13,6 +13,8 @@ Every training run (a CIFAR block, a face run) is a folder written by the engine
     metrics.json       (face runs) the task's results: validation, DevTest, retrieval, threshold,
                        times, plots; what `faces plot`, the demo and the reports read
     model.pt           (face runs) the deployable verifier: weights, config, threshold
+    validation_pairs.npz  (face runs) the kept epoch's distance on every validation pair, with
+                       who is in it, per validation set: what `cnnlab faces compare` reads
     embeddings_test.npz  (CIFAR runs) test-set embeddings for t-SNE and the embedding analysis
 
 A CIFAR comparison folder holds one run folder per block plus `results.json` (every block's
@@ -29,6 +31,7 @@ METRICS = "metrics.json"
 MODEL = "model.pt"
 TEST_EMBEDDINGS = "test_embeddings.npz"
 TEST_PAIRS = "devtest_pairs.npz"
+VALIDATION_PAIRS = "validation_pairs.npz"
 CIFAR_EMBEDDINGS = "embeddings_test.npz"
 CIFAR_RESULTS = "results.json"
 MARGIN_COMPARISON = "comparison.json"

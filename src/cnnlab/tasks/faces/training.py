@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from cnnlab.core import runfiles
 from cnnlab.core.env import data_root
 from cnnlab.core.errors import CnnlabError
-from cnnlab.core.files import to_plain
+from cnnlab.core.files import save_npz_atomic, to_plain
 from cnnlab.core.progress import no_log, progress_bar
 from cnnlab.data.faces import FaceDataset, load_identity_folders
 from cnnlab.data.images import DecodeReport
@@ -36,7 +36,8 @@ from cnnlab.models.siamese import SiameseNet
 from cnnlab.models.utils import eval_mode, in_batches, module_device
 from cnnlab.tasks.faces.config import SELECT_ON, FaceTrainConfig, cache_stage, set_trainable
 from cnnlab.tasks.faces.features import FeatureMemo, cached_prefix
-from cnnlab.tasks.faces.task import FaceVerificationTask
+from cnnlab.tasks.faces.task import FaceVerificationTask, ValidationPairs
+from cnnlab.training.distributed import is_main_process
 from cnnlab.training.engine import Engine
 from cnnlab.training.task import Callback
 
@@ -44,6 +45,7 @@ MODEL_FILE = runfiles.MODEL
 METRICS_FILE = runfiles.METRICS
 TEST_EMBEDDINGS = runfiles.TEST_EMBEDDINGS
 TEST_PAIRS = runfiles.TEST_PAIRS
+VALIDATION_PAIRS = runfiles.VALIDATION_PAIRS
 
 
 # ---------------------------------------------------------------------------- embedding helpers
@@ -199,18 +201,35 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
     log(f"kept epoch {best_epoch} (val AUC {validation.auc:.4f}, precision@1 {val_retrieval['precision_at_1']:.1%});"
         f" threshold {threshold:.4f} calibrated on {len(vd)} validation pairs (accuracy {validation.accuracy:.2%} "
         "there)")
+    pairs = pair_record("val", dataset, task.val, vd)
     extra = None
     if task.extra_val is not None:  # at LFW's threshold: extra_val never chooses one
         with torch.no_grad():
             ed, extra_retrieval = task.distances_and_retrieval(model, task.extra_val)
+        pairs.update(pair_record("extra_val", dataset, task.extra_val, ed))
         extra = {**test_report(ed.astype(np.float64), task.extra_val.same, threshold), "pairs": len(ed),
                  "matched": int(task.extra_val.same.sum()), "people": len(extra_val_people),
                  "images": len(extra_rows), "retrieval": extra_retrieval}
         log(f"extra_val at the kept epoch: AUC {extra['auc']:.4f}, accuracy {extra['accuracy']:.2%} at the "
             f"threshold (best-threshold accuracy {extra['best_threshold_accuracy']:.2%}), precision@1 "
             f"{extra_retrieval['precision_at_1']:.1%}")
+    if is_main_process():
+        save_npz_atomic(Path(run_dir) / VALIDATION_PAIRS, pairs)
     return TrainedVerifier(model, threshold, validation, result.history, best_epoch,
                            float(result.final["train_time_s"]), cache_time, stage, extra, val_retrieval)
+
+
+def pair_record(name: str, dataset: FaceDataset, pairs: ValidationPairs, distances: np.ndarray
+                ) -> dict[str, np.ndarray]:
+    """One validation set's pairs as `validation_pairs.npz` keeps them (`<name>_distances`,
+    `_same`, `_person_a`, `_person_b`, `_image_a`, `_image_b`): two runs that sampled the same
+    pairs can be compared pair by pair (`cnnlab.tasks.faces.compare`)."""
+    rows = pairs.rows.cpu().numpy()
+    a, b = rows[pairs.i.cpu().numpy()], rows[pairs.j.cpu().numpy()]
+    people, paths = np.array(dataset.people, dtype=str), np.array(dataset.paths, dtype=str)
+    return {f"{name}_distances": np.asarray(distances, dtype=np.float64), f"{name}_same": np.asarray(pairs.same),
+            f"{name}_person_a": people[dataset.labels[a]], f"{name}_person_b": people[dataset.labels[b]],
+            f"{name}_image_a": paths[a], f"{name}_image_b": paths[b]}
 
 
 # ---------------------------------------------------------------------------- shared by the runs
