@@ -29,10 +29,12 @@ def test_each_run_keeps_its_kept_epochs_validation_pairs(runs):
     metrics = json.loads((runs / "a" / "metrics.json").read_text())
     with np.load(runs / "a" / "validation_pairs.npz") as z:
         d, same, pa, pb = z["val_distances"], z["val_same"], z["val_person_a"], z["val_person_b"]
+        images_a, images_b = z["val_image_a"], z["val_image_b"]
         assert {k for k in z.files if k.startswith("extra_val")} == set()     # no extra_val in this run
     assert len(d) == 40 and same.sum() == 20                                   # --val-pairs 20, of each kind
     assert auc(d, same) == pytest.approx(metrics["validation"]["auc"])
     assert np.all((pa == pb) == same)                  # a same-person pair is one person, an impostor two
+    assert not any("/" in name for name in [*images_a, *images_b])   # file names: the data may move
 
 
 def test_compare_prints_both_aucs_and_the_paired_interval(runs, capsys, tmp_path):

@@ -93,10 +93,11 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """An uncompressed npz of named arrays (read back with `allow_pickle=False`)."""
+def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray], *, compressed: bool = False) -> Path:
+    """An npz of named arrays (read back with `allow_pickle=False`); `compressed` for files
+    of names, which shrink several times, not for caches read often."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
     return atomic_write_bytes(path, buffer.getvalue())
 
 

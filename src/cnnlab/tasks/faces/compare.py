@@ -38,14 +38,11 @@ def load_validation_pairs(run_dir: str | Path) -> dict[str, dict[str, np.ndarray
 
 
 def _same_pairs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> str | None:
-    """Why these are not the same pairs (None when they are). Images are matched by file name:
-    a data folder may sit at another path on another machine."""
+    """Why these are not the same pairs (None when they are)."""
     if len(a["same"]) != len(b["same"]):
         return f"{len(a['same'])} pairs against {len(b['same'])}"
     for field in ("same", "person_a", "person_b", "image_a", "image_b"):
         x, y = a[field], b[field]
-        if field.startswith("image"):
-            x, y = (np.array([Path(p).name for p in v]) for v in (x, y))
         differ = np.flatnonzero(x != y)
         if differ.size:
             k = int(differ[0])

@@ -214,7 +214,7 @@ def train_verifier(config: FaceTrainConfig, dataset: FaceDataset, fit_people: Se
             f"threshold (best-threshold accuracy {extra['best_threshold_accuracy']:.2%}), precision@1 "
             f"{extra_retrieval['precision_at_1']:.1%}")
     if is_main_process():
-        save_npz_atomic(Path(run_dir) / VALIDATION_PAIRS, pairs)
+        save_npz_atomic(Path(run_dir) / VALIDATION_PAIRS, pairs, compressed=True)
     return TrainedVerifier(model, threshold, validation, result.history, best_epoch,
                            float(result.final["train_time_s"]), cache_time, stage, extra, val_retrieval)
 
@@ -223,10 +223,12 @@ def pair_record(name: str, dataset: FaceDataset, pairs: ValidationPairs, distanc
                 ) -> dict[str, np.ndarray]:
     """One validation set's pairs as `validation_pairs.npz` keeps them (`<name>_distances`,
     `_same`, `_person_a`, `_person_b`, `_image_a`, `_image_b`): two runs that sampled the same
-    pairs can be compared pair by pair (`cnnlab.tasks.faces.compare`)."""
+    pairs can be compared pair by pair (`cnnlab.tasks.faces.compare`). An image is its file
+    name, which with its person names it: a data folder may sit elsewhere on another machine."""
     rows = pairs.rows.cpu().numpy()
     a, b = rows[pairs.i.cpu().numpy()], rows[pairs.j.cpu().numpy()]
-    people, paths = np.array(dataset.people, dtype=str), np.array(dataset.paths, dtype=str)
+    people = np.array(dataset.people, dtype=str)
+    paths = np.array([Path(p).name for p in dataset.paths], dtype=str)
     return {f"{name}_distances": np.asarray(distances, dtype=np.float64), f"{name}_same": np.asarray(pairs.same),
             f"{name}_person_a": people[dataset.labels[a]], f"{name}_person_b": people[dataset.labels[b]],
             f"{name}_image_a": paths[a], f"{name}_image_b": paths[b]}
