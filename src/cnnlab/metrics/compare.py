@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cnnlab.core.errors import CnnlabError
-from cnnlab.metrics.verification import _need_both_classes, _pairs
+from cnnlab.metrics.verification import _need_both_classes, _pairs, auc
 
 
 def _tie_groups(distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +99,7 @@ def paired_auc_difference(distances_a, distances_b, same, person_a, person_b, *,
     diffs = diffs[np.isfinite(diffs)]
     if diffs.size == 0:
         raise CnnlabError("no resample kept both same-person and different-person pairs")
-    auc_a, auc_b = weighted_auc(da, s), weighted_auc(db, s)
+    auc_a, auc_b = auc(da, s), auc(db, s)
     low, high = np.percentile(diffs, [2.5, 97.5])
     return PairedAUC(auc_a, auc_b, auc_b - auc_a, float(low), float(high), float(np.mean(diffs <= 0)),
                      int(diffs.size), int(s.size), len(np.unique(np.concatenate([np.asarray(person_a),
